@@ -1,0 +1,7 @@
+//! serin: progressive delivery for Kubernetes, speaking Flagger's API (`flagger.app/v1beta1`) on Istio.
+//!
+//! The crate is one library with a thin binary on top (`src/main.rs`), so that the tests and the
+//! sandbox demo drive exactly the code the controller runs.
+
+pub mod api;
+pub mod sandbox;
