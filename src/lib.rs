@@ -4,4 +4,5 @@
 //! sandbox demo drive exactly the code the controller runs.
 
 pub mod api;
+pub mod rollout;
 pub mod sandbox;
