@@ -6,3 +6,4 @@
 pub mod api;
 pub mod rollout;
 pub mod sandbox;
+pub mod workload;

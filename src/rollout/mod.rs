@@ -47,77 +47,14 @@ pub const ROUTE_SETTLE: Duration = Duration::from_secs(3);
 /// created); watch events usually come first.
 const SHORT_RETRY: Duration = Duration::from_secs(2);
 
-/// The Canary phases, with Flagger's names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Phase {
-    Initializing,
-    Initialized,
-    Waiting,
-    Progressing,
-    WaitingPromotion,
-    Promoting,
-    Finalising,
-    Succeeded,
-    Failed,
-    Terminating,
-    Terminated,
-}
+pub use crate::api::{CanaryPhase as Phase, HookType, Strategy};
 
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Initializing => "Initializing",
-            Phase::Initialized => "Initialized",
-            Phase::Waiting => "Waiting",
-            Phase::Progressing => "Progressing",
-            Phase::WaitingPromotion => "WaitingPromotion",
-            Phase::Promoting => "Promoting",
-            Phase::Finalising => "Finalising",
-            Phase::Succeeded => "Succeeded",
-            Phase::Failed => "Failed",
-            Phase::Terminating => "Terminating",
-            Phase::Terminated => "Terminated",
-        }
-    }
-
-    /// Phases in which an analysis run is under way (a new revision is being judged).
-    pub fn in_run(self) -> bool {
-        matches!(
-            self,
-            Phase::Progressing | Phase::WaitingPromotion | Phase::Promoting | Phase::Finalising
-        )
-    }
-}
-
-/// How traffic is moved, chosen as Flagger's `DeploymentStrategy()` does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Strategy {
-    Canary,
-    BlueGreen,
-    ABTesting,
-}
-
-impl Strategy {
-    /// Flagger's label value for metrics (`deployment_strategy`).
-    pub fn label(self) -> &'static str {
-        match self {
-            Strategy::Canary => "canary",
-            Strategy::BlueGreen => "blue-green",
-            Strategy::ABTesting => "ab-testing",
-        }
-    }
-}
-
-/// Webhook kinds the state machine waits on or calls (flagger-compat.md §6.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum HookKind {
-    ConfirmRollout,
-    PreRollout,
-    Rollout,
-    ConfirmTrafficIncrease,
-    ConfirmPromotion,
-    PostRollout,
-    Rollback,
+/// Phases in which an analysis run is under way (a new revision is being judged).
+pub fn in_run(phase: Phase) -> bool {
+    matches!(
+        phase,
+        Phase::Progressing | Phase::WaitingPromotion | Phase::Promoting | Phase::Finalising
+    )
 }
 
 /// What the decision needs to know about the Canary spec, already defaulted.
@@ -144,11 +81,11 @@ pub struct Settings {
     pub suspend: bool,
     pub progress_deadline: Duration,
     /// Webhook kinds that have at least one hook configured.
-    pub hooks: Vec<HookKind>,
+    pub hooks: Vec<HookType>,
 }
 
 impl Settings {
-    fn has(&self, kind: HookKind) -> bool {
+    fn has(&self, kind: HookType) -> bool {
         self.hooks.contains(&kind)
     }
 }
@@ -201,7 +138,7 @@ pub enum RollbackSignal {
 /// Answers to the checks the decision asked for in this reconcile.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CheckResults {
-    pub gate: Option<(HookKind, Gate)>,
+    pub gate: Option<(HookType, Gate)>,
     pub rollback: Option<RollbackSignal>,
     /// Pre-rollout hooks: `Err` carries the Flagger event text of the failure.
     pub pre_rollout: Option<Result<(), String>>,
@@ -228,7 +165,7 @@ pub struct Observation {
 /// A check the shell must run before the decision can go on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Need {
-    Gate(HookKind),
+    Gate(HookType),
     RollbackHooks,
     PreRollout,
     Analysis,
@@ -501,7 +438,7 @@ impl Draft<'_> {
             || p.tracked_configs != self.o.configs
     }
 
-    fn gate(&self, kind: HookKind) -> Result<Gate, Need> {
+    fn gate(&self, kind: HookType) -> Result<Gate, Need> {
         if !self.s.has(kind) {
             return Ok(Gate::Open);
         }
@@ -616,7 +553,7 @@ impl Draft<'_> {
             self.plan.scale = if serving { Scale::Keep } else { Scale::Zero };
             return Ok(());
         }
-        match self.gate(HookKind::ConfirmRollout)? {
+        match self.gate(HookType::ConfirmRollout)? {
             Gate::Closed { hook } => {
                 self.plan.scale = if serving { Scale::Keep } else { Scale::Zero };
                 self.set_phase(Phase::Waiting);
@@ -648,7 +585,7 @@ impl Draft<'_> {
         if !self.due() {
             return Ok(());
         }
-        match self.gate(HookKind::ConfirmRollout)? {
+        match self.gate(HookType::ConfirmRollout)? {
             Gate::Closed { hook } => {
                 self.consume_step();
                 self.warn(msg::halt_waiting_approval(&self.s.canary, &hook));
@@ -764,7 +701,7 @@ impl Draft<'_> {
         if !self.due() {
             return Ok(());
         }
-        if self.s.has(HookKind::Rollback) {
+        if self.s.has(HookType::Rollback) {
             match &self.o.results.rollback {
                 None => return Err(Need::RollbackHooks),
                 Some(RollbackSignal::Requested { .. }) => {
@@ -782,7 +719,7 @@ impl Draft<'_> {
         let first_step =
             p.canary_weight == 0 && p.iterations == 0 && !(self.s.mirror && p.mirrored);
         if first_step {
-            if self.s.has(HookKind::PreRollout) {
+            if self.s.has(HookType::PreRollout) {
                 match &self.o.results.pre_rollout {
                     None => return Err(Need::PreRollout),
                     Some(Err(text)) => {
@@ -836,7 +773,7 @@ impl Draft<'_> {
         if weight < max {
             let mirroring_step = self.s.mirror && weight == 0 && !self.plan.progress.mirrored;
             if !mirroring_step
-                && let Gate::Closed { hook } = self.gate(HookKind::ConfirmTrafficIncrease)?
+                && let Gate::Closed { hook } = self.gate(HookType::ConfirmTrafficIncrease)?
             {
                 self.consume_step();
                 self.warn(msg::halt_waiting_traffic_increase(&self.s.canary, &hook));
@@ -888,7 +825,7 @@ impl Draft<'_> {
             return Ok(());
         }
         if i == n {
-            if let Gate::Closed { hook } = self.gate(HookKind::ConfirmPromotion)? {
+            if let Gate::Closed { hook } = self.gate(HookType::ConfirmPromotion)? {
                 self.wait_promotion(hook);
                 return Ok(());
             }
@@ -913,7 +850,7 @@ impl Draft<'_> {
     }
 
     fn promote_gate(&mut self, first_step: bool) -> Flow {
-        if let Gate::Closed { hook } = self.gate(HookKind::ConfirmPromotion)? {
+        if let Gate::Closed { hook } = self.gate(HookType::ConfirmPromotion)? {
             self.wait_promotion(hook);
             return Ok(());
         }

@@ -51,7 +51,7 @@ struct World {
     primary_revision: Option<String>,
     analysis: Result<(), String>,
     pre_rollout: Result<(), String>,
-    gates: HashMap<HookKind, Gate>,
+    gates: HashMap<HookType, Gate>,
     rollback: RollbackSignal,
     needs: Vec<Need>,
     scale: Scale,
@@ -569,10 +569,10 @@ fn mirror_with_canary_strategy_mirrors_first_then_steps() {
 fn confirm_promotion_gate_holds_in_waiting_promotion_with_real_weight() {
     let mut s = settings();
     s.step_weight = 50;
-    s.hooks = vec![HookKind::ConfirmPromotion];
+    s.hooks = vec![HookType::ConfirmPromotion];
     let mut w = World::initialized(s);
     w.gates.insert(
-        HookKind::ConfirmPromotion,
+        HookType::ConfirmPromotion,
         Gate::Closed {
             hook: "approve".into(),
         },
@@ -592,7 +592,7 @@ fn confirm_promotion_gate_holds_in_waiting_promotion_with_real_weight() {
         1,
         "the waiting alert is sent once, not every interval"
     );
-    w.gates.insert(HookKind::ConfirmPromotion, Gate::Open);
+    w.gates.insert(HookType::ConfirmPromotion, Gate::Open);
     w.tick();
     assert_eq!(w.state(), (Phase::Promoting, 50));
 }
@@ -600,10 +600,10 @@ fn confirm_promotion_gate_holds_in_waiting_promotion_with_real_weight() {
 #[test]
 fn confirm_rollout_gate_waits_before_scaling_up() {
     let mut s = settings();
-    s.hooks = vec![HookKind::ConfirmRollout];
+    s.hooks = vec![HookType::ConfirmRollout];
     let mut w = World::initialized(s);
     w.gates.insert(
-        HookKind::ConfirmRollout,
+        HookType::ConfirmRollout,
         Gate::Closed {
             hook: "gate".into(),
         },
@@ -616,7 +616,7 @@ fn confirm_rollout_gate_waits_before_scaling_up() {
         w.messages().last(),
         Some(&"Halt podinfo.test advancement waiting for approval gate")
     );
-    w.gates.insert(HookKind::ConfirmRollout, Gate::Open);
+    w.gates.insert(HookType::ConfirmRollout, Gate::Open);
     w.tick();
     assert_eq!(w.state(), (Phase::Progressing, 0));
     assert_eq!(w.scale, Scale::Up);
@@ -625,7 +625,7 @@ fn confirm_rollout_gate_waits_before_scaling_up() {
 #[test]
 fn rollback_webhook_rolls_back() {
     let mut s = settings();
-    s.hooks = vec![HookKind::Rollback];
+    s.hooks = vec![HookType::Rollback];
     let mut w = World::initialized(s);
     w.revision = rev("b");
     w.step();
@@ -642,7 +642,7 @@ fn rollback_webhook_rolls_back() {
 #[test]
 fn pre_rollout_failure_counts_and_retries() {
     let mut s = settings();
-    s.hooks = vec![HookKind::PreRollout];
+    s.hooks = vec![HookType::PreRollout];
     s.threshold = 3;
     let mut w = World::initialized(s);
     w.pre_rollout = Err("Halt podinfo.test advancement pre-rollout check smoke failed boom".into());
@@ -840,7 +840,7 @@ fn arb_settings() -> impl proptest::strategy::Strategy<Value = Settings> {
                 s.mirror = mirror && s.strategy != Strategy::ABTesting;
                 s.progress_deadline = Duration::from_secs(300);
                 if gates {
-                    s.hooks = vec![HookKind::ConfirmPromotion, HookKind::ConfirmTrafficIncrease];
+                    s.hooks = vec![HookType::ConfirmPromotion, HookType::ConfirmTrafficIncrease];
                 }
                 s
             },
@@ -869,8 +869,8 @@ proptest! {
                 Op::Analysis(ok) => { w.analysis = if ok { Ok(()) } else { Err("halt".into()) }; }
                 Op::Gate(open) => {
                     let g = if open { Gate::Open } else { Gate::Closed { hook: "g".into() } };
-                    w.gates.insert(HookKind::ConfirmPromotion, g.clone());
-                    w.gates.insert(HookKind::ConfirmTrafficIncrease, g);
+                    w.gates.insert(HookType::ConfirmPromotion, g.clone());
+                    w.gates.insert(HookType::ConfirmTrafficIncrease, g);
                 }
             }
             let events_before = w.events.len();
@@ -882,8 +882,8 @@ proptest! {
                 prop_assert!(w.p.canary_weight <= max, "weight {} above max {}", w.p.canary_weight, max);
             }
             let same_run = before.last_applied_spec == w.p.last_applied_spec
-                && before.phase.is_some_and(|p| p.in_run())
-                && phase.in_run();
+                && before.phase.is_some_and(|p| in_run(p))
+                && in_run(phase);
             if same_run {
                 prop_assert!(w.p.failed_checks >= before.failed_checks, "failedChecks decreased");
             }

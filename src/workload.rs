@@ -1,0 +1,476 @@
+//! The target and primary Deployments: revision hashes, config tracking, the primary's desired
+//! spec, readiness, and how many replicas a canary gets when scaled up. All pure.
+//!
+//! The revision hash is the SHA-256 of the pod template's canonical JSON (object keys sorted,
+//! no whitespace, absent optional fields omitted), so it changes only when the template does: not
+//! when serin or its Kubernetes client library is upgraded (Flagger #1673, #1799, #1201).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, PodTemplateSpec, Secret, Volume};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use sha2::{Digest, Sha256};
+
+use crate::rollout::{REVISION_PREFIX, Readiness};
+
+/// Annotation on the primary Deployment recording the revision it was promoted from, so that
+/// "the primary runs the promoted revision" can be checked from the watch cache.
+pub const REVISION_ANNOTATION: &str = "serin.dev/revision";
+
+/// Annotation that opts a ConfigMap or Secret out of tracking (Flagger's name, prefix "disable").
+pub const CONFIG_TRACKING_ANNOTATION: &str = "flagger.app/config-tracking";
+
+/// Label keys looked for, in order, in the target's selector (Flagger's `-selector-labels`).
+pub const SELECTOR_LABELS: [&str; 3] = ["app", "name", "app.kubernetes.io/name"];
+
+/// The revision of a pod template: `sha256:` and the first 16 hex digits of its canonical JSON.
+pub fn revision_hash(template: &PodTemplateSpec) -> String {
+    let json = canonical_json(template);
+    let digest = Sha256::digest(json.as_bytes());
+    format!("{REVISION_PREFIX}{}", hex(&digest[..8]))
+}
+
+/// serde_json without `preserve_order` keeps object keys in a BTreeMap, so a round trip through
+/// `Value` sorts them at every level.
+fn canonical_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .map(|v| v.to_string())
+        .unwrap_or_default()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The selector label the canary machinery keys on and its value on the target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelectorLabel {
+    pub key: String,
+    pub value: String,
+}
+
+/// Finds the selector label as Flagger does; the error names the field and the accepted keys.
+pub fn selector_label(target: &Deployment) -> Result<SelectorLabel, String> {
+    let labels = target
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref());
+    for key in SELECTOR_LABELS {
+        if let Some(value) = labels.and_then(|l| l.get(key)) {
+            return Ok(SelectorLabel {
+                key: key.to_string(),
+                value: value.clone(),
+            });
+        }
+    }
+    Err(format!(
+        "deployment {} spec.selector.matchLabels must contain one of [{}]",
+        target.metadata.name.as_deref().unwrap_or(""),
+        SELECTOR_LABELS.join(", ")
+    ))
+}
+
+/// ConfigMaps and Secrets a pod spec refers to; `true` when every reference is optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigRefs {
+    pub config_maps: BTreeMap<String, bool>,
+    pub secrets: BTreeMap<String, bool>,
+}
+
+impl ConfigRefs {
+    fn add(map: &mut BTreeMap<String, bool>, name: &str, optional: Option<bool>) {
+        let optional = optional.unwrap_or(false);
+        map.entry(name.to_string())
+            .and_modify(|o| *o = *o && optional)
+            .or_insert(optional);
+    }
+}
+
+/// Every ConfigMap and Secret referenced from volumes (also projected), `env.valueFrom` and
+/// `envFrom`, in containers and init containers (flagger-compat.md §3.2).
+pub fn config_refs(spec: &PodSpec) -> ConfigRefs {
+    let mut refs = ConfigRefs::default();
+    for v in spec.volumes.iter().flatten() {
+        volume_refs(v, &mut refs);
+    }
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    for c in containers {
+        for e in c.env.iter().flatten() {
+            if let Some(from) = &e.value_from {
+                if let Some(k) = &from.config_map_key_ref {
+                    ConfigRefs::add(&mut refs.config_maps, &k.name, k.optional);
+                }
+                if let Some(k) = &from.secret_key_ref {
+                    ConfigRefs::add(&mut refs.secrets, &k.name, k.optional);
+                }
+            }
+        }
+        for from in c.env_from.iter().flatten() {
+            if let Some(cm) = &from.config_map_ref {
+                ConfigRefs::add(&mut refs.config_maps, &cm.name, cm.optional);
+            }
+            if let Some(s) = &from.secret_ref {
+                ConfigRefs::add(&mut refs.secrets, &s.name, s.optional);
+            }
+        }
+    }
+    refs
+}
+
+fn volume_refs(v: &Volume, refs: &mut ConfigRefs) {
+    if let Some(cm) = &v.config_map {
+        ConfigRefs::add(&mut refs.config_maps, &cm.name, cm.optional);
+    }
+    if let Some(s) = &v.secret
+        && let Some(name) = &s.secret_name
+    {
+        ConfigRefs::add(&mut refs.secrets, name, s.optional);
+    }
+    if let Some(p) = &v.projected {
+        for src in p.sources.iter().flatten() {
+            if let Some(cm) = &src.config_map {
+                ConfigRefs::add(&mut refs.config_maps, &cm.name, cm.optional);
+            }
+            if let Some(s) = &src.secret {
+                ConfigRefs::add(&mut refs.secrets, &s.name, s.optional);
+            }
+        }
+    }
+}
+
+fn tracking_disabled(meta: &ObjectMeta) -> bool {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(CONFIG_TRACKING_ANNOTATION))
+        .is_some_and(|v| v.starts_with("disable"))
+}
+
+/// Checksum of a ConfigMap's data: the first 8 bytes of SHA-256 over its JSON, as hex (Flagger's
+/// scheme). `None` when tracking is disabled for it.
+pub fn config_map_checksum(cm: &ConfigMap) -> Option<String> {
+    if tracking_disabled(&cm.metadata) {
+        return None;
+    }
+    let data = cm.data.clone().unwrap_or_default();
+    let binary = cm.binary_data.clone().unwrap_or_default();
+    let json = if binary.is_empty() {
+        canonical_json(&data)
+    } else {
+        canonical_json(&(data, binary))
+    };
+    Some(hex(&Sha256::digest(json.as_bytes())[..8]))
+}
+
+/// Checksum of a Secret's data; `None` for types Flagger does not track (service-account tokens,
+/// docker configs, ...) and when tracking is disabled.
+pub fn secret_checksum(secret: &Secret) -> Option<String> {
+    const TRACKED: [&str; 4] = [
+        "Opaque",
+        "kubernetes.io/basic-auth",
+        "kubernetes.io/ssh-auth",
+        "kubernetes.io/tls",
+    ];
+    let kind = secret.type_.as_deref().unwrap_or("Opaque");
+    if !TRACKED.contains(&kind) || tracking_disabled(&secret.metadata) {
+        return None;
+    }
+    let json = canonical_json(&secret.data.clone().unwrap_or_default());
+    Some(hex(&Sha256::digest(json.as_bytes())[..8]))
+}
+
+/// The tracked configs of a pod spec (`configmap/<name>` → checksum), looked up through `get_cm`
+/// and `get_secret` (the watch caches). A missing mandatory reference is an error naming it.
+pub fn tracked_configs(
+    spec: &PodSpec,
+    get_cm: impl Fn(&str) -> Option<ConfigMap>,
+    get_secret: impl Fn(&str) -> Option<Secret>,
+) -> Result<BTreeMap<String, String>, String> {
+    let refs = config_refs(spec);
+    let mut out = BTreeMap::new();
+    for (name, optional) in &refs.config_maps {
+        match get_cm(name) {
+            Some(cm) => {
+                if let Some(sum) = config_map_checksum(&cm) {
+                    out.insert(format!("configmap/{name}"), sum);
+                }
+            }
+            None if *optional => {}
+            None => return Err(format!("configmap {name} not found")),
+        }
+    }
+    for (name, optional) in &refs.secrets {
+        match get_secret(name) {
+            Some(s) => {
+                if let Some(sum) = secret_checksum(&s) {
+                    out.insert(format!("secret/{name}"), sum);
+                }
+            }
+            None if *optional => {}
+            None => return Err(format!("secret {name} not found")),
+        }
+    }
+    Ok(out)
+}
+
+/// Renames references to tracked configs to their `-primary` copies.
+pub fn rename_config_refs(spec: &mut PodSpec, tracked: &BTreeSet<String>) {
+    let cm = |name: &mut String| {
+        if tracked.contains(&format!("configmap/{name}")) {
+            name.push_str("-primary");
+        }
+    };
+    let secret = |name: &mut String| {
+        if tracked.contains(&format!("secret/{name}")) {
+            name.push_str("-primary");
+        }
+    };
+    for v in spec.volumes.iter_mut().flatten() {
+        if let Some(c) = &mut v.config_map {
+            cm(&mut c.name);
+        }
+        if let Some(s) = &mut v.secret
+            && let Some(name) = &mut s.secret_name
+        {
+            secret(name);
+        }
+        if let Some(p) = &mut v.projected {
+            for src in p.sources.iter_mut().flatten() {
+                if let Some(c) = &mut src.config_map {
+                    cm(&mut c.name);
+                }
+                if let Some(s) = &mut src.secret {
+                    secret(&mut s.name);
+                }
+            }
+        }
+    }
+    let containers = spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten());
+    for c in containers {
+        for e in c.env.iter_mut().flatten() {
+            if let Some(from) = &mut e.value_from {
+                if let Some(k) = &mut from.config_map_key_ref {
+                    cm(&mut k.name);
+                }
+                if let Some(k) = &mut from.secret_key_ref {
+                    secret(&mut k.name);
+                }
+            }
+        }
+        for from in c.env_from.iter_mut().flatten() {
+            if let Some(r) = &mut from.config_map_ref {
+                cm(&mut r.name);
+            }
+            if let Some(r) = &mut from.secret_ref {
+                secret(&mut r.name);
+            }
+        }
+    }
+}
+
+/// Keys Flux's kustomize-controller owns; never copied to objects serin owns.
+fn is_toolkit_key(key: &str) -> bool {
+    key.contains("toolkit.fluxcd.io")
+}
+
+fn without_toolkit(map: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    map.into_iter()
+        .flatten()
+        .filter(|(k, _)| !is_toolkit_key(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Inputs to the primary Deployment besides the target itself.
+pub struct PrimaryInputs<'a> {
+    pub target: &'a Deployment,
+    pub selector: &'a SelectorLabel,
+    pub owner: OwnerReference,
+    /// The revision being promoted (recorded in [`REVISION_ANNOTATION`]).
+    pub revision: &'a str,
+    /// Tracked configs, whose references are renamed to the `-primary` copies.
+    pub tracked: &'a BTreeSet<String>,
+    /// Replicas to set; `None` leaves them to an autoscaler (Flagger #1106).
+    pub replicas: Option<i32>,
+}
+
+/// The primary Deployment as serin applies it (server-side apply, field manager
+/// `serin/primary`). No random `flagger-id` pod annotation: re-applying the same revision is a
+/// no-op, so a crash between promotion and the status write costs no extra rollout (#1163).
+pub fn desired_primary(inp: &PrimaryInputs<'_>) -> Deployment {
+    let target = inp.target;
+    let name = format!("{}-primary", target.metadata.name.as_deref().unwrap_or(""));
+    let primary_value = format!("{}-primary", inp.selector.value);
+    let spec = target.spec.clone().unwrap_or_default();
+    let mut template = spec.template.clone();
+
+    let mut pod_labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    pod_labels.insert(inp.selector.key.clone(), primary_value.clone());
+    let pod_annotations = without_toolkit(
+        template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref()),
+    );
+    template.metadata = Some(ObjectMeta {
+        labels: Some(pod_labels),
+        annotations: (!pod_annotations.is_empty()).then_some(pod_annotations),
+        ..Default::default()
+    });
+    if let Some(pod) = &mut template.spec {
+        rename_config_refs(pod, inp.tracked);
+        rewrite_affinity_selectors(pod, &inp.selector.key, &inp.selector.value, &primary_value);
+    }
+
+    let mut annotations = without_toolkit(target.metadata.annotations.as_ref());
+    annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    annotations.remove("deployment.kubernetes.io/revision");
+    annotations.insert(REVISION_ANNOTATION.into(), inp.revision.to_string());
+    let mut labels = BTreeMap::new();
+    labels.insert(inp.selector.key.clone(), primary_value.clone());
+
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: target.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![inp.owner.clone()]),
+            ..Default::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: inp.replicas,
+            selector: LabelSelector {
+                match_labels: Some(BTreeMap::from([(inp.selector.key.clone(), primary_value)])),
+                ..Default::default()
+            },
+            template,
+            progress_deadline_seconds: spec.progress_deadline_seconds,
+            min_ready_seconds: spec.min_ready_seconds,
+            revision_history_limit: spec.revision_history_limit,
+            strategy: spec.strategy,
+            paused: None,
+        }),
+        status: None,
+    }
+}
+
+/// Pod anti-affinity and topology spread selectors that point at the target's own pods would
+/// otherwise make primary pods avoid (or spread against) the canary's.
+fn rewrite_affinity_selectors(pod: &mut PodSpec, key: &str, from: &str, to: &str) {
+    let fix = |sel: &mut Option<LabelSelector>| {
+        if let Some(sel) = sel
+            && let Some(labels) = &mut sel.match_labels
+            && labels.get(key).map(String::as_str) == Some(from)
+        {
+            labels.insert(key.to_string(), to.to_string());
+        }
+    };
+    for c in pod.topology_spread_constraints.iter_mut().flatten() {
+        fix(&mut c.label_selector);
+    }
+    if let Some(anti) = pod
+        .affinity
+        .as_mut()
+        .and_then(|a| a.pod_anti_affinity.as_mut())
+    {
+        for t in anti
+            .required_during_scheduling_ignored_during_execution
+            .iter_mut()
+            .flatten()
+        {
+            fix(&mut t.label_selector);
+        }
+        for w in anti
+            .preferred_during_scheduling_ignored_during_execution
+            .iter_mut()
+            .flatten()
+        {
+            fix(&mut w.pod_affinity_term.label_selector);
+        }
+    }
+}
+
+/// Readiness of a Deployment (Flagger's `isDeploymentReady` texts), with `threshold` the share of
+/// updated replicas that must be available (percent). A ProgressDeadlineExceeded condition is
+/// final; everything else is "still waiting" and serin's own deadline decides when to give up.
+pub fn readiness(d: &Deployment, threshold: i32) -> Readiness {
+    let name = d.metadata.name.as_deref().unwrap_or("");
+    let generation = d.metadata.generation.unwrap_or(0);
+    let Some(status) = &d.status else {
+        return Readiness::Waiting("waiting for rollout to finish: no status yet".into());
+    };
+    if generation > status.observed_generation.unwrap_or(0) {
+        return Readiness::Waiting(
+            "waiting for rollout to finish: observed deployment generation less than desired generation"
+                .into(),
+        );
+    }
+    let deadline = status.conditions.iter().flatten().any(|c| {
+        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    if deadline {
+        return Readiness::Failed(format!(
+            "deployment {name:?} exceeded its progress deadline"
+        ));
+    }
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let replicas = status.replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    if desired == 0 {
+        return Readiness::Waiting(
+            "waiting for rollout to finish: deployment is scaled to zero".into(),
+        );
+    }
+    if updated < desired {
+        return Readiness::Waiting(format!(
+            "waiting for rollout to finish: {updated} out of {desired} new replicas have been updated"
+        ));
+    }
+    if replicas > updated {
+        return Readiness::Waiting(format!(
+            "waiting for rollout to finish: {} old replicas are pending termination",
+            replicas - updated
+        ));
+    }
+    let threshold = threshold.clamp(0, 100);
+    let needed = (updated * threshold + 99) / 100;
+    if available < needed {
+        return Readiness::Waiting(format!(
+            "waiting for rollout to finish: {available} of {updated} (readyThreshold {threshold}%) updated replicas are available"
+        ));
+    }
+    Readiness::Ready
+}
+
+/// Replicas for a canary scaled up from zero (Flagger's ScaleFromZero): the target's own
+/// replicas when set above zero; else the primary's when there is no autoscaler; else the
+/// autoscaler minimum when above one; else one.
+pub fn scale_up_replicas(
+    target_replicas: Option<i32>,
+    primary_replicas: Option<i32>,
+    autoscaler_min: Option<i32>,
+    has_autoscaler: bool,
+) -> i32 {
+    if let Some(r) = target_replicas.filter(|r| *r > 0) {
+        return r;
+    }
+    if !has_autoscaler && let Some(r) = primary_replicas.filter(|r| *r > 0) {
+        return r;
+    }
+    autoscaler_min.filter(|m| *m > 1).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests;
