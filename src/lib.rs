@@ -5,5 +5,6 @@
 
 pub mod api;
 pub mod rollout;
+pub mod router;
 pub mod sandbox;
 pub mod workload;
