@@ -4,6 +4,7 @@
 //! sandbox demo drive exactly the code the controller runs.
 
 pub mod api;
+pub mod metrics;
 pub mod rollout;
 pub mod router;
 pub mod sandbox;

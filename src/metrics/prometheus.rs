@@ -1,0 +1,183 @@
+//! The Prometheus provider: instant queries with Flagger's client semantics (5 s timeout,
+//! optional headers, Bearer or Basic auth, last sample wins, empty or NaN means no values).
+
+use std::collections::BTreeMap;
+use std::error::Error as _;
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use prometheus_http_query::response::Data;
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+
+use super::QueryOutcome;
+
+/// Flagger's Prometheus client timeout.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where and how to reach a Prometheus server.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProviderConfig {
+    pub address: String,
+    pub headers: BTreeMap<String, Vec<String>>,
+    pub bearer_token: Option<String>,
+    pub basic_auth: Option<(String, String)>,
+    pub insecure_skip_verify: bool,
+}
+
+/// A ready client for one [`ProviderConfig`]; cheap to clone.
+#[derive(Clone)]
+pub struct Prometheus {
+    client: prometheus_http_query::Client,
+}
+
+impl Prometheus {
+    pub fn new(cfg: &ProviderConfig) -> Result<Self, String> {
+        let mut headers = HeaderMap::new();
+        for (k, values) in &cfg.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| format!("header name {k:?}: {e}"))?;
+            for v in values {
+                let value =
+                    HeaderValue::from_str(v).map_err(|e| format!("header {k} value: {e}"))?;
+                headers.append(name.clone(), value);
+            }
+        }
+        if let Some(token) = &cfg.bearer_token {
+            let value = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                .map_err(|e| format!("token: {e}"))?;
+            headers.insert(AUTHORIZATION, value);
+        }
+        if let Some((user, pass)) = &cfg.basic_auth {
+            let value = HeaderValue::from_str(&format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+            ))
+            .map_err(|e| format!("basic auth: {e}"))?;
+            headers.insert(AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .timeout(QUERY_TIMEOUT)
+            .default_headers(headers)
+            .danger_accept_invalid_certs(cfg.insecure_skip_verify)
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let client = prometheus_http_query::Client::from(http, cfg.address.trim_end_matches('/'))
+            .map_err(|e| format!("address {:?}: {e}", cfg.address))?;
+        Ok(Prometheus { client })
+    }
+
+    /// Runs an instant query.
+    pub async fn query(&self, promql: &str) -> QueryOutcome {
+        match self.client.query(promql).get().await {
+            Ok(res) => classify(res.data()),
+            Err(e) => QueryOutcome::Error(error_chain(&e)),
+        }
+    }
+
+    /// Flagger's availability probe (`vector(1)`).
+    pub async fn is_online(&self) -> Result<(), String> {
+        match self.query("vector(1)").await {
+            QueryOutcome::Value(_) => Ok(()),
+            QueryOutcome::NoValues => Err("vector(1) returned no values".into()),
+            QueryOutcome::Error(e) => Err(e),
+        }
+    }
+}
+
+/// Flagger's reading of a result: the last sample of a vector wins; a matrix is an error; an
+/// empty vector or NaN is "no values".
+pub fn classify(data: &Data) -> QueryOutcome {
+    let value = match data {
+        Data::Vector(v) => match v.last() {
+            Some(sample) => sample.sample().value(),
+            None => return QueryOutcome::NoValues,
+        },
+        Data::Scalar(s) => s.value(),
+        Data::Matrix(_) => {
+            return QueryOutcome::Error(
+                "query returned multiple values (a range vector): use an instant query".into(),
+            );
+        }
+    };
+    if value.is_nan() {
+        QueryOutcome::NoValues
+    } else {
+        QueryOutcome::Value(value)
+    }
+}
+
+/// The client error's Display is only "failed to send request to server"; the cause is deeper.
+fn error_chain(e: &prometheus_http_query::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        src = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(json: &str) -> Data {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn classify_follows_flagger() {
+        assert_eq!(
+            classify(&data(r#"{"resultType":"vector","result":[]}"#)),
+            QueryOutcome::NoValues
+        );
+        assert_eq!(
+            classify(&data(
+                r#"{"resultType":"vector","result":[{"metric":{},"value":[1,"1"]},{"metric":{},"value":[1,"99.5"]}]}"#
+            )),
+            QueryOutcome::Value(99.5)
+        );
+        assert_eq!(
+            classify(&data(r#"{"resultType":"scalar","result":[1,"NaN"]}"#)),
+            QueryOutcome::NoValues
+        );
+        assert!(matches!(
+            classify(&data(
+                r#"{"resultType":"matrix","result":[{"metric":{},"values":[[1,"1"]]}]}"#
+            )),
+            QueryOutcome::Error(_)
+        ));
+    }
+
+    #[test]
+    fn unreachable_server_error_names_the_cause() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // A port nobody listens on: bind, take the port, drop the listener.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let p = Prometheus::new(&ProviderConfig {
+            address: format!("http://127.0.0.1:{port}"),
+            ..Default::default()
+        })
+        .unwrap();
+        let QueryOutcome::Error(e) = rt.block_on(p.query("vector(1)")) else {
+            panic!("expected an error")
+        };
+        assert!(
+            e.contains("failed to send request")
+                && e.len() > "failed to send request to server".len(),
+            "{e}"
+        );
+    }
+}
