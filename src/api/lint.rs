@@ -153,22 +153,16 @@ fn check_value(value: &Value, found: &mut Vec<(String, Problem)>) {
             },
         ));
     }
-    let schema_refused = schema_problems
+    let refused_paths: Vec<String> = schema_problems
         .iter()
-        .any(|p| p.outcome == schema::Outcome::Refused);
-    let mut seen: Vec<Problem> = Vec::new();
-    for p in schema_problems {
-        seen.push(p.problem);
-    }
+        .filter(|p| p.outcome == schema::Outcome::Refused)
+        .map(|p| p.problem.path.clone())
+        .collect();
+    let mut seen: Vec<Problem> = schema_problems.into_iter().map(|p| p.problem).collect();
     for p in validate(value) {
-        // A value the schema refused usually also fails to deserialise; one report is enough.
-        if schema_refused && p.path.is_empty() {
-            continue;
-        }
-        if seen
-            .iter()
-            .any(|s| s.path == p.path && s.message == p.message)
-        {
+        // Where the schema already refused a field, its report is the one the API server gives;
+        // a value the schema refused usually also fails to deserialise (empty path).
+        if (!refused_paths.is_empty() && p.path.is_empty()) || refused_paths.contains(&p.path) {
             continue;
         }
         seen.push(p);

@@ -509,15 +509,15 @@ fn logic_checks(v: &Value, s: &JSONSchemaProps, path: &str, out: &mut Vec<Schema
                 .collect::<Vec<_>>()
                 .join(" | ");
             let found = if matched == 0 {
-                "none matches".to_string()
+                "found none valid".to_string()
             } else {
-                format!("{matched} match")
+                format!("found {matched} valid alternatives")
             };
             refused(
                 out,
                 path,
-                format!("must validate one and only one schema (oneOf): {found} of {options}"),
-                one_of_hint(path, &options),
+                format!("must validate one and only one schema (oneOf), {found} among {options}"),
+                one_of_hint(path, branches, &options),
             );
         }
     }
@@ -553,7 +553,7 @@ fn logic_checks(v: &Value, s: &JSONSchemaProps, path: &str, out: &mut Vec<Schema
     }
 }
 
-fn one_of_hint(path: &str, options: &str) -> String {
+fn one_of_hint(path: &str, branches: &[JSONSchemaProps], options: &str) -> String {
     if path.ends_with("spec.analysis") {
         return "set interval and threshold, plus exactly one of iterations (A/B testing, \
                 Blue/Green), stepWeight or stepWeights (progressive canary)"
@@ -562,7 +562,22 @@ fn one_of_hint(path: &str, options: &str) -> String {
     if path == "spec" {
         return "set type, plus either address or secretRef (not both)".into();
     }
-    format!("set exactly one of the alternatives {options}")
+    // Single-field alternatives (StringMatch, hash keys): name the fields.
+    let singles: Vec<String> = branches
+        .iter()
+        .filter(|b| b.not.is_none() && b.properties.is_none())
+        .filter_map(|b| match b.required.as_deref() {
+            Some([one]) => Some(one.clone()),
+            _ => None,
+        })
+        .collect();
+    if singles.len() == branches.len() {
+        return format!("set exactly one of {}", singles.join(", "));
+    }
+    if singles.len() + 1 == branches.len() && branches.iter().any(|b| b.not.is_some()) {
+        return format!("set at most one of {}", singles.join(", "));
+    }
+    format!("set the fields of exactly one of {options}")
 }
 
 #[cfg(test)]
