@@ -605,6 +605,28 @@ pub struct CanaryStatus {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub serin_metrics: Vec<MetricCheckStatus>,
+    /// serin's addition: the clocks of the current run, so that a restarted controller keeps the
+    /// pace and the readiness deadlines where they were.
+    #[serde(rename = "serin.dev/progress", skip_serializing_if = "Option::is_none")]
+    pub serin_progress: Option<RunProgress>,
+}
+
+/// `status["serin.dev/progress"]`: timing state of the current run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunProgress {
+    /// Scheduled time of the last analysis step; the next one is due an interval later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_step_time: Option<Time>,
+    /// Since when serin has waited for the canary workload to become ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary_waiting_since: Option<Time>,
+    /// Since when serin has waited for the primary workload to become ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary_waiting_since: Option<Time>,
+    /// Traffic is mirrored to the canary.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mirrored: bool,
 }
 
 fn empty_phase_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CanaryPhase>, D::Error> {
