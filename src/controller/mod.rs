@@ -1,0 +1,343 @@
+//! `serin controller`: the kube-rs runtime wiring. Watches feed reflector caches; a change of a
+//! Canary, its target or primary Deployment, its Services, routes, or a tracked ConfigMap or
+//! Secret triggers a reconcile of that Canary at once, and the rollout core's requeue time paces
+//! the analysis. Reads come from the caches; writes happen only when the desired state differs.
+
+mod reconcile;
+pub mod state;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use tokio::sync::Mutex;
+use tracing::{error, info, warn};
+
+use crate::api::{Canary, MetricTemplate};
+use crate::metrics::prometheus::{Prometheus, ProviderConfig};
+use crate::telemetry::Metrics;
+use crate::workload;
+
+/// Flags of `serin controller`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Watch only this namespace.
+    pub namespace: Option<String>,
+    /// Prometheus for the built-in metrics when a Canary has no `spec.metricsServer`.
+    pub metrics_server: String,
+    /// Canaries reconciled at the same time.
+    pub concurrency: u16,
+    /// Where `/metrics` and `/healthz` listen; `None` serves nothing.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            namespace: None,
+            metrics_server: "http://prometheus:9090".into(),
+            concurrency: 16,
+            listen: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What every reconcile shares.
+pub struct Ctx {
+    pub client: Client,
+    pub opts: Options,
+    pub canaries: Store<Canary>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub config_maps: Store<ConfigMap>,
+    pub secrets: Store<Secret>,
+    pub templates: Store<MetricTemplate>,
+    pub virtual_services: Store<DynamicObject>,
+    pub destination_rules: Store<DynamicObject>,
+    pub vs_resource: ApiResource,
+    pub dr_resource: ApiResource,
+    pub recorder: Recorder,
+    pub http: reqwest::Client,
+    pub http_insecure: reqwest::Client,
+    pub providers: Mutex<HashMap<ProviderConfig, Prometheus>>,
+    pub metrics: Arc<Metrics>,
+}
+
+fn istio_resource(kind: &str) -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("networking.istio.io", "v1beta1", kind))
+}
+
+/// Exits early, with what to do, when the CRDs serin needs are not installed: a watcher on a
+/// missing resource would back off forever in silence.
+pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
+    for (gv, plural, fix) in [
+        ("flagger.app/v1beta1", "canaries", "kubectl apply -f crds/ (or `serin crds | kubectl apply -f -`)"),
+        ("flagger.app/v1beta1", "metrictemplates", "kubectl apply -f crds/"),
+        ("networking.istio.io/v1beta1", "virtualservices", "install Istio (its CRDs)"),
+        ("networking.istio.io/v1beta1", "destinationrules", "install Istio (its CRDs)"),
+    ] {
+        let found = match client.list_api_group_resources(gv).await {
+            Ok(list) => list.resources.iter().any(|r| r.name == plural),
+            Err(kube::Error::Api(s)) if s.code == 404 => false,
+            Err(e) => return Err(anyhow::anyhow!("cannot reach the API server: {e}")),
+        };
+        if !found {
+            anyhow::bail!("the API server does not serve {plural}.{gv}: {fix}");
+        }
+    }
+    Ok(())
+}
+
+fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn scoped_dyn(client: &Client, ns: Option<&str>, ar: &ApiResource) -> Api<DynamicObject> {
+    match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+        None => Api::all_with(client.clone(), ar),
+    }
+}
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    opts: Options,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    check_crds(&client).await?;
+    let ns = opts.namespace.clone();
+    let ns = ns.as_deref();
+    let wc = watcher::Config::default().any_semantic();
+
+    let (deployments, dep_w) = reflector::store::<Deployment>();
+    let dep_stream = watcher(scoped::<Deployment>(&client, ns), wc.clone())
+        .default_backoff()
+        .reflect(dep_w)
+        .touched_objects();
+    let (services, svc_w) = reflector::store::<Service>();
+    let svc_stream = watcher(scoped::<Service>(&client, ns), wc.clone())
+        .default_backoff()
+        .reflect(svc_w)
+        .touched_objects();
+    let (config_maps, cm_w) = reflector::store::<ConfigMap>();
+    let cm_stream = watcher(scoped::<ConfigMap>(&client, ns), wc.clone())
+        .default_backoff()
+        .reflect(cm_w)
+        .touched_objects();
+    let (secrets, secret_w) = reflector::store::<Secret>();
+    let secret_stream = watcher(scoped::<Secret>(&client, ns), wc.clone())
+        .default_backoff()
+        .reflect(secret_w)
+        .touched_objects();
+    let vs_resource = istio_resource("VirtualService");
+    let dr_resource = istio_resource("DestinationRule");
+    let vs_w = reflector::store::Writer::<DynamicObject>::new(vs_resource.clone());
+    let virtual_services = vs_w.as_reader();
+    let vs_stream = watcher(scoped_dyn(&client, ns, &vs_resource), wc.clone())
+        .default_backoff()
+        .reflect(vs_w)
+        .touched_objects();
+    let dr_w = reflector::store::Writer::<DynamicObject>::new(dr_resource.clone());
+    let destination_rules = dr_w.as_reader();
+    let dr_stream = watcher(scoped_dyn(&client, ns, &dr_resource), wc.clone())
+        .default_backoff()
+        .reflect(dr_w)
+        .touched_objects();
+    // Templates only feed a cache; nothing is reconciled when one changes.
+    let (templates, tpl_w) = reflector::store::<MetricTemplate>();
+    let tpl_stream = watcher(scoped::<MetricTemplate>(&client, ns), wc.clone())
+        .default_backoff()
+        .reflect(tpl_w)
+        .touched_objects();
+    let tpl_task = tokio::spawn(tpl_stream.for_each(|_| futures::future::ready(())));
+
+    let controller = Controller::new(scoped::<Canary>(&client, ns), wc.clone())
+        .with_config(ControllerConfig::default().concurrency(opts.concurrency));
+    let canaries = controller.store();
+
+    let http = reqwest::Client::builder()
+        .build()
+        .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
+    let http_insecure = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
+    let metrics = Arc::new(Metrics::new());
+    let instance = std::env::var("POD_NAME").ok();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "serin".into(),
+            instance,
+        },
+    );
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        opts: opts.clone(),
+        canaries: canaries.clone(),
+        deployments: deployments.clone(),
+        services,
+        config_maps,
+        secrets,
+        templates,
+        virtual_services,
+        destination_rules,
+        vs_resource: vs_resource.clone(),
+        dr_resource: dr_resource.clone(),
+        recorder,
+        http,
+        http_insecure,
+        providers: Mutex::new(HashMap::new()),
+        metrics: metrics.clone(),
+    });
+
+    let server = opts.listen.map(|addr| {
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::telemetry::serve(addr, m).await {
+                error!("serving /metrics on {addr}: {e}");
+            }
+        })
+    });
+    if let Some(addr) = opts.listen {
+        info!("serving /metrics and /healthz on {addr}");
+    }
+
+    let by_target = {
+        let canaries = canaries.clone();
+        move |d: Deployment| canaries_for_deployment(&canaries, &d)
+    };
+    let by_cm = {
+        let (canaries, deployments) = (canaries.clone(), deployments.clone());
+        move |cm: ConfigMap| {
+            canaries_for_config(&canaries, &deployments, &cm.metadata, ConfigKind::ConfigMap)
+        }
+    };
+    let by_secret = {
+        let (canaries, deployments) = (canaries.clone(), deployments.clone());
+        move |s: Secret| canaries_for_config(&canaries, &deployments, &s.metadata, ConfigKind::Secret)
+    };
+
+    info!(namespace = ns.unwrap_or("(all)"), "serin controller started");
+    controller
+        .watches_stream(dep_stream, by_target)
+        .owns_stream(svc_stream)
+        .owns_stream_with(vs_stream, vs_resource)
+        .owns_stream_with(dr_stream, dr_resource)
+        .watches_stream(cm_stream, by_cm)
+        .watches_stream(secret_stream, by_secret)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, error_policy, ctx)
+        .for_each(|res| {
+            if let Err(e) = res {
+                match e {
+                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
+                    e => warn!("reconcile: {e}"),
+                }
+            }
+            futures::future::ready(())
+        })
+        .await;
+    tpl_task.abort();
+    if let Some(s) = server {
+        s.abort();
+    }
+    info!("serin controller stopped");
+    Ok(())
+}
+
+fn error_policy(canary: Arc<Canary>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics
+        .reconciles
+        .get_or_create(&crate::telemetry::ResultLabels {
+            result: "error".into(),
+        })
+        .inc();
+    warn!(
+        canary = canary.metadata.name.as_deref().unwrap_or(""),
+        namespace = canary.metadata.namespace.as_deref().unwrap_or(""),
+        "reconcile failed: {err}"
+    );
+    Action::requeue(Duration::from_secs(5))
+}
+
+fn canaries_for_deployment(canaries: &Store<Canary>, d: &Deployment) -> Vec<ObjectRef<Canary>> {
+    let Some(name) = d.metadata.name.as_deref() else {
+        return vec![];
+    };
+    let ns = d.metadata.namespace.as_deref();
+    canaries
+        .state()
+        .iter()
+        .filter(|c| c.metadata.namespace.as_deref() == ns)
+        .filter(|c| {
+            let t = &c.spec.target_ref.name;
+            t == name || name.strip_suffix("-primary") == Some(t.as_str())
+        })
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+enum ConfigKind {
+    ConfigMap,
+    Secret,
+}
+
+fn canaries_for_config(
+    canaries: &Store<Canary>,
+    deployments: &Store<Deployment>,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    kind: ConfigKind,
+) -> Vec<ObjectRef<Canary>> {
+    let (Some(name), Some(ns)) = (meta.name.as_deref(), meta.namespace.as_deref()) else {
+        return vec![];
+    };
+    canaries
+        .state()
+        .iter()
+        .filter(|c| c.metadata.namespace.as_deref() == Some(ns))
+        .filter(|c| {
+            let target = ObjectRef::<Deployment>::new(&c.spec.target_ref.name).within(ns);
+            let Some(d) = deployments.get(&target) else {
+                return false;
+            };
+            let Some(pod) = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+                return false;
+            };
+            let refs = workload::config_refs(pod);
+            match kind {
+                ConfigKind::ConfigMap => refs.config_maps.contains_key(name),
+                ConfigKind::Secret => refs.secrets.contains_key(name),
+            }
+        })
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}

@@ -1,0 +1,233 @@
+//! Translation between the Canary resource and the rollout core's vocabulary: the defaulted
+//! [`Settings`], and [`Progress`] read from and written back to the status. Pure.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{Canary, CanaryCondition, CanaryStatus, HookType, RunProgress};
+use crate::rollout::{self, Phase, Progress, Settings};
+
+/// Condition type of serin's own verdict on the spec and its references (a missing template, an
+/// unknown provider, a broken query): `False` names the field and the fix.
+pub const VALID_CONDITION: &str = "serin.dev/Valid";
+pub const PROMOTED_CONDITION: &str = "Promoted";
+
+pub fn to_chrono(t: &Time) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
+        .unwrap_or_default()
+}
+
+pub fn to_time(t: DateTime<Utc>) -> Time {
+    // Kubernetes serialises metav1.Time with second precision.
+    Time(Timestamp::from_second(t.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+fn u32_of(v: Option<i32>) -> u32 {
+    v.unwrap_or(0).max(0) as u32
+}
+
+/// The rollout settings of a Canary, with Flagger's defaults applied.
+pub fn settings(canary: &Canary) -> Settings {
+    let ns = canary.metadata.namespace.as_deref().unwrap_or("default");
+    let name = canary.metadata.name.as_deref().unwrap_or("");
+    let target = &canary.spec.target_ref.name;
+    let analysis = canary.spec.analysis().cloned().unwrap_or_default();
+    let mut hooks: Vec<HookType> = analysis
+        .webhooks
+        .iter()
+        .map(|w| match w.hook_type() {
+            HookType::Unset => HookType::Rollout,
+            t => t,
+        })
+        .collect();
+    hooks.sort_by_key(|h| h.as_str());
+    hooks.dedup();
+    Settings {
+        canary: format!("{name}.{ns}"),
+        target: format!("{target}.{ns}"),
+        primary: format!("{target}-primary.{ns}"),
+        kind: canary.spec.target_ref.kind.clone(),
+        strategy: analysis.strategy(),
+        interval: analysis.interval(),
+        threshold: analysis.threshold().max(1) as u32,
+        max_weight: analysis.max_weight().clamp(0, 100) as u32,
+        step_weight: analysis.step_weight().max(0) as u32,
+        step_weights: analysis
+            .step_weights()
+            .iter()
+            .map(|w| (*w).clamp(0, 100) as u32)
+            .collect(),
+        step_weight_promotion: analysis.step_weight_promotion().max(0) as u32,
+        iterations: analysis.iterations().max(0) as u32,
+        mirror: analysis.mirror(),
+        // A Canary without analysis is promoted without one (Flagger's nil analysis).
+        skip_analysis: canary.spec.skip_analysis() || canary.spec.analysis().is_none(),
+        suspend: canary.spec.suspend(),
+        progress_deadline: Duration::from_secs(
+            canary.spec.progress_deadline_seconds().max(1) as u64
+        ),
+        hooks,
+    }
+}
+
+/// Progress as stored in the status.
+pub fn progress(status: Option<&CanaryStatus>) -> Progress {
+    let Some(s) = status else {
+        return Progress::default();
+    };
+    let run = s.serin_progress.clone().unwrap_or_default();
+    Progress {
+        phase: s.phase,
+        canary_weight: u32_of(s.canary_weight),
+        failed_checks: u32_of(s.failed_checks),
+        iterations: u32_of(s.iterations),
+        mirrored: run.mirrored,
+        last_applied_spec: s.last_applied_spec.clone(),
+        last_promoted_spec: s.last_promoted_spec.clone(),
+        tracked_configs: s.tracked_configs.clone(),
+        last_transition_time: s.last_transition_time.as_ref().map(to_chrono),
+        last_step_time: run.last_step_time.as_ref().map(to_chrono),
+        canary_waiting_since: run.canary_waiting_since.as_ref().map(to_chrono),
+        primary_waiting_since: run.primary_waiting_since.as_ref().map(to_chrono),
+    }
+}
+
+/// The status to write for a progress, keeping what serin does not decide here (cookies, the
+/// Flagger revision fence, metric results) from `previous`, and setting the conditions.
+pub fn status(
+    previous: Option<&CanaryStatus>,
+    p: &Progress,
+    kind: &str,
+    valid: Result<(), (String, String)>,
+    now: DateTime<Utc>,
+) -> CanaryStatus {
+    let mut s = previous.cloned().unwrap_or_default();
+    s.phase = p.phase;
+    s.canary_weight = Some(p.canary_weight as i32);
+    s.failed_checks = Some(p.failed_checks as i32);
+    s.iterations = Some(p.iterations as i32);
+    s.last_applied_spec = p.last_applied_spec.clone();
+    s.last_promoted_spec = p.last_promoted_spec.clone();
+    s.tracked_configs = p.tracked_configs.clone();
+    s.last_transition_time = p.last_transition_time.map(to_time);
+    let run = RunProgress {
+        last_step_time: p.last_step_time.map(to_time),
+        canary_waiting_since: p.canary_waiting_since.map(to_time),
+        primary_waiting_since: p.primary_waiting_since.map(to_time),
+        mirrored: p.mirrored,
+    };
+    s.serin_progress = (run != RunProgress::default()).then_some(run);
+
+    let mut conditions = Vec::new();
+    if let Some(phase) = p.phase {
+        let (st, message) = rollout::promoted_condition(phase, kind);
+        conditions.push(condition(&s.conditions, PROMOTED_CONDITION, st, phase.as_str(), &message, now));
+    }
+    let (st, reason, message) = match &valid {
+        Ok(()) => ("True", "Valid".to_string(), "The spec and its references are usable.".to_string()),
+        Err((reason, message)) => ("False", reason.clone(), message.clone()),
+    };
+    conditions.push(condition(&s.conditions, VALID_CONDITION, st, &reason, &message, now));
+    s.conditions = conditions;
+    s
+}
+
+/// A condition whose transition time moves only when its status does, so that rewriting the
+/// same status is a no-op.
+fn condition(
+    previous: &[CanaryCondition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now: DateTime<Utc>,
+) -> CanaryCondition {
+    let prev = previous.iter().find(|c| c.type_ == type_);
+    let unchanged = prev.is_some_and(|c| {
+        c.status == status && c.reason == reason && c.message.as_deref() == Some(message)
+    });
+    if unchanged && let Some(c) = prev {
+        return c.clone();
+    }
+    let transition = match prev {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Some(to_time(now)),
+    };
+    CanaryCondition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        last_update_time: Some(to_time(now)),
+        last_transition_time: transition,
+        reason: reason.to_string(),
+        message: Some(message.to_string()),
+    }
+}
+
+/// Whether a phase means an analysis is under way (for the `flagger_canary_status` gauge: 0).
+pub fn status_gauge(phase: Option<Phase>) -> i64 {
+    match phase {
+        Some(Phase::Progressing) => 0,
+        Some(Phase::Failed) => 2,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use std::collections::BTreeMap;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).single().unwrap()
+    }
+
+    #[test]
+    fn progress_round_trips_through_status() {
+        let p = Progress {
+            phase: Some(Phase::Progressing),
+            canary_weight: 30,
+            failed_checks: 1,
+            iterations: 0,
+            mirrored: true,
+            last_applied_spec: Some("sha256:b".into()),
+            last_promoted_spec: Some("sha256:a".into()),
+            tracked_configs: BTreeMap::from([("configmap/x".into(), "ab".into())]),
+            last_transition_time: Some(now()),
+            last_step_time: Some(now() - chrono::Duration::seconds(30)),
+            canary_waiting_since: None,
+            primary_waiting_since: Some(now()),
+        };
+        let s = status(None, &p, "Deployment", Ok(()), now());
+        assert_eq!(progress(Some(&s)), p);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["phase"], "Progressing");
+        assert_eq!(json["canaryWeight"], 30);
+        assert_eq!(json["serin.dev/progress"]["mirrored"], true);
+        assert_eq!(json["conditions"][0]["type"], "Promoted");
+        assert_eq!(json["conditions"][0]["status"], "Unknown");
+        assert_eq!(json["conditions"][0]["reason"], "Progressing");
+        assert_eq!(json["conditions"][1]["type"], "serin.dev/Valid");
+    }
+
+    #[test]
+    fn rewriting_the_same_status_changes_nothing() {
+        let p = Progress { phase: Some(Phase::Succeeded), ..Default::default() };
+        let first = status(None, &p, "Deployment", Ok(()), now());
+        let later = status(Some(&first), &p, "Deployment", Ok(()), now() + chrono::Duration::seconds(90));
+        assert_eq!(first, later);
+        let invalid = status(
+            Some(&first),
+            &p,
+            "Deployment",
+            Err(("MetricTemplateNotFound".into(), "x".into())),
+            now() + chrono::Duration::seconds(90),
+        );
+        let c = &invalid.conditions[1];
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "MetricTemplateNotFound"));
+        assert_ne!(c.last_transition_time, first.conditions[1].last_transition_time);
+    }
+}

@@ -1,0 +1,186 @@
+//! Logging set-up and the controller's `/metrics` and `/healthz`, with Flagger's metric names and
+//! labels (flagger-compat.md §8) so existing Grafana dashboards keep working.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Log output format of `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Installs the global tracing subscriber. `RUST_LOG` wins over `level` when set.
+pub fn init_logging(level: &str, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    // An insecure-skip-verify kubeconfig (the sandbox's) would log a warning per connection.
+    let default = format!("{level},kube_client::client::tls=error");
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NameNs {
+    pub name: String,
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Ns {
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkloadNs {
+    pub workload: String,
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MetricLabels {
+    pub name: String,
+    pub namespace: String,
+    pub metric: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub name: String,
+    pub namespace: String,
+    pub deployment_strategy: String,
+    pub analysis_status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InfoLabels {
+    pub version: String,
+    pub mesh_provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+/// Flagger's metrics plus serin's own.
+pub struct Metrics {
+    registry: Registry,
+    pub canary_total: Family<Ns, Gauge>,
+    pub canary_status: Family<NameNs, Gauge>,
+    pub canary_weight: Family<WorkloadNs, Gauge>,
+    pub canary_duration: Family<NameNs, Histogram>,
+    pub metric_analysis: Family<MetricLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub successes: Family<OutcomeLabels, Counter>,
+    pub failures: Family<OutcomeLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub reconciles: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let info = Family::<InfoLabels, Gauge>::default();
+        info.get_or_create(&InfoLabels {
+            version: env!("CARGO_PKG_VERSION").into(),
+            mesh_provider: "istio".into(),
+        })
+        .set(1);
+        registry.register("flagger_info", "Flagger version and mesh provider information", info);
+        let canary_total = Family::<Ns, Gauge>::default();
+        registry.register("flagger_canary_total", "Total number of canary object", canary_total.clone());
+        let canary_status = Family::<NameNs, Gauge>::default();
+        registry.register(
+            "flagger_canary_status",
+            "Last canary analysis result (0 progressing, 1 done, 2 failed)",
+            canary_status.clone(),
+        );
+        let canary_weight = Family::<WorkloadNs, Gauge>::default();
+        registry.register("flagger_canary_weight", "The virtual service destination weight current value", canary_weight.clone());
+        let canary_duration = Family::<NameNs, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        });
+        registry.register(
+            "flagger_canary_duration_seconds",
+            "Seconds spent performing canary analysis.",
+            canary_duration.clone(),
+        );
+        let metric_analysis = Family::<MetricLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register("flagger_canary_metric_analysis", "Last canary analysis result per metric", metric_analysis.clone());
+        let successes = Family::<OutcomeLabels, Counter>::default();
+        // prometheus-client appends `_total` to counters.
+        registry.register("flagger_canary_successes", "Total number of canary successes", successes.clone());
+        let failures = Family::<OutcomeLabels, Counter>::default();
+        registry.register("flagger_canary_failures", "Total number of canary failures", failures.clone());
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "serin_reconcile_duration_seconds",
+            "Time one reconcile of a canary took",
+            reconcile_duration.clone(),
+        );
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        registry.register("serin_reconciles", "Reconciles by result (ok, error)", reconciles.clone());
+        Metrics {
+            registry,
+            canary_total,
+            canary_status,
+            canary_weight,
+            canary_duration,
+            metric_analysis,
+            successes,
+            failures,
+            reconcile_duration,
+            reconciles,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the future is dropped.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                        m.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { (StatusCode::OK, "OK") }))
+        .route("/readyz", get(|| async { (StatusCode::OK, "OK") }));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await
+}
