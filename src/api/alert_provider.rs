@@ -26,7 +26,7 @@ pub const DEFAULT_ALERT_USERNAME: &str = "flagger";
     doc = "AlertProvider is the Schema for the AlertProvider API.",
     derive = "PartialEq",
     derive = "Default",
-    printcolumn(name = "Type", type_ = "string", json_path = ".spec.type")
+    printcolumn = r#"{"name": "Type", "type": "string", "jsonPath": ".spec.type"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AlertProviderSpec {
@@ -93,4 +93,18 @@ impl AlertProviderSpec {
 pub struct AlertProviderStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<CanaryCondition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_and_username_defaults() {
+        let mut s = AlertProviderSpec::default();
+        assert_eq!((s.channel(), s.username()), ("general", "flagger"));
+        s.channel = Some("ops".into());
+        s.username = Some(String::new());
+        assert_eq!((s.channel(), s.username()), ("ops", "flagger"));
+    }
 }

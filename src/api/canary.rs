@@ -46,55 +46,16 @@ pub const BUILTIN_METRICS: [&str; 2] = ["request-success-rate", "request-duratio
     doc = "Canary is the Schema for the Canary API.",
     derive = "PartialEq",
     derive = "Default",
-    printcolumn(name = "Status", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Weight", type_ = "string", json_path = ".status.canaryWeight"),
-    printcolumn(
-        name = "Suspended",
-        type_ = "boolean",
-        json_path = ".spec.suspend",
-        priority = 1
-    ),
-    printcolumn(
-        name = "FailedChecks",
-        type_ = "string",
-        json_path = ".status.failedChecks",
-        priority = 1
-    ),
-    printcolumn(
-        name = "Interval",
-        type_ = "string",
-        json_path = ".spec.analysis.interval",
-        priority = 1
-    ),
-    printcolumn(
-        name = "Mirror",
-        type_ = "boolean",
-        json_path = ".spec.analysis.mirror",
-        priority = 1
-    ),
-    printcolumn(
-        name = "StepWeight",
-        type_ = "string",
-        json_path = ".spec.analysis.stepWeight",
-        priority = 1
-    ),
-    printcolumn(
-        name = "StepWeights",
-        type_ = "string",
-        json_path = ".spec.analysis.stepWeights",
-        priority = 1
-    ),
-    printcolumn(
-        name = "MaxWeight",
-        type_ = "string",
-        json_path = ".spec.analysis.maxWeight",
-        priority = 1
-    ),
-    printcolumn(
-        name = "LastTransitionTime",
-        type_ = "string",
-        json_path = ".status.lastTransitionTime"
-    )
+    printcolumn = r#"{"name": "Status", "type": "string", "jsonPath": ".status.phase"}"#,
+    printcolumn = r#"{"name": "Weight", "type": "string", "jsonPath": ".status.canaryWeight"}"#,
+    printcolumn = r#"{"name": "Suspended", "type": "boolean", "jsonPath": ".spec.suspend", "priority": 1}"#,
+    printcolumn = r#"{"name": "FailedChecks", "type": "string", "jsonPath": ".status.failedChecks", "priority": 1}"#,
+    printcolumn = r#"{"name": "Interval", "type": "string", "jsonPath": ".spec.analysis.interval", "priority": 1}"#,
+    printcolumn = r#"{"name": "Mirror", "type": "boolean", "jsonPath": ".spec.analysis.mirror", "priority": 1}"#,
+    printcolumn = r#"{"name": "StepWeight", "type": "string", "jsonPath": ".spec.analysis.stepWeight", "priority": 1}"#,
+    printcolumn = r#"{"name": "StepWeights", "type": "string", "jsonPath": ".spec.analysis.stepWeights", "priority": 1}"#,
+    printcolumn = r#"{"name": "MaxWeight", "type": "string", "jsonPath": ".spec.analysis.maxWeight", "priority": 1}"#,
+    printcolumn = r#"{"name": "LastTransitionTime", "type": "string", "jsonPath": ".status.lastTransitionTime"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CanarySpec {
@@ -403,7 +364,7 @@ pub struct CanaryThresholdRange {
     pub max: Option<f64>,
 }
 
-/// When a webhook runs, and what its answer means (compat §6.1).
+/// When a webhook runs, and what its answer means.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum HookType {
     /// `type: ""`: treated as `rollout`.
@@ -880,5 +841,229 @@ impl SessionAffinity {
     /// Cookie lifetime in seconds (default 86400).
     pub fn max_age(&self) -> i32 {
         self.max_age.unwrap_or(DEFAULT_SESSION_AFFINITY_MAX_AGE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn analysis() -> CanaryAnalysis {
+        CanaryAnalysis::default()
+    }
+
+    #[test]
+    fn analysis_interval_defaults_and_clamps() {
+        let cases: &[(Option<&str>, u64)] = &[
+            (None, 60),
+            (Some(""), 60),
+            (Some("nonsense"), 60),
+            (Some("1m"), 60),
+            (Some("2m30s"), 150),
+            (Some("5s"), 10),
+            (Some("0"), 10),
+            (Some("10s"), 10),
+            (Some("11s"), 11),
+        ];
+        for (input, want) in cases {
+            let a = CanaryAnalysis {
+                interval: input.map(str::to_string),
+                ..analysis()
+            };
+            assert_eq!(a.interval(), Duration::from_secs(*want), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn threshold_and_weights() {
+        for (t, want) in [(None, 1), (Some(-3), 1), (Some(0), 1), (Some(4), 4)] {
+            let a = CanaryAnalysis {
+                threshold: t,
+                ..analysis()
+            };
+            assert_eq!(a.threshold(), want, "{t:?}");
+        }
+        type Case = (Option<i32>, Option<Vec<i32>>, i32);
+        let cases: &[Case] = &[
+            (None, None, 100),
+            (Some(0), None, 100),
+            (Some(50), None, 50),
+            (Some(50), Some(vec![10, 20, 30]), 30),
+            (None, Some(vec![10, 150]), 100),
+            (Some(40), Some(vec![]), 40),
+        ];
+        for (max, steps, want) in cases {
+            let a = CanaryAnalysis {
+                max_weight: *max,
+                step_weights: steps.clone(),
+                ..analysis()
+            };
+            assert_eq!(a.max_weight(), *want, "{max:?} {steps:?}");
+        }
+        let a = analysis();
+        assert_eq!(
+            (
+                a.primary_ready_threshold(),
+                a.canary_ready_threshold(),
+                a.step_weight_promotion(),
+                a.mirror()
+            ),
+            (100, 100, 0, false)
+        );
+    }
+
+    #[test]
+    fn strategy_follows_flagger() {
+        let with = |iterations: Option<i32>, matched: bool| CanaryAnalysis {
+            iterations,
+            match_: if matched {
+                vec![istio::HTTPMatchRequest::default()]
+            } else {
+                vec![]
+            },
+            ..analysis()
+        };
+        assert_eq!(with(Some(5), true).strategy(), Strategy::ABTesting);
+        assert_eq!(with(Some(5), false).strategy(), Strategy::BlueGreen);
+        assert_eq!(with(None, true).strategy(), Strategy::Canary);
+        assert_eq!(with(Some(0), false).strategy(), Strategy::Canary);
+        assert_eq!(Strategy::ABTesting.as_str(), "ab-testing");
+        assert_eq!(Strategy::BlueGreen.as_str(), "blue-green");
+        assert_eq!(CanarySpec::default().strategy(), Strategy::Canary);
+    }
+
+    #[test]
+    fn spec_defaults_and_deprecated_alias() {
+        let mut spec = CanarySpec::default();
+        assert_eq!(spec.progress_deadline_seconds(), 600);
+        assert!(spec.analysis().is_none());
+        spec.canary_analysis = Some(CanaryAnalysis {
+            threshold: Some(7),
+            ..analysis()
+        });
+        assert_eq!(spec.analysis().map(|a| a.threshold()), Some(7));
+        spec.analysis = Some(CanaryAnalysis {
+            threshold: Some(2),
+            ..analysis()
+        });
+        assert_eq!(
+            spec.analysis().map(|a| a.threshold()),
+            Some(2),
+            "analysis wins"
+        );
+        spec.progress_deadline_seconds = Some(30);
+        assert_eq!(spec.progress_deadline_seconds(), 30);
+        assert!(!spec.skip_analysis() && !spec.suspend() && !spec.revert_on_deletion());
+    }
+
+    #[test]
+    fn service_names_and_ports() {
+        let mut s = CanaryService {
+            port: 9898,
+            ..Default::default()
+        };
+        assert_eq!(s.apex_name("podinfo"), "podinfo");
+        assert_eq!(s.primary_name("podinfo"), "podinfo-primary");
+        assert_eq!(s.canary_name("podinfo"), "podinfo-canary");
+        assert_eq!(s.port_name(), "http");
+        assert_eq!(s.target_port(), IntOrString::Int(9898));
+        s.name = Some("frontend".into());
+        s.port_name = Some("grpc".into());
+        s.target_port = Some(IntOrString::String("web".into()));
+        assert_eq!(s.apex_name("podinfo"), "frontend");
+        assert_eq!(s.canary_name("podinfo"), "frontend-canary");
+        assert_eq!(s.port_name(), "grpc");
+        assert_eq!(s.target_port(), IntOrString::String("web".into()));
+        s.name = Some(String::new());
+        assert_eq!(s.apex_name("podinfo"), "podinfo");
+    }
+
+    #[test]
+    fn metric_webhook_alert_affinity_defaults() {
+        let m = CanaryMetric {
+            name: "request-duration".into(),
+            ..Default::default()
+        };
+        assert_eq!(m.interval(), "1m");
+        assert!(m.is_builtin());
+        let m = CanaryMetric {
+            name: "custom".into(),
+            interval: Some("30s".into()),
+            ..Default::default()
+        };
+        assert_eq!((m.interval(), m.is_builtin()), ("30s", false));
+
+        let hook = |t: Option<&str>| CanaryWebhook {
+            timeout: t.map(str::to_string),
+            ..Default::default()
+        };
+        assert_eq!(hook(None).timeout(), Duration::from_secs(10));
+        assert_eq!(
+            hook(Some("5")).timeout(),
+            Duration::from_secs(10),
+            "< 2 chars"
+        );
+        assert_eq!(hook(Some("5s")).timeout(), Duration::from_secs(5));
+        assert_eq!(hook(Some("1m")).timeout(), Duration::from_secs(60));
+        assert_eq!(hook(Some("xx")).timeout(), Duration::from_secs(10));
+        assert_eq!(hook(None).hook_type(), HookType::Rollout);
+        let mut h = hook(None);
+        h.type_ = Some(HookType::Unset);
+        assert_eq!(h.hook_type(), HookType::Rollout);
+        h.type_ = Some(HookType::PreRollout);
+        assert_eq!(h.hook_type(), HookType::PreRollout);
+        h.retries = Some(-2);
+        assert_eq!(h.retries(), 0);
+
+        let mut alert = CanaryAlert::default();
+        assert_eq!(alert.severity(), AlertSeverity::Info);
+        alert.severity = Some(AlertSeverity::Unset);
+        assert_eq!(alert.severity(), AlertSeverity::Info);
+        alert.severity = Some(AlertSeverity::Error);
+        assert_eq!(alert.severity(), AlertSeverity::Error);
+
+        assert_eq!(SessionAffinity::default().max_age(), 86400);
+        let r = CrossNamespaceObjectReference {
+            name: "t".into(),
+            namespace: None,
+        };
+        assert_eq!(r.namespace_or("test"), "test");
+    }
+
+    #[test]
+    fn wire_names_and_phase() {
+        let status: CanaryStatus = serde_json::from_value(serde_json::json!({
+            "phase": "", "canaryWeight": 10,
+            "serin.dev/metrics": [{"name": "m", "checkedAt": "2024-01-01T00:00:00Z"}]
+        }))
+        .unwrap();
+        assert_eq!(status.phase, None);
+        assert_eq!(status.serin_metrics.len(), 1);
+        let status: CanaryStatus =
+            serde_json::from_value(serde_json::json!({"phase": "WaitingPromotion"})).unwrap();
+        assert_eq!(status.phase, Some(CanaryPhase::WaitingPromotion));
+        assert!(
+            serde_json::from_value::<CanaryStatus>(serde_json::json!({"phase": "Nope"})).is_err()
+        );
+
+        let svc = serde_json::to_value(CanaryService {
+            port: 80,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(svc, serde_json::json!({"port": 80, "portDiscovery": false}));
+        let hook = serde_json::to_value(CanaryWebhook {
+            name: "a".into(),
+            url: "http://x".into(),
+            disable_tls: Some(true),
+            type_: Some(HookType::ConfirmTrafficIncrease),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            hook,
+            serde_json::json!({"name": "a", "url": "http://x", "disableTLS": true,
+                               "type": "confirm-traffic-increase"})
+        );
     }
 }

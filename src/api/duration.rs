@@ -9,9 +9,9 @@ pub fn parse_go_duration(input: &str) -> Result<Duration, String> {
     let mut s = input;
     if let Some(rest) = s.strip_prefix('+') {
         s = rest;
-    } else if s.starts_with('-') {
+    } else if let Some(rest) = s.strip_prefix('-') {
         // Go accepts "-0" but nothing in this API wants a negative duration.
-        if s[1..].chars().all(|c| c == '0') && s.len() > 1 {
+        if !rest.is_empty() && rest.chars().all(|c| c == '0') {
             return Ok(Duration::ZERO);
         }
         return Err(err("negative durations are not allowed"));

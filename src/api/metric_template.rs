@@ -23,12 +23,13 @@ use super::canary::{CanaryCondition, LocalObjectReference};
     doc = "MetricTemplate is the Schema for the MetricTemplates API.",
     derive = "PartialEq",
     derive = "Default",
-    printcolumn(name = "Provider", type_ = "string", json_path = ".spec.provider.type")
+    printcolumn = r#"{"name": "Provider", "type": "string", "jsonPath": ".spec.provider.type"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MetricTemplateSpec {
     pub provider: MetricTemplateProvider,
-    /// Go text/template; see compat §2.1 for the variables (`{{ namespace }}`, `{{ target }}`, ...).
+    /// Go text/template with the variables name, namespace, target, service, ingress, route,
+    /// interval and variables.<key>, written `{{ namespace }}`.
     pub query: String,
 }
 
