@@ -50,9 +50,13 @@ pub async fn call(
     let text = resp.text().await.unwrap_or_default();
     let text = text.trim();
     Err(if text.is_empty() {
-        format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or(""))
-            .trim()
-            .to_string()
+        format!(
+            "{} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        )
+        .trim()
+        .to_string()
     } else {
         text.chars().take(512).collect()
     })

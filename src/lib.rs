@@ -4,8 +4,11 @@
 //! sandbox demo drive exactly the code the controller runs.
 
 pub mod api;
+pub mod controller;
+pub mod hooks;
 pub mod metrics;
 pub mod rollout;
 pub mod router;
 pub mod sandbox;
+pub mod telemetry;
 pub mod workload;

@@ -26,11 +26,37 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run the controller against the cluster of the kubeconfig (or in-cluster).
+    Controller(ControllerArgs),
     /// The local control plane: a real API server, controller manager, etcd and Prometheus.
     Sandbox {
         #[command(subcommand)]
         command: SandboxCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// Kubeconfig file; default: $KUBECONFIG, ~/.kube/config, or the in-cluster service account.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Prometheus URL for the built-in metrics (a Canary's spec.metricsServer wins).
+    #[arg(long, env = "METRICS_SERVER", default_value = "http://prometheus:9090")]
+    metrics_server: String,
+    /// Watch only this namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Canaries reconciled concurrently.
+    #[arg(long, default_value_t = 16)]
+    concurrency: u16,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: std::net::SocketAddr,
+    /// debug, info, warn or error.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: serin::telemetry::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -76,6 +102,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Controller(args) => {
+            serin::telemetry::init_logging(&args.log_level, args.log_format);
+            runtime()?.block_on(controller(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Sandbox { command } => match command {
             SandboxCommand::Setup => {
                 serin::sandbox::setup::run()?;
@@ -90,6 +121,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+    }
+}
+
+async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    let client = kube::Client::try_from(config)?;
+    let opts = serin::controller::Options {
+        namespace: args.namespace,
+        metrics_server: args.metrics_server,
+        concurrency: args.concurrency,
+        listen: Some(args.listen),
+    };
+    serin::controller::run(client, opts, shutdown_signal()).await
+}
+
+/// Resolves on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
     }
 }
 

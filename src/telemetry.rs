@@ -108,9 +108,17 @@ impl Metrics {
             mesh_provider: "istio".into(),
         })
         .set(1);
-        registry.register("flagger_info", "Flagger version and mesh provider information", info);
+        registry.register(
+            "flagger_info",
+            "Flagger version and mesh provider information",
+            info,
+        );
         let canary_total = Family::<Ns, Gauge>::default();
-        registry.register("flagger_canary_total", "Total number of canary object", canary_total.clone());
+        registry.register(
+            "flagger_canary_total",
+            "Total number of canary object",
+            canary_total.clone(),
+        );
         let canary_status = Family::<NameNs, Gauge>::default();
         registry.register(
             "flagger_canary_status",
@@ -118,22 +126,41 @@ impl Metrics {
             canary_status.clone(),
         );
         let canary_weight = Family::<WorkloadNs, Gauge>::default();
-        registry.register("flagger_canary_weight", "The virtual service destination weight current value", canary_weight.clone());
+        registry.register(
+            "flagger_canary_weight",
+            "The virtual service destination weight current value",
+            canary_weight.clone(),
+        );
         let canary_duration = Family::<NameNs, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
         });
         registry.register(
             "flagger_canary_duration_seconds",
             "Seconds spent performing canary analysis.",
             canary_duration.clone(),
         );
-        let metric_analysis = Family::<MetricLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-        registry.register("flagger_canary_metric_analysis", "Last canary analysis result per metric", metric_analysis.clone());
+        let metric_analysis =
+            Family::<MetricLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "flagger_canary_metric_analysis",
+            "Last canary analysis result per metric",
+            metric_analysis.clone(),
+        );
         let successes = Family::<OutcomeLabels, Counter>::default();
         // prometheus-client appends `_total` to counters.
-        registry.register("flagger_canary_successes", "Total number of canary successes", successes.clone());
+        registry.register(
+            "flagger_canary_successes",
+            "Total number of canary successes",
+            successes.clone(),
+        );
         let failures = Family::<OutcomeLabels, Counter>::default();
-        registry.register("flagger_canary_failures", "Total number of canary failures", failures.clone());
+        registry.register(
+            "flagger_canary_failures",
+            "Total number of canary failures",
+            failures.clone(),
+        );
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         registry.register(
             "serin_reconcile_duration_seconds",
@@ -141,7 +168,11 @@ impl Metrics {
             reconcile_duration.clone(),
         );
         let reconciles = Family::<ResultLabels, Counter>::default();
-        registry.register("serin_reconciles", "Reconciles by result (ok, error)", reconciles.clone());
+        registry.register(
+            "serin_reconciles",
+            "Reconciles by result (ok, error)",
+            reconciles.clone(),
+        );
         Metrics {
             registry,
             canary_total,

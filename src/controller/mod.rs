@@ -83,17 +83,37 @@ pub struct Ctx {
 }
 
 fn istio_resource(kind: &str) -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk("networking.istio.io", "v1beta1", kind))
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "networking.istio.io",
+        "v1beta1",
+        kind,
+    ))
 }
 
 /// Exits early, with what to do, when the CRDs serin needs are not installed: a watcher on a
 /// missing resource would back off forever in silence.
 pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
     for (gv, plural, fix) in [
-        ("flagger.app/v1beta1", "canaries", "kubectl apply -f crds/ (or `serin crds | kubectl apply -f -`)"),
-        ("flagger.app/v1beta1", "metrictemplates", "kubectl apply -f crds/"),
-        ("networking.istio.io/v1beta1", "virtualservices", "install Istio (its CRDs)"),
-        ("networking.istio.io/v1beta1", "destinationrules", "install Istio (its CRDs)"),
+        (
+            "flagger.app/v1beta1",
+            "canaries",
+            "kubectl apply -f crds/ (or `serin crds | kubectl apply -f -`)",
+        ),
+        (
+            "flagger.app/v1beta1",
+            "metrictemplates",
+            "kubectl apply -f crds/",
+        ),
+        (
+            "networking.istio.io/v1beta1",
+            "virtualservices",
+            "install Istio (its CRDs)",
+        ),
+        (
+            "networking.istio.io/v1beta1",
+            "destinationrules",
+            "install Istio (its CRDs)",
+        ),
     ] {
         let found = match client.list_api_group_resources(gv).await {
             Ok(list) => list.resources.iter().any(|r| r.name == plural),
@@ -242,10 +262,15 @@ pub async fn run(
     };
     let by_secret = {
         let (canaries, deployments) = (canaries.clone(), deployments.clone());
-        move |s: Secret| canaries_for_config(&canaries, &deployments, &s.metadata, ConfigKind::Secret)
+        move |s: Secret| {
+            canaries_for_config(&canaries, &deployments, &s.metadata, ConfigKind::Secret)
+        }
     };
 
-    info!(namespace = ns.unwrap_or("(all)"), "serin controller started");
+    info!(
+        namespace = ns.unwrap_or("(all)"),
+        "serin controller started"
+    );
     controller
         .watches_stream(dep_stream, by_target)
         .owns_stream(svc_stream)

@@ -70,7 +70,9 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Err
         analysed: false,
     };
     let res = r.run().await;
-    ctx.metrics.reconcile_duration.observe(start.elapsed().as_secs_f64());
+    ctx.metrics
+        .reconcile_duration
+        .observe(start.elapsed().as_secs_f64());
     if r.analysed {
         ctx.metrics
             .canary_duration
@@ -83,7 +85,9 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Err
     if res.is_ok() {
         ctx.metrics
             .reconciles
-            .get_or_create(&crate::telemetry::ResultLabels { result: "ok".into() })
+            .get_or_create(&crate::telemetry::ResultLabels {
+                result: "ok".into(),
+            })
             .inc();
     }
     res
@@ -134,7 +138,12 @@ impl Reconcile {
                 .map(|p| format!("{}: {} ({})", p.path, p.message, p.hint))
                 .collect::<Vec<_>>()
                 .join("; ");
-            return self.hold(Hold { reason: "InvalidSpec", message: text }).await;
+            return self
+                .hold(Hold {
+                    reason: "InvalidSpec",
+                    message: text,
+                })
+                .await;
         }
         let Some(target) = self.deployment(self.target_name()) else {
             let message = format!(
@@ -142,16 +151,30 @@ impl Reconcile {
                 self.ns,
                 self.target_name()
             );
-            return self.hold(Hold { reason: "TargetNotFound", message }).await;
+            return self
+                .hold(Hold {
+                    reason: "TargetNotFound",
+                    message,
+                })
+                .await;
         };
         let selector = match workload::selector_label(&target) {
             Ok(s) => s,
             Err(e) => {
                 let message = format!("spec.targetRef: {e}");
-                return self.hold(Hold { reason: "SelectorLabelMissing", message }).await;
+                return self
+                    .hold(Hold {
+                        reason: "SelectorLabelMissing",
+                        message,
+                    })
+                    .await;
             }
         };
-        let template = target.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
+        let template = target
+            .spec
+            .as_ref()
+            .map(|s| s.template.clone())
+            .unwrap_or_default();
         let pod = template.spec.clone().unwrap_or_default();
         let configs = match self.tracked_configs(&pod) {
             Ok(c) => c,
@@ -161,7 +184,12 @@ impl Reconcile {
                     self.ns,
                     self.target_name()
                 );
-                return self.hold(Hold { reason: "ConfigNotFound", message }).await;
+                return self
+                    .hold(Hold {
+                        reason: "ConfigNotFound",
+                        message,
+                    })
+                    .await;
             }
         };
         let revision = workload::revision_hash(&template);
@@ -170,7 +198,8 @@ impl Reconcile {
         let mut primary = self.deployment(&primary_name);
         if primary.is_none() {
             // First sight (or someone deleted it): the primary starts from the current target.
-            self.write_primary(&target, &selector, &revision, &configs).await?;
+            self.write_primary(&target, &selector, &revision, &configs)
+                .await?;
             primary = None;
         }
 
@@ -203,15 +232,18 @@ impl Reconcile {
         // Act: routes first, then the primary, then the canary's replicas, so traffic never
         // points at pods that are going away.
         let discovered = router::discover_ports(&pod, self.canary.spec.service.port);
-        self.apply_services(&selector, &discovered, plan.route_to_primary).await?;
+        self.apply_services(&selector, &discovered, plan.route_to_primary)
+            .await?;
         if plan.route_to_primary {
-            self.apply_routes(&selector, &discovered, rollout::routes(&plan.progress)).await?;
+            self.apply_routes(&selector, &discovered, rollout::routes(&plan.progress))
+                .await?;
         }
         for action in &plan.actions {
             match action {
                 PlanAction::Promote { revision: promoted } => {
                     if *promoted == revision {
-                        self.write_primary(&target, &selector, &revision, &configs).await?;
+                        self.write_primary(&target, &selector, &revision, &configs)
+                            .await?;
                     } else {
                         warn!(canary = %self.qualified(), "not promoting: the target moved on to {revision}");
                     }
@@ -308,7 +340,10 @@ impl Reconcile {
                 .or(progress.phase)
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_default(),
-            checksum: hooks::checksum(progress.last_applied_spec.as_deref(), &progress.tracked_configs),
+            checksum: hooks::checksum(
+                progress.last_applied_spec.as_deref(),
+                &progress.tracked_configs,
+            ),
             metadata: BTreeMap::new(),
         }
     }
@@ -352,7 +387,10 @@ impl Reconcile {
         for hook in self.webhooks(HookType::PostRollout) {
             let (kind, text) = match self.call(&hook, &payload).await {
                 Ok(()) => (KubeEventType::Normal, msg::post_rollout_passed(&hook.name)),
-                Err(e) => (KubeEventType::Warning, msg::post_rollout_failed(&hook.name, &e)),
+                Err(e) => (
+                    KubeEventType::Warning,
+                    msg::post_rollout_failed(&hook.name, &e),
+                ),
             };
             self.publish(kind, text).await;
         }
@@ -363,7 +401,11 @@ impl Reconcile {
         let payload = self.payload(progress, Some(Phase::Progressing));
         for hook in self.webhooks(HookType::Rollout) {
             if let Err(e) = self.call(&hook, &payload).await {
-                return Ok(Err(msg::halt_external_check(&self.qualified(), &hook.name, &e)));
+                return Ok(Err(msg::halt_external_check(
+                    &self.qualified(),
+                    &hook.name,
+                    &e,
+                )));
             }
         }
         let metrics = self
@@ -389,7 +431,11 @@ impl Reconcile {
             let result = match outcome {
                 QueryOutcome::Value(v) => {
                     status.value = Some(v);
-                    let gauge_value = if check.kind == MetricKind::Duration { v / 1000.0 } else { v };
+                    let gauge_value = if check.kind == MetricKind::Duration {
+                        v / 1000.0
+                    } else {
+                        v
+                    };
                     self.ctx
                         .metrics
                         .metric_analysis
@@ -431,7 +477,9 @@ impl Reconcile {
         let spec = &self.canary.spec;
         let target = self.target_name().to_string();
         let or_target = |r: &Option<api::TargetRef>| {
-            r.as_ref().map(|r| r.name.clone()).unwrap_or_else(|| target.clone())
+            r.as_ref()
+                .map(|r| r.name.clone())
+                .unwrap_or_else(|| target.clone())
         };
         let model = TemplateModel {
             name: self.name.clone(),
@@ -453,7 +501,11 @@ impl Reconcile {
         let field = format!("spec.analysis.metrics[{i}]");
         if let Some(tr) = &metric.template_ref {
             let tns = tr.namespace_or(&self.ns).to_string();
-            let Some(tpl) = self.ctx.templates.get(&ObjectRef::new(&tr.name).within(&tns)) else {
+            let Some(tpl) = self
+                .ctx
+                .templates
+                .get(&ObjectRef::new(&tr.name).within(&tns))
+            else {
                 return Err(Hold {
                     reason: "MetricTemplateNotFound",
                     message: format!(
@@ -550,7 +602,13 @@ impl Reconcile {
         };
         let query = builtin_query(&metric.name, &model).unwrap_or_default();
         let (min, max) = range_of(metric, kind);
-        let check = Check { name: metric.name.clone(), kind, query, min, max };
+        let check = Check {
+            name: metric.name.clone(),
+            kind,
+            query,
+            min,
+            max,
+        };
         Ok((check, default_provider))
     }
 
@@ -561,7 +619,10 @@ impl Reconcile {
         }
         let p = Prometheus::new(cfg).map_err(|e| Hold {
             reason: "MetricProviderInvalid",
-            message: format!("spec.analysis.metrics[{i}]: Error building Prometheus client for {} {e}", cfg.address),
+            message: format!(
+                "spec.analysis.metrics[{i}]: Error building Prometheus client for {} {e}",
+                cfg.address
+            ),
         })?;
         cache.insert(cfg.clone(), p.clone());
         Ok(p)
@@ -569,21 +630,30 @@ impl Reconcile {
 
     /// Flagger's start-up probe of the metric providers: an event either way, never blocking.
     async fn check_providers(&self) {
-        let Some(analysis) = self.canary.spec.analysis() else { return };
+        let Some(analysis) = self.canary.spec.analysis() else {
+            return;
+        };
         if analysis.metrics.is_empty() {
             return;
         }
         let mut errors = Vec::new();
         for (i, metric) in analysis.metrics.iter().enumerate() {
-            let Ok((_, cfg)) = self.resolve(i, metric) else { continue };
-            let Ok(p) = self.provider(i, &cfg).await else { continue };
+            let Ok((_, cfg)) = self.resolve(i, metric) else {
+                continue;
+            };
+            let Ok(p) = self.provider(i, &cfg).await else {
+                continue;
+            };
             if let Err(e) = p.is_online().await {
                 errors.push(format!("{}: {e}", cfg.address));
             }
         }
         if errors.is_empty() {
-            self.publish(KubeEventType::Normal, "all the metrics providers are available!".into())
-                .await;
+            self.publish(
+                KubeEventType::Normal,
+                "all the metrics providers are available!".into(),
+            )
+            .await;
         } else {
             let text = format!("Error checking metric providers: {}", errors.join("; "));
             self.publish(KubeEventType::Warning, text).await;
@@ -592,12 +662,7 @@ impl Reconcile {
 
     // ---- acting ----
 
-    async fn apply<K>(
-        &self,
-        obj: &K,
-        cached: Option<&K>,
-        manager: &str,
-    ) -> Result<(), Error>
+    async fn apply<K>(&self, obj: &K, cached: Option<&K>, manager: &str) -> Result<(), Error>
     where
         K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
             + Serialize
@@ -613,8 +678,12 @@ impl Reconcile {
             return Ok(());
         }
         let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        api.patch(&obj.name_any(), &PatchParams::apply(manager).force(), &Patch::Apply(obj))
-            .await?;
+        api.patch(
+            &obj.name_any(),
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(obj),
+        )
+        .await?;
         Ok(())
     }
 
@@ -633,8 +702,12 @@ impl Reconcile {
         }
         let name = obj["metadata"]["name"].as_str().unwrap_or_default();
         let api: Api<DynamicObject> = Api::namespaced_with(self.ctx.client.clone(), &self.ns, ar);
-        api.patch(name, &PatchParams::apply(manager).force(), &Patch::Apply(obj))
-            .await?;
+        api.patch(
+            name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(obj),
+        )
+        .await?;
         Ok(())
     }
 
@@ -697,12 +770,16 @@ impl Reconcile {
     ) -> Result<(), Error> {
         let inp = self.router_inputs(selector, discovered)?;
         for dr in router::desired_destination_rules(&inp) {
-            let name = dr["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = dr["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let cached = self
                 .ctx
                 .destination_rules
                 .get(&ObjectRef::new_with(&name, self.ctx.dr_resource.clone()).within(&self.ns));
-            self.apply_dynamic(&dr, cached, &self.ctx.dr_resource, "serin/router").await?;
+            self.apply_dynamic(&dr, cached, &self.ctx.dr_resource, "serin/router")
+                .await?;
         }
         let mut vs = router::desired_virtual_service(&inp, routes);
         let apex = self.canary.apex_name();
@@ -717,21 +794,33 @@ impl Reconcile {
                 m.remove("ownerReferences");
             }
             let annotations = c.metadata.annotations.clone().unwrap_or_default();
-            let original = annotations.get(ORIGINAL_CONFIGURATION).cloned().or_else(|| {
-                (!annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"))
-                    .then(|| c.data.get("spec").map(|s| s.to_string()).unwrap_or_default())
-            });
+            let original = annotations
+                .get(ORIGINAL_CONFIGURATION)
+                .cloned()
+                .or_else(|| {
+                    (!annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"))
+                        .then(|| {
+                            c.data
+                                .get("spec")
+                                .map(|s| s.to_string())
+                                .unwrap_or_default()
+                        })
+                });
             if let Some(original) = original {
                 vs["metadata"]["annotations"][ORIGINAL_CONFIGURATION] = json!(original);
             }
         }
-        self.apply_dynamic(&vs, cached, &self.ctx.vs_resource, "serin/router").await?;
+        self.apply_dynamic(&vs, cached, &self.ctx.vs_resource, "serin/router")
+            .await?;
         let t = self.target_name().to_string();
         for (workload, weight) in [(format!("{t}-primary"), routes.primary), (t, routes.canary)] {
             self.ctx
                 .metrics
                 .canary_weight
-                .get_or_create(&WorkloadNs { workload, namespace: self.ns.clone() })
+                .get_or_create(&WorkloadNs {
+                    workload,
+                    namespace: self.ns.clone(),
+                })
                 .set(weight as i64);
         }
         Ok(())
@@ -755,7 +844,10 @@ impl Reconcile {
         let replicas = (!has_autoscaler).then(|| {
             workload::scale_up_replicas(
                 target.spec.as_ref().and_then(|s| s.replicas),
-                primary.as_ref().and_then(|p| p.spec.as_ref()).and_then(|s| s.replicas),
+                primary
+                    .as_ref()
+                    .and_then(|p| p.spec.as_ref())
+                    .and_then(|s| s.replicas),
                 None,
                 false,
             )
@@ -769,7 +861,8 @@ impl Reconcile {
             tracked: &tracked,
             replicas,
         });
-        self.apply(&desired, primary.as_deref(), "serin/primary").await
+        self.apply(&desired, primary.as_deref(), "serin/primary")
+            .await
     }
 
     async fn copy_config(&self, key: &str, owner: &OwnerReference) -> Result<(), Error> {
@@ -780,7 +873,11 @@ impl Reconcile {
             ..Default::default()
         };
         if let Some(name) = key.strip_prefix("configmap/") {
-            let Some(src) = self.ctx.config_maps.get(&ObjectRef::new(name).within(&self.ns)) else {
+            let Some(src) = self
+                .ctx
+                .config_maps
+                .get(&ObjectRef::new(name).within(&self.ns))
+            else {
                 return Ok(());
             };
             let copy = ConfigMap {
@@ -827,13 +924,18 @@ impl Reconcile {
             Scale::Up if current > 0 => return Ok(()),
             Scale::Up => workload::scale_up_replicas(
                 Some(current),
-                primary.and_then(|p| p.spec.as_ref()).and_then(|s| s.replicas),
+                primary
+                    .and_then(|p| p.spec.as_ref())
+                    .and_then(|s| s.replicas),
                 None,
                 self.canary.spec.autoscaler_ref.is_some(),
             ),
         };
         if want == 0 {
-            info!("Scaling down Deployment {}", msg::qualified(self.target_name(), &self.ns));
+            info!(
+                "Scaling down Deployment {}",
+                msg::qualified(self.target_name(), &self.ns)
+            );
         }
         let api: Api<Deployment> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         let params = PatchParams {
@@ -857,7 +959,13 @@ impl Reconcile {
         valid: Result<(), (String, String)>,
     ) -> Result<(), Error> {
         let previous = self.canary.status.as_ref();
-        let mut status = state::status(previous, progress, &self.canary.spec.target_ref.kind, valid, self.now);
+        let mut status = state::status(
+            previous,
+            progress,
+            &self.canary.spec.target_ref.kind,
+            valid,
+            self.now,
+        );
         if let Some(results) = &self.metric_results {
             status.serin_metrics = results.clone();
         }
@@ -870,8 +978,12 @@ impl Reconcile {
             "kind": "Canary",
             "status": status,
         });
-        api.patch_status(&self.name, &PatchParams::apply("serin").force(), &Patch::Apply(&patch))
-            .await?;
+        api.patch_status(
+            &self.name,
+            &PatchParams::apply("serin").force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
         Ok(())
     }
 
@@ -887,11 +999,15 @@ impl Reconcile {
             c.status == "False" && c.message.as_deref() == Some(hold.message.as_str())
         });
         let progress = state::progress(self.canary.status.as_ref());
-        self.write_status(&progress, Err((hold.reason.to_string(), hold.message.clone())))
-            .await?;
+        self.write_status(
+            &progress,
+            Err((hold.reason.to_string(), hold.message.clone())),
+        )
+        .await?;
         if !repeated {
             warn!(canary = %self.qualified(), reason = hold.reason, "{}", hold.message);
-            self.publish(KubeEventType::Warning, hold.message.clone()).await;
+            self.publish(KubeEventType::Warning, hold.message.clone())
+                .await;
         }
         let interval = self
             .canary
@@ -974,7 +1090,9 @@ impl Reconcile {
         self.ctx
             .metrics
             .canary_total
-            .get_or_create(&Ns { namespace: self.ns.clone() })
+            .get_or_create(&Ns {
+                namespace: self.ns.clone(),
+            })
             .set(count as i64);
     }
 
@@ -1027,8 +1145,11 @@ impl Reconcile {
             progress.phase = Some(Phase::Terminating);
             progress.last_transition_time = Some(self.now);
             self.write_status(&progress, Ok(())).await?;
-            self.publish(KubeEventType::Normal, format!("Terminating canary {}", self.qualified()))
-                .await;
+            self.publish(
+                KubeEventType::Normal,
+                format!("Terminating canary {}", self.qualified()),
+            )
+            .await;
         }
         if let Some(target) = self.deployment(self.target_name()) {
             let primary = self.deployment(&format!("{}-primary", self.target_name()));
@@ -1055,8 +1176,11 @@ impl Reconcile {
             .cloned()
             .collect();
         self.set_finalizers(f).await?;
-        self.publish(KubeEventType::Normal, format!("Terminated canary {}", self.qualified()))
-            .await;
+        self.publish(
+            KubeEventType::Normal,
+            format!("Terminated canary {}", self.qualified()),
+        )
+        .await;
         Ok(Action::await_change())
     }
 
@@ -1064,7 +1188,11 @@ impl Reconcile {
     /// garbage collector leaves it serving.
     async fn revert_apex(&self, selector: &SelectorLabel) -> Result<(), Error> {
         let apex = self.canary.apex_name();
-        let Some(svc) = self.ctx.services.get(&ObjectRef::new(&apex).within(&self.ns)) else {
+        let Some(svc) = self
+            .ctx
+            .services
+            .get(&ObjectRef::new(&apex).within(&self.ns))
+        else {
             return Ok(());
         };
         let uid = self.canary.metadata.uid.clone().unwrap_or_default();
@@ -1081,7 +1209,8 @@ impl Reconcile {
             "metadata": { "ownerReferences": owners },
             "spec": { "selector": { selector.key.clone(): selector.value.clone() } },
         });
-        api.patch(&apex, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        api.patch(&apex, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
         Ok(())
     }
 
@@ -1119,8 +1248,12 @@ impl Reconcile {
             "metadata": { "name": apex },
             "spec": spec,
         });
-        api.patch(&apex, &PatchParams::apply("serin/router").force(), &Patch::Apply(&patch))
-            .await?;
+        api.patch(
+            &apex,
+            &PatchParams::apply("serin/router").force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
         Ok(())
     }
 }
@@ -1147,10 +1280,12 @@ mod tests {
 
     #[test]
     fn subset_ignores_fields_others_added() {
-        let desired = json!({"spec": {"ports": [{"port": 80, "protocol": "TCP"}], "selector": {"app": "x"}}});
+        let desired =
+            json!({"spec": {"ports": [{"port": 80, "protocol": "TCP"}], "selector": {"app": "x"}}});
         let actual = json!({"spec": {"ports": [{"port": 80, "protocol": "TCP", "targetPort": 80}], "selector": {"app": "x"}, "clusterIP": "10.0.0.1"}});
         assert!(is_subset(&desired, &actual));
-        let changed = json!({"spec": {"ports": [{"port": 80, "protocol": "TCP"}], "selector": {"app": "y"}}});
+        let changed =
+            json!({"spec": {"ports": [{"port": 80, "protocol": "TCP"}], "selector": {"app": "y"}}});
         assert!(!is_subset(&changed, &actual));
         let extra_port = json!({"spec": {"ports": [{"port": 80}, {"port": 81}]}});
         assert!(!is_subset(&extra_port, &actual));

@@ -124,13 +124,31 @@ pub fn status(
     let mut conditions = Vec::new();
     if let Some(phase) = p.phase {
         let (st, message) = rollout::promoted_condition(phase, kind);
-        conditions.push(condition(&s.conditions, PROMOTED_CONDITION, st, phase.as_str(), &message, now));
+        conditions.push(condition(
+            &s.conditions,
+            PROMOTED_CONDITION,
+            st,
+            phase.as_str(),
+            &message,
+            now,
+        ));
     }
     let (st, reason, message) = match &valid {
-        Ok(()) => ("True", "Valid".to_string(), "The spec and its references are usable.".to_string()),
+        Ok(()) => (
+            "True",
+            "Valid".to_string(),
+            "The spec and its references are usable.".to_string(),
+        ),
         Err((reason, message)) => ("False", reason.clone(), message.clone()),
     };
-    conditions.push(condition(&s.conditions, VALID_CONDITION, st, &reason, &message, now));
+    conditions.push(condition(
+        &s.conditions,
+        VALID_CONDITION,
+        st,
+        &reason,
+        &message,
+        now,
+    ));
     s.conditions = conditions;
     s
 }
@@ -215,9 +233,18 @@ mod tests {
 
     #[test]
     fn rewriting_the_same_status_changes_nothing() {
-        let p = Progress { phase: Some(Phase::Succeeded), ..Default::default() };
+        let p = Progress {
+            phase: Some(Phase::Succeeded),
+            ..Default::default()
+        };
         let first = status(None, &p, "Deployment", Ok(()), now());
-        let later = status(Some(&first), &p, "Deployment", Ok(()), now() + chrono::Duration::seconds(90));
+        let later = status(
+            Some(&first),
+            &p,
+            "Deployment",
+            Ok(()),
+            now() + chrono::Duration::seconds(90),
+        );
         assert_eq!(first, later);
         let invalid = status(
             Some(&first),
@@ -227,7 +254,13 @@ mod tests {
             now() + chrono::Duration::seconds(90),
         );
         let c = &invalid.conditions[1];
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "MetricTemplateNotFound"));
-        assert_ne!(c.last_transition_time, first.conditions[1].last_transition_time);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "MetricTemplateNotFound")
+        );
+        assert_ne!(
+            c.last_transition_time,
+            first.conditions[1].last_transition_time
+        );
     }
 }

@@ -882,7 +882,7 @@ proptest! {
                 prop_assert!(w.p.canary_weight <= max, "weight {} above max {}", w.p.canary_weight, max);
             }
             let same_run = before.last_applied_spec == w.p.last_applied_spec
-                && before.phase.is_some_and(|p| in_run(p))
+                && before.phase.is_some_and(in_run)
                 && in_run(phase);
             if same_run {
                 prop_assert!(w.p.failed_checks >= before.failed_checks, "failedChecks decreased");

@@ -276,7 +276,7 @@ fn mirroring_sets_mirror_and_percentage() {
         vs["spec"]["http"][0]["mirrorPercentage"],
         json!({"value": 30})
     );
-    assert_eq!(read_routes(&vs, "podinfo").unwrap().mirror, true);
+    assert!(read_routes(&vs, "podinfo").unwrap().mirror);
 }
 
 #[test]
