@@ -2,6 +2,7 @@
 //! plain processes on loopback, plus a simulated kubelet. Used by `serin sandbox`, the tests and
 //! the demo.
 
+pub mod mesh;
 pub mod setup;
 
 use std::path::PathBuf;
