@@ -630,13 +630,13 @@ fn prepare_dirs(dir: Option<&Path>) -> Result<(PathBuf, PathBuf, bool), Error> {
             let d =
                 std::fs::canonicalize(d).map_err(io_err(format!("resolving {}", d.display())))?;
             let data = d.join("data");
-            if let Some(owner) = read_owner(&data) {
-                if owner.is_alive() {
-                    return Err(Error::AlreadyRunning {
-                        dir: d,
-                        pid: owner.pid,
-                    });
-                }
+            if let Some(owner) = read_owner(&data)
+                && owner.is_alive()
+            {
+                return Err(Error::AlreadyRunning {
+                    dir: d,
+                    pid: owner.pid,
+                });
             }
             if data.exists() {
                 std::fs::remove_dir_all(&data)

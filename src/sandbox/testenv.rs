@@ -105,3 +105,23 @@ impl SharedEnv {
         }
     }
 }
+
+/// Polls `probe` every 100 ms until it returns `Ok`, and panics with its last `Err` (the state it
+/// saw) after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let last = match probe().await {
+            Ok(v) => return v,
+            Err(state) => state,
+        };
+        if tokio::time::Instant::now() > deadline {
+            panic!("{what}: still not the case after {limit:?}; last seen: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
