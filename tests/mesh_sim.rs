@@ -136,17 +136,20 @@ async fn podinfo(client: &Client, ns: &str, canary_annotations: Value) {
         .unwrap();
 }
 
-/// Starts a simulator for one test namespace and has the sandbox's Prometheus scrape it.
+/// Starts a simulator for one test namespace and has the sandbox's Prometheus scrape it. With
+/// the ingress it reads the sandbox's kubeconfig file, so that both ways in are exercised.
 async fn simulator(ns: &str, ingress: bool) -> MeshHandle {
     let env = shared();
-    let handle = mesh::start(
-        env.config(),
-        MeshOptions {
-            namespace: Some(ns.to_string()),
-            ingress,
-            ..MeshOptions::default()
-        },
-    )
+    let opts = MeshOptions {
+        namespace: Some(ns.to_string()),
+        ingress,
+        ..MeshOptions::default()
+    };
+    let handle = if ingress {
+        mesh::start_with_kubeconfig(env.kubeconfig_path(), opts)
+    } else {
+        mesh::start(env.config(), opts)
+    }
     .unwrap();
     tokio::time::timeout(Duration::from_secs(30), handle.synced())
         .await

@@ -173,7 +173,9 @@ impl Drop for MeshHandle {
     }
 }
 
-/// Starts the simulator against the cluster `config` points at.
+/// Starts the simulator against the cluster `config` points at. Returns once `/metrics` (and
+/// the ingress) listen, blocking the caller for that moment; the caches sync afterwards (see
+/// [`MeshHandle::synced`]).
 pub fn start(config: kube::Config, opts: MeshOptions) -> anyhow::Result<MeshHandle> {
     start_from(ClusterSource::Config(Box::new(config)), opts)
 }
