@@ -1,10 +1,30 @@
 //! The local control plane: real etcd, kube-apiserver, kube-controller-manager and Prometheus as
 //! plain processes on loopback, plus a simulated kubelet. Used by `serin sandbox`, the tests and
 //! the demo.
+//!
+//! Nothing outlives it: children die with the process that started them (see [`process`]), and
+//! directories of dead owners are swept at the next start.
 
+mod binaries;
+mod environment;
+pub mod istio;
+pub mod kubelet;
+pub mod mesh;
+mod process;
 pub mod setup;
+pub mod testenv;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use binaries::{Binaries, NotSetUp, cache_dir, locate};
+pub use environment::{
+    Error, Sandbox, SandboxOptions, TEMP_PREFIX, User, sandbox_crds, sweep_stale_temp_dirs,
+};
+pub use process::ChildExit;
+
+/// The file in `--dir` holding the pid of `serin sandbox up`.
+pub const PID_FILE: &str = "sandbox.pid";
 
 /// Options of `serin sandbox up`.
 #[derive(Debug, Clone, Default)]
@@ -15,12 +35,140 @@ pub struct UpOptions {
 
 /// `serin sandbox up`: starts everything, prints a summary, and runs until interrupted.
 pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
-    let _ = opts;
-    anyhow::bail!("serin sandbox up is not implemented yet")
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,kube_client::client::tls=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    // Fail before anything else when the programs are missing.
+    locate()?;
+    // Handlers first, so that a signal during start-up also tears down cleanly.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    if let Some(dir) = &opts.dir
+        && let Some(pid) = running_pid(dir)
+    {
+        anyhow::bail!(
+            "a sandbox is already running in {} (pid {pid}); stop it with `serin sandbox down --dir {}`",
+            dir.display(),
+            dir.display()
+        );
+    }
+    eprintln!("starting the sandbox...");
+    let start = Sandbox::start(SandboxOptions {
+        dir: opts.dir.clone(),
+        ..SandboxOptions::default()
+    });
+    let sandbox = tokio::select! {
+        s = start => s?,
+        _ = sigterm.recv() => anyhow::bail!("interrupted (SIGTERM) while starting; stopped"),
+        _ = sigint.recv() => anyhow::bail!("interrupted (SIGINT) while starting; stopped"),
+    };
+    let pid_file = sandbox.dir().join(PID_FILE);
+    std::fs::write(&pid_file, format!("{}\n", std::process::id()))?;
+    println!(
+        "serin sandbox ready in {:.1} s\n  API server:  {}\n  Prometheus:  {}\n  kubeconfig:  {}\n  logs:        {}\n\n  source {}\n\nStop with Ctrl-C or `serin sandbox down --dir {}`.",
+        sandbox.startup_time().as_secs_f64(),
+        sandbox.api_url(),
+        sandbox.prometheus_url(),
+        sandbox.kubeconfig_path().display(),
+        sandbox.logs_dir().display(),
+        sandbox.env_path().display(),
+        sandbox.dir().display(),
+    );
+    let died = tokio::select! {
+        exit = sandbox.died() => Some(exit),
+        _ = sigterm.recv() => None,
+        _ = sigint.recv() => None,
+    };
+    eprintln!("stopping the sandbox...");
+    let _ = std::fs::remove_file(&pid_file);
+    tokio::task::spawn_blocking(move || sandbox.stop()).await?;
+    match died {
+        Some(exit) => Err(anyhow::anyhow!("{exit}\nthe sandbox was torn down")),
+        None => {
+            eprintln!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// The pid of a live `serin sandbox up` recorded in `dir`, if any.
+fn running_pid(dir: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(dir.join(PID_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (process::pid_alive(pid) && is_serin_up(pid)).then_some(pid)
+}
+
+/// Guards against a recycled pid: the process must be a `serin ... sandbox up`.
+fn is_serin_up(pid: i32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    args.iter().any(|a| a == "sandbox") && args.iter().any(|a| a == "up")
 }
 
 /// `serin sandbox down --dir DIR`: stops a sandbox started by another `serin sandbox up`.
 pub async fn down(dir: PathBuf) -> anyhow::Result<()> {
-    let _ = dir;
-    anyhow::bail!("serin sandbox down is not implemented yet")
+    let pid_file = dir.join(PID_FILE);
+    let text = std::fs::read_to_string(&pid_file).map_err(|e| {
+        anyhow::anyhow!(
+            "no sandbox is running in {} (cannot read {}: {e})",
+            dir.display(),
+            pid_file.display()
+        )
+    })?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{} does not hold a pid", pid_file.display()))?;
+    if !(process::pid_alive(pid) && is_serin_up(pid)) {
+        let _ = std::fs::remove_file(&pid_file);
+        let _ = std::fs::remove_file(dir.join("env"));
+        let _ = std::fs::remove_file(dir.join("kubeconfig"));
+        let _ = std::fs::remove_dir_all(dir.join("data"));
+        anyhow::bail!(
+            "no sandbox is running in {}: pid {pid} is gone (removed its leftover files)",
+            dir.display()
+        );
+    }
+    let t0 = Instant::now();
+    println!("sending SIGTERM to serin sandbox up (pid {pid})");
+    // SAFETY: plain syscall.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    if wait_gone(pid, Duration::from_secs(30)).await {
+        println!("stopped in {:.1} s", t0.elapsed().as_secs_f64());
+        return Ok(());
+    }
+    println!("pid {pid} still running after 30 s; sending SIGKILL (its children die with it)");
+    // SAFETY: plain syscall.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    if wait_gone(pid, Duration::from_secs(10)).await {
+        let _ = std::fs::remove_file(&pid_file);
+        let _ = std::fs::remove_dir_all(dir.join("data"));
+        println!("killed in {:.1} s", t0.elapsed().as_secs_f64());
+        Ok(())
+    } else {
+        anyhow::bail!("pid {pid} survived SIGKILL")
+    }
+}
+
+async fn wait_gone(pid: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if !process::pid_alive(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    !process::pid_alive(pid)
 }
