@@ -3,6 +3,7 @@
 //! Secret triggers a reconcile of that Canary at once, and the rollout core's requeue time paces
 //! the analysis. Reads come from the caches; writes happen only when the desired state differs.
 
+mod events;
 mod reconcile;
 pub mod state;
 
@@ -17,7 +18,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
@@ -75,11 +75,26 @@ pub struct Ctx {
     pub destination_rules: Store<DynamicObject>,
     pub vs_resource: ApiResource,
     pub dr_resource: ApiResource,
-    pub recorder: Recorder,
+    pub recorder: events::EventRecorder,
     pub http: reqwest::Client,
     pub http_insecure: reqwest::Client,
     pub providers: Mutex<HashMap<ProviderConfig, Prometheus>>,
     pub metrics: Arc<Metrics>,
+}
+
+impl Ctx {
+    /// Waits until every cache has listed once, so that a reconcile never mistakes "not listed
+    /// yet" for "does not exist".
+    pub async fn caches_ready(&self) -> bool {
+        self.canaries.wait_until_ready().await.is_ok()
+            && self.deployments.wait_until_ready().await.is_ok()
+            && self.services.wait_until_ready().await.is_ok()
+            && self.config_maps.wait_until_ready().await.is_ok()
+            && self.secrets.wait_until_ready().await.is_ok()
+            && self.templates.wait_until_ready().await.is_ok()
+            && self.virtual_services.wait_until_ready().await.is_ok()
+            && self.destination_rules.wait_until_ready().await.is_ok()
+    }
 }
 
 fn istio_resource(kind: &str) -> ApiResource {
@@ -210,14 +225,8 @@ pub async fn run(
         .build()
         .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
     let metrics = Arc::new(Metrics::new());
-    let instance = std::env::var("POD_NAME").ok();
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "serin".into(),
-            instance,
-        },
-    );
+    let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "serin".into());
+    let recorder = events::EventRecorder::new(client.clone(), instance);
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         opts: opts.clone(),

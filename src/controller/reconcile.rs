@@ -14,7 +14,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -58,7 +57,17 @@ struct Hold {
     message: String,
 }
 
+/// Whether an Event is a warning.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KubeEventType {
+    Normal,
+    Warning,
+}
+
 pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if !ctx.caches_ready().await {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let start = Instant::now();
     let mut r = Reconcile {
         ns: canary.namespace().unwrap_or_default(),
@@ -1023,17 +1032,11 @@ impl Reconcile {
             KubeEventType::Normal => info!(canary = %self.qualified(), "{text}"),
             KubeEventType::Warning => warn!(canary = %self.qualified(), "{text}"),
         }
-        let event = KubeEvent {
-            type_: kind,
-            reason: "Synced".into(),
-            note: Some(text),
-            action: "Analysis".into(),
-            secondary: None,
-        };
+        let warning = kind == KubeEventType::Warning;
         if let Err(e) = self
             .ctx
             .recorder
-            .publish(&event, &self.canary.object_ref(&()))
+            .publish(&self.canary.object_ref(&()), warning, &text)
             .await
         {
             warn!(canary = %self.qualified(), "publishing an event: {e}");
