@@ -14,7 +14,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
-use super::binaries::{self, Binaries, NotSetUp};
+use super::{Binaries, NotSetUp, locate};
 use super::kubelet::Kubelet;
 use super::process::{self, ChildExit, ProcessId, Supervised};
 
@@ -152,7 +152,7 @@ impl Sandbox {
     /// installs the CRDs, and returns once all of it answers.
     pub async fn start(opts: SandboxOptions) -> Result<Sandbox, Error> {
         let t0 = Instant::now();
-        let bins = binaries::locate()?;
+        let bins = locate()?;
         sweep_stale_temp_dirs();
         let (dir, data_dir, temp) = prepare_dirs(opts.dir.as_deref())?;
         let logs = dir.join("logs");

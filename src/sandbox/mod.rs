@@ -16,6 +16,7 @@ pub mod testenv;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+// Stand-in for `setup::{Binaries, NotSetUp, cache_dir, locate}`: swap this line at merge.
 pub use binaries::{Binaries, NotSetUp, cache_dir, locate};
 pub use environment::{
     Error, Sandbox, SandboxOptions, TEMP_PREFIX, User, sandbox_crds, sweep_stale_temp_dirs,
