@@ -266,3 +266,40 @@ fn a_child_dying_is_reported_and_everything_torn_down() {
     assert!(!up.dir.join("data").exists());
     std::fs::remove_dir_all(&base).unwrap();
 }
+
+/// Not a test of its own: the child process of `shared_env_dies_with_its_test_process`. It starts
+/// the shared environment and returns, so the process exits without dropping the static.
+#[test]
+#[ignore = "helper process, run by shared_env_dies_with_its_test_process"]
+fn shared_env_helper() {
+    let env = serin::sandbox::testenv::shared();
+    println!("SHARED_ENV_DIR={}", env.dir().display());
+    println!("SHARED_ENV_PROCESSES={}", env.processes().len());
+}
+
+#[test]
+fn shared_env_dies_with_its_test_process() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "shared_env_helper", "--nocapture"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {stdout}"))
+            .to_string()
+    };
+    let dir = PathBuf::from(field("SHARED_ENV_DIR="));
+    assert_eq!(field("SHARED_ENV_PROCESSES="), "4");
+    // Its children went with it (PR_SET_PDEATHSIG); its directory stays for the next sweep.
+    assert_none_left(&dir, Duration::from_secs(10));
+    serin::sandbox::sweep_stale_temp_dirs();
+    assert!(!dir.exists(), "{} should be swept", dir.display());
+}

@@ -14,9 +14,9 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
-use super::binaries::{self, Binaries, NotSetUp};
 use super::kubelet::Kubelet;
 use super::process::{self, ChildExit, ProcessId, Supervised};
+use super::{Binaries, NotSetUp, locate};
 
 /// Prefix of the temporary directories the sandbox creates; the stale-dir sweep looks for it.
 pub const TEMP_PREFIX: &str = "serin-sandbox-";
@@ -121,6 +121,7 @@ pub struct Sandbox {
     prometheus_url: String,
     sd_file: PathBuf,
     targets: Mutex<BTreeMap<String, String>>,
+    started_at: Instant,
     startup: Duration,
     children: Vec<Supervised>,
     stopping: Arc<AtomicBool>,
@@ -152,7 +153,7 @@ impl Sandbox {
     /// installs the CRDs, and returns once all of it answers.
     pub async fn start(opts: SandboxOptions) -> Result<Sandbox, Error> {
         let t0 = Instant::now();
-        let bins = binaries::locate()?;
+        let bins = locate()?;
         sweep_stale_temp_dirs();
         let (dir, data_dir, temp) = prepare_dirs(opts.dir.as_deref())?;
         let logs = dir.join("logs");
@@ -186,6 +187,7 @@ impl Sandbox {
             users: opts.users,
             prometheus_url: format!("http://127.0.0.1:{}", ports.prometheus),
             targets: Mutex::new(BTreeMap::new()),
+            started_at: t0,
             startup: Duration::ZERO,
             children: Vec::new(),
             stopping: Arc::new(AtomicBool::new(false)),
@@ -307,6 +309,10 @@ impl Sandbox {
 
         let client = self.try_client()?;
         install_crds(&client).await?;
+        tracing::info!(
+            "CRDs established {:.2} s after start",
+            self.started_at.elapsed().as_secs_f64()
+        );
 
         self.race("the simulated kubelet", async {
             match kubelet_ready.await {
@@ -387,14 +393,19 @@ impl Sandbox {
         what: &str,
         fut: impl std::future::Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
-        tokio::select! {
+        let r = tokio::select! {
             r = tokio::time::timeout(READY_TIMEOUT, fut) => r.map_err(|_| Error::Timeout {
                 what: what.to_string(),
                 after: READY_TIMEOUT,
                 details: self.log_tail_of(what),
             })?,
             exit = self.died() => Err(Error::ChildExited(exit)),
-        }
+        };
+        tracing::info!(
+            "{what} ready {:.2} s after start",
+            self.started_at.elapsed().as_secs_f64()
+        );
+        r
     }
 
     /// Polls `probe` every 50 ms until it says yes.

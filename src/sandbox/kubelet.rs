@@ -389,9 +389,21 @@ pub fn desired_status(pod: &Pod, pod_ip: Ipv4Addr, now: &str) -> Value {
     } else {
         ("False", json!("ContainersNotReady"))
     };
+    let existing = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
     let cond = |type_: &str, status: &str, reason: &Value| {
+        // An unchanged condition keeps its transition time, so repeating a report is a no-op.
+        let since = existing
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map(|t| t.0.to_string())
+            .unwrap_or_else(|| now.to_string());
         let mut c = json!({"type": type_, "status": status, "lastProbeTime": null,
-                           "lastTransitionTime": now});
+                           "lastTransitionTime": since});
         if !reason.is_null() {
             c["reason"] = reason.clone();
             c["message"] = json!(format!(
@@ -666,5 +678,31 @@ mod tests {
         }
         pool.release("a");
         assert!(!pool.used.contains(&a));
+    }
+
+    #[test]
+    fn a_repeated_report_keeps_transition_times_and_a_change_updates_them() {
+        let mut v = base();
+        v["spec"]["nodeName"] = json!(NODE_NAME);
+        let ip = Ipv4Addr::new(10, 244, 0, 2);
+        let first = desired_status(&pod(v.clone()), ip, "2024-01-01T00:00:00Z");
+        v["status"] = first["status"].clone();
+        assert_eq!(
+            desired_status(&pod(v.clone()), ip, "2024-01-01T00:05:00Z"),
+            first
+        );
+        v["metadata"]["annotations"] = json!({UNREADY_ANNOTATION: "true"});
+        let changed = desired_status(&pod(v), ip, "2024-01-01T00:05:00Z");
+        let time = |s: &Value, t: &str| {
+            s["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == t)
+                .unwrap()["lastTransitionTime"]
+                .clone()
+        };
+        assert_eq!(time(&changed, "Ready"), "2024-01-01T00:05:00Z");
+        assert_eq!(time(&changed, "PodScheduled"), "2024-01-01T00:00:00Z");
     }
 }

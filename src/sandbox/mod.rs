@@ -2,8 +2,19 @@
 //! plain processes on loopback, plus a simulated kubelet. Used by `serin sandbox`, the tests and
 //! the demo.
 //!
-//! Nothing outlives it: children die with the process that started them (see [`process`]), and
-//! directories of dead owners are swept at the next start.
+//! Nothing outlives it: children die with the process that started them (`PR_SET_PDEATHSIG` from
+//! one long-lived spawner thread), and directories of dead owners are swept at the next start.
+//!
+//! In tests, use the per-binary environment and a namespace of your own:
+//! ```no_run
+//! # async fn t() {
+//! let env = serin::sandbox::testenv::shared(); // panics if `serin sandbox setup` was not run
+//! let ns = env.namespace("canary").await;
+//! let client = env.client(); // a new client for this test's runtime
+//! env.register_scrape_target("mesh", "127.0.0.1:9100").unwrap();
+//! # let _ = (ns, client); }
+//! ```
+//! For a private one (extra users, its own lifetime): [`Sandbox::start`] with [`SandboxOptions`].
 
 mod binaries;
 mod environment;
@@ -17,6 +28,7 @@ pub mod testenv;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+// Stand-in for `setup::{Binaries, NotSetUp, cache_dir, locate}`: swap this line at merge.
 pub use binaries::{Binaries, NotSetUp, cache_dir, locate};
 pub use environment::{
     Error, Sandbox, SandboxOptions, TEMP_PREFIX, User, sandbox_crds, sweep_stale_temp_dirs,
