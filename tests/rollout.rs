@@ -231,3 +231,466 @@ async fn a_faulty_release_is_rolled_back_and_the_primary_is_untouched() {
         "{events:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_config_map_change_starts_an_analysis_and_reaches_the_primary_copy() {
+    let w = World::new("config").await;
+    w.apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "podinfo-config"}, "data": {"color": "blue"}})).await;
+    let mut d = deployment("podinfo", "podinfo:6.0.0", json!({}));
+    d["spec"]["template"]["spec"]["containers"][0]["envFrom"] =
+        json!([{"configMapRef": {"name": "podinfo-config"}}]);
+    w.apply(d).await;
+    w.apply(canary("podinfo", progressive())).await;
+    let c = w.wait_phase("podinfo", "Initialized", LIMIT).await;
+    let tracked = c.status.unwrap().tracked_configs;
+    assert!(
+        tracked.contains_key("configmap/podinfo-config"),
+        "{tracked:?}"
+    );
+    let primary = w.deployment("podinfo-primary").await.unwrap();
+    let env_from =
+        serde_json::to_value(&primary.spec.unwrap().template.spec.unwrap().containers[0].env_from)
+            .unwrap();
+    assert_eq!(
+        env_from,
+        json!([{"configMapRef": {"name": "podinfo-config-primary"}}])
+    );
+
+    w.apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "podinfo-config"}, "data": {"color": "green"}})).await;
+    w.wait_phase("podinfo", "Progressing", LIMIT).await;
+    w.wait_phase("podinfo", "Succeeded", LIMIT).await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(w.client.clone(), &w.ns);
+    let copy = cms.get("podinfo-config-primary").await.unwrap();
+    assert_eq!(
+        copy.data.unwrap().get("color").map(String::as_str),
+        Some("green")
+    );
+}
+
+#[tokio::test]
+async fn ab_testing_routes_matched_traffic_then_promotes() {
+    let analysis = json!({
+        "interval": "10s", "threshold": 2, "iterations": 2,
+        "match": [{"headers": {"x-canary": {"exact": "insider"}}}, {"headers": {"user-agent": {"suffix": "Firefox"}}}],
+        "metrics": builtin_metrics()
+    });
+    let w = initialized("ab", analysis).await;
+    let ns = w.ns.clone();
+    let weights = w.watch_weights("podinfo");
+    w.apply(deployment("podinfo", "podinfo:6.0.1", json!({})))
+        .await;
+    let vs = eventually("A/B routes", LIMIT, || async {
+        let vs = w.virtual_service("podinfo").await.ok_or("no vs")?;
+        if vs["spec"]["http"].as_array().map(Vec::len) == Some(2)
+            && vs["spec"]["http"][0]["route"][1]["weight"] == 100
+        {
+            Ok(vs)
+        } else {
+            Err(vs["spec"].to_string())
+        }
+    })
+    .await;
+    assert_eq!(
+        vs["spec"]["http"][0]["match"][0]["headers"]["x-canary"],
+        json!({"exact": "insider"})
+    );
+    assert_eq!(
+        vs["spec"]["http"][0]["match"][1]["headers"]["user-agent"],
+        json!({"regex": ".*Firefox"})
+    );
+    assert_eq!(
+        vs["spec"]["http"][1]["route"],
+        json!([{"destination": {"host": "podinfo-primary"}}])
+    );
+    w.wait_phase("podinfo", "Succeeded", LIMIT).await;
+    let c = format!("podinfo.{ns}");
+    assert!(
+        w.has_event("podinfo", &msg::advance_iteration(&c, 1, 2))
+            .await
+    );
+    assert!(
+        w.has_event("podinfo", &msg::advance_iteration(&c, 2, 2))
+            .await
+    );
+    assert_eq!(
+        weights.all().last(),
+        Some(&Routes {
+            primary: 100,
+            canary: 0,
+            mirror: false
+        })
+    );
+    assert_eq!(
+        image_of(&w.deployment("podinfo-primary").await.unwrap()),
+        "podinfo:6.0.1"
+    );
+}
+
+#[tokio::test]
+async fn blue_green_with_mirroring_mirrors_then_switches_then_promotes() {
+    let analysis = json!({"interval": "10s", "threshold": 2, "iterations": 2, "mirror": true, "mirrorWeight": 100, "metrics": builtin_metrics()});
+    let w = initialized("bluegreen", analysis).await;
+    let ns = w.ns.clone();
+    let weights = w.watch_weights("podinfo");
+    w.apply(deployment("podinfo", "podinfo:6.0.1", json!({})))
+        .await;
+    w.wait_phase("podinfo", "Succeeded", LIMIT).await;
+    let seen = weights.all();
+    let mirrored = Routes {
+        primary: 100,
+        canary: 0,
+        mirror: true,
+    };
+    let switched = Routes {
+        primary: 0,
+        canary: 100,
+        mirror: false,
+    };
+    let i = seen
+        .iter()
+        .position(|r| *r == mirrored)
+        .unwrap_or_else(|| panic!("never mirrored: {seen:?}"));
+    let j = seen
+        .iter()
+        .position(|r| *r == switched)
+        .unwrap_or_else(|| panic!("never switched: {seen:?}"));
+    assert!(i < j, "mirroring comes before the switch: {seen:?}");
+    assert_eq!(
+        seen.last(),
+        Some(&Routes {
+            primary: 100,
+            canary: 0,
+            mirror: false
+        })
+    );
+    assert!(
+        w.has_event("podinfo", msg::STOP_MIRRORING_ROUTE_TO_CANARY)
+            .await
+    );
+    assert!(
+        w.has_event(
+            "podinfo",
+            &msg::promotion_completed(&format!("podinfo.{ns}"))
+        )
+        .await
+    );
+}
+
+#[tokio::test]
+async fn skip_analysis_promotes_without_traffic_shifting() {
+    let w = initialized("skip", progressive()).await;
+    let ns = w.ns.clone();
+    let canaries: Api<Canary> = Api::namespaced(w.client.clone(), &ns);
+    canaries
+        .patch(
+            "podinfo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"skipAnalysis": true}})),
+        )
+        .await
+        .unwrap();
+    let weights = w.watch_weights("podinfo");
+    w.apply(deployment("podinfo", "podinfo:6.0.1", json!({})))
+        .await;
+    w.wait_phase("podinfo", "Succeeded", LIMIT).await;
+    assert_eq!(
+        image_of(&w.deployment("podinfo-primary").await.unwrap()),
+        "podinfo:6.0.1"
+    );
+    assert!(
+        weights.canary_weights().iter().all(|w| *w == 0),
+        "{:?}",
+        weights.all()
+    );
+    assert!(
+        w.has_event("podinfo", &msg::promotion_skipped(&format!("podinfo.{ns}")))
+            .await
+    );
+    eventually("canary scaled down", LIMIT, || async {
+        let d = w.deployment("podinfo").await.ok_or("gone")?;
+        if replicas_of(&d) == 0 {
+            Ok(())
+        } else {
+            Err(format!("{}", replicas_of(&d)))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_canary_that_never_becomes_ready_is_rolled_back_at_the_deadline() {
+    let w = initialized("deadline", progressive()).await;
+    let ns = w.ns.clone();
+    let canaries: Api<Canary> = Api::namespaced(w.client.clone(), &ns);
+    canaries
+        .patch(
+            "podinfo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"progressDeadlineSeconds": 15}})),
+        )
+        .await
+        .unwrap();
+    // The Deployment's own deadline (600 s) would not fire in time: serin measures its own.
+    w.apply(deployment(
+        "podinfo",
+        "podinfo:6.0.3",
+        json!({"serin.dev/simulate-unready": "true"}),
+    ))
+    .await;
+    w.wait_phase("podinfo", "Progressing", LIMIT).await;
+    let c = w.wait_phase("podinfo", "Failed", LIMIT).await;
+    assert_eq!(c.status.unwrap().canary_weight, Some(0));
+    let events = w.events("podinfo").await;
+    let prefix = format!(
+        "Rolling back podinfo.{ns} progress deadline exceeded canary deployment podinfo.{ns} not ready"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|(t, m)| t == "Warning" && m.starts_with(&prefix)),
+        "{events:#?}"
+    );
+    assert_eq!(
+        image_of(&w.deployment("podinfo-primary").await.unwrap()),
+        "podinfo:6.0.0"
+    );
+    assert_eq!(replicas_of(&w.deployment("podinfo").await.unwrap()), 0);
+}
+
+#[tokio::test]
+async fn a_second_revision_mid_analysis_restarts_it() {
+    let w = initialized("restart", progressive()).await;
+    let ns = w.ns.clone();
+    w.apply(deployment("podinfo", "podinfo:6.0.1", json!({})))
+        .await;
+    eventually("weight 25", LIMIT, || async {
+        let c = w.canary("podinfo").await;
+        let weight = c.status.and_then(|s| s.canary_weight).unwrap_or(0);
+        if weight >= 25 {
+            Ok(())
+        } else {
+            Err(format!("weight {weight}"))
+        }
+    })
+    .await;
+    w.apply(deployment("podinfo", "podinfo:6.0.2", json!({})))
+        .await;
+    w.wait_phase("podinfo", "Succeeded", LIMIT).await;
+    assert!(
+        w.has_event(
+            "podinfo",
+            &msg::new_revision_restarting(&format!("podinfo.{ns}"))
+        )
+        .await
+    );
+    assert_eq!(
+        image_of(&w.deployment("podinfo-primary").await.unwrap()),
+        "podinfo:6.0.2"
+    );
+}
+
+#[tokio::test]
+async fn a_controller_killed_mid_analysis_resumes_to_the_same_outcome() {
+    let mut w = initialized("crash", progressive()).await;
+    let ns = w.ns.clone();
+    let weights = w.watch_weights("podinfo");
+    w.apply(deployment("podinfo", "podinfo:6.0.1", json!({})))
+        .await;
+    eventually("weight 25", LIMIT, || async {
+        let c = w.canary("podinfo").await;
+        let weight = c.status.and_then(|s| s.canary_weight).unwrap_or(0);
+        if weight >= 25 {
+            Ok(())
+        } else {
+            Err(format!("weight {weight}"))
+        }
+    })
+    .await;
+    w.controller.kill();
+    let frozen = w.canary("podinfo").await.status.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        w.canary("podinfo").await.status.unwrap().canary_weight,
+        frozen.canary_weight,
+        "nothing moves while it is down"
+    );
+    w.controller = ControllerProcess::spawn(w.env, &ns, "2");
+    let c = w.wait_phase("podinfo", "Succeeded", LIMIT).await;
+    assert_eq!(c.status.unwrap().failed_checks, Some(0));
+    assert_eq!(
+        weights.canary_weights(),
+        vec![0, 25, 50, 0],
+        "the same course: {:?}",
+        weights.all()
+    );
+    assert_eq!(
+        image_of(&w.deployment("podinfo-primary").await.unwrap()),
+        "podinfo:6.0.1"
+    );
+    let events = w.events("podinfo").await;
+    let starts = events
+        .iter()
+        .filter(|(_, m)| *m == msg::new_revision_scaling_up(&format!("podinfo.{ns}")))
+        .count();
+    assert_eq!(starts, 1, "the run was not started twice: {events:#?}");
+}
+
+#[tokio::test]
+async fn a_missing_template_or_a_broken_query_holds_the_canary_with_a_clear_condition() {
+    let mut analysis = progressive();
+    analysis["metrics"] = json!([{"name": "error-rate", "interval": "30s", "templateRef": {"name": "error-rate"}, "thresholdRange": {"max": 1}}]);
+    let w = initialized("template", analysis).await;
+    let ns = w.ns.clone();
+    w.apply(deployment("podinfo", "podinfo:6.0.1", json!({})))
+        .await;
+    let c = eventually("Valid=False MetricTemplateNotFound", LIMIT, || async {
+        let c = w.canary("podinfo").await;
+        let cond = c.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "serin.dev/Valid")
+                .cloned()
+        });
+        match cond {
+            Some(cond) if cond.status == "False" && cond.reason == "MetricTemplateNotFound" => {
+                Ok(cond)
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let message = c.message.unwrap();
+    assert!(
+        message.contains("spec.analysis.metrics[0].templateRef")
+            && message.contains(&format!("MetricTemplate {ns}/error-rate not found")),
+        "{message}"
+    );
+    let events = w.events("podinfo").await;
+    assert!(
+        events.iter().any(|(t, m)| t == "Warning" && *m == message),
+        "{events:#?}"
+    );
+    let status = w.canary("podinfo").await.status.unwrap();
+    assert_eq!(
+        status.failed_checks,
+        Some(0),
+        "a configuration problem is not a failed check"
+    );
+    let held_weight = status.canary_weight;
+
+    // A template whose query Prometheus refuses: the condition names the metric and the fix.
+    w.apply(json!({
+        "apiVersion": "flagger.app/v1beta1", "kind": "MetricTemplate", "metadata": {"name": "error-rate"},
+        "spec": {"provider": {"type": "prometheus", "address": w.env.prometheus_url()}, "query": "sum(rate(istio_requests_total{namespace=\"{{ namespace }}\"}[{{ interval }}]) /"}
+    }))
+    .await;
+    let cond = eventually("Valid=False MetricQueryInvalid", LIMIT, || async {
+        let c = w.canary("podinfo").await;
+        let cond = c.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "serin.dev/Valid")
+                .cloned()
+        });
+        match cond {
+            Some(cond) if cond.reason == "MetricQueryInvalid" => Ok(cond),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(
+        cond.message
+            .unwrap()
+            .starts_with("spec.analysis.metrics[0] (error-rate): Prometheus refused the query")
+    );
+    let status = w.canary("podinfo").await.status.unwrap();
+    assert_eq!(
+        status.canary_weight, held_weight,
+        "no traffic change while the configuration is broken"
+    );
+    assert_eq!(status.failed_checks, Some(0));
+}
+
+#[tokio::test]
+async fn deleting_a_canary_with_revert_on_deletion_hands_traffic_back_to_the_target() {
+    let mut analysis = progressive();
+    analysis["metrics"] = json!([]);
+    let w = World::new("revert").await;
+    w.apply(deployment("podinfo", "podinfo:6.0.0", json!({})))
+        .await;
+    let mut c = canary("podinfo", analysis.clone());
+    c["spec"]["revertOnDeletion"] = json!(true);
+    w.apply(c).await;
+    w.wait_phase("podinfo", "Initialized", LIMIT).await;
+    let canaries: Api<Canary> = Api::namespaced(w.client.clone(), &w.ns);
+    assert!(
+        w.canary("podinfo")
+            .await
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"finalizer.flagger.app".to_string())
+    );
+    canaries
+        .delete("podinfo", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("canary gone", LIMIT, || async {
+        match canaries.get_opt("podinfo").await {
+            Ok(None) => Ok(()),
+            other => Err(format!(
+                "{:?}",
+                other.map(|c| c.map(|c| c.status.and_then(|s| s.phase)))
+            )),
+        }
+    })
+    .await;
+    let target = w.deployment("podinfo").await.unwrap();
+    assert_eq!(replicas_of(&target), 2, "the target runs again");
+    let svcs: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(w.client.clone(), &w.ns);
+    // The garbage collector removes what serin owned; the apex Service stays, pointing at the target.
+    eventually("primary collected", LIMIT, || async {
+        match w.deployment("podinfo-primary").await {
+            None => Ok(()),
+            Some(_) => Err("primary still there".to_string()),
+        }
+    })
+    .await;
+    let apex = svcs
+        .get("podinfo")
+        .await
+        .expect("the apex Service survives");
+    assert_eq!(
+        apex.spec
+            .unwrap()
+            .selector
+            .unwrap()
+            .get("app")
+            .map(String::as_str),
+        Some("podinfo")
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_canary_without_revert_on_deletion_leaves_the_target_scaled_down() {
+    let mut analysis = progressive();
+    analysis["metrics"] = json!([]);
+    let w = initialized("delete", analysis).await;
+    let canaries: Api<Canary> = Api::namespaced(w.client.clone(), &w.ns);
+    canaries
+        .delete("podinfo", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("owned objects collected", LIMIT, || async {
+        let vs = w.virtual_service("podinfo").await;
+        let primary = w.deployment("podinfo-primary").await;
+        if vs.is_none() && primary.is_none() {
+            Ok(())
+        } else {
+            Err(format!("vs {} primary {}", vs.is_some(), primary.is_some()))
+        }
+    })
+    .await;
+    // Flagger's behaviour without revertOnDeletion: the target stays at zero (#388).
+    assert_eq!(replicas_of(&w.deployment("podinfo").await.unwrap()), 0);
+}

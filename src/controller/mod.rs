@@ -291,9 +291,11 @@ pub async fn run(
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|res| {
             if let Err(e) = res {
+                use kube::runtime::controller::Error as E;
                 match e {
-                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
-                    e => warn!("reconcile: {e}"),
+                    // error_policy has logged these already.
+                    E::ObjectNotFound(_) | E::ReconcilerFailed(..) => {}
+                    e => warn!("controller: {e}"),
                 }
             }
             futures::future::ready(())

@@ -224,6 +224,9 @@ pub const CONDITION_PROGRESSING: &str = "New revision detected, progressing cana
 pub const CONDITION_PROMOTING: &str = "Canary analysis completed, starting primary rolling update.";
 pub const CONDITION_FINALISING: &str = "Canary analysis completed, routing all traffic to primary.";
 pub const CONDITION_SUCCEEDED: &str = "Canary analysis completed successfully, promotion finished.";
+/// serin's own texts: Flagger leaves the condition message of these phases as it was.
+pub const CONDITION_TERMINATING: &str = "Canary is being deleted, reverting the target.";
+pub const CONDITION_TERMINATED: &str = "Canary deleted, the target serves the traffic.";
 pub fn condition_failed(kind: &str) -> String {
     format!("Canary analysis failed, {kind} scaled to zero.")
 }

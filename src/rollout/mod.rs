@@ -276,7 +276,8 @@ pub fn promoted_condition(phase: Phase, kind: &str) -> (&'static str, String) {
         Phase::Finalising => ("Unknown", msg::CONDITION_FINALISING.into()),
         Phase::Succeeded => ("True", msg::CONDITION_SUCCEEDED.into()),
         Phase::Failed => ("False", msg::condition_failed(kind)),
-        Phase::Terminating | Phase::Terminated => ("Unknown", String::new()),
+        Phase::Terminating => ("Unknown", msg::CONDITION_TERMINATING.into()),
+        Phase::Terminated => ("Unknown", msg::CONDITION_TERMINATED.into()),
     }
 }
 

@@ -80,11 +80,16 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     };
     let pid_file = sandbox.dir().join(PID_FILE);
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))?;
+    // The mesh simulator plays Istio for every namespace: it reads the VirtualServices and feeds
+    // Istio's telemetry to the sandbox's Prometheus.
+    let mesh = mesh::start(sandbox.config(), mesh::MeshOptions::default())?;
+    sandbox.register_scrape_target("mesh", &mesh.metrics_addr().to_string())?;
     println!(
-        "serin sandbox ready in {:.1} s\n  API server:  {}\n  Prometheus:  {}\n  kubeconfig:  {}\n  logs:        {}\n\n  source {}\n\nStop with Ctrl-C or `serin sandbox down --dir {}`.",
+        "serin sandbox ready in {:.1} s\n  API server:  {}\n  Prometheus:  {}\n  mesh:        http://{}/metrics (simulated Istio telemetry)\n  kubeconfig:  {}\n  logs:        {}\n\n  source {}\n\nStop with Ctrl-C or `serin sandbox down --dir {}`.",
         sandbox.startup_time().as_secs_f64(),
         sandbox.api_url(),
         sandbox.prometheus_url(),
+        mesh.metrics_addr(),
         sandbox.kubeconfig_path().display(),
         sandbox.logs_dir().display(),
         sandbox.env_path().display(),
@@ -96,6 +101,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         _ = sigint.recv() => None,
     };
     eprintln!("stopping the sandbox...");
+    mesh.stop();
     let _ = std::fs::remove_file(&pid_file);
     tokio::task::spawn_blocking(move || sandbox.stop()).await?;
     match died {
