@@ -133,11 +133,16 @@ pub fn kube_bin_dir(cache: &Path) -> PathBuf {
 /// cache only (a kube-apiserver of another version found on PATH would behave differently), the
 /// rest in /usr/bin, then PATH.
 pub fn locate() -> Result<Binaries, NotSetUp> {
+    locate_in(&cache_dir(), &search_dirs())
+}
+
+/// Debian's packages install into /usr/bin, which a service's PATH may lack.
+fn search_dirs() -> Vec<PathBuf> {
     let mut dirs = vec![PathBuf::from("/usr/bin")];
     if let Some(path) = std::env::var_os("PATH") {
         dirs.extend(std::env::split_paths(&path));
     }
-    locate_in(&cache_dir(), &dirs)
+    dirs
 }
 
 /// [`locate`] with the cache directory and the program search directories given.
@@ -296,7 +301,11 @@ pub fn run() -> anyhow::Result<()> {
         )
     })?;
     let _lock = lock(&layout.cache.join("setup.lock"))?;
-    let mut log = Log::create(&layout.cache.join("setup.log"))?;
+    let mut log = Log::open(&layout.cache.join("setup.log"))?;
+    log.note(&format!(
+        "\n=== serin sandbox setup, {} ===",
+        chrono::Utc::now().to_rfc3339()
+    ))?;
     println!(
         "serin sandbox setup: Kubernetes {KUBERNETES_VERSION} from Debian's {SOURCE_PACKAGE} {SOURCE_VERSION}"
     );
@@ -815,13 +824,7 @@ fn verify_and_clean(layout: &Layout, log: &mut Log) -> anyhow::Result<Outcome> {
             removed.push(dir.display().to_string());
         }
     }
-    let found = locate_in(&layout.cache, &{
-        let mut dirs = vec![PathBuf::from("/usr/bin")];
-        if let Some(path) = std::env::var_os("PATH") {
-            dirs.extend(std::env::split_paths(&path));
-        }
-        dirs
-    })?;
+    let found = locate_in(&layout.cache, &search_dirs())?;
     let optional = |p: &Option<PathBuf>, name: &str| match p {
         Some(_) => name.to_string(),
         None => format!("{name} not found"),

@@ -20,11 +20,13 @@ pub struct Log {
 }
 
 impl Log {
-    /// Starts a fresh log (the previous run's is replaced).
-    pub fn create(path: &Path) -> anyhow::Result<Self> {
-        // Truncate, then append: children writing through cloned handles never overwrite.
-        File::create(path)
-            .and_then(|_| OpenOptions::new().append(true).open(path))
+    /// Appends to the log, so that a quick re-run keeps the record of an earlier failed build.
+    /// Append mode also keeps children writing through cloned handles from overwriting.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
             .map(|file| Log {
                 path: path.to_path_buf(),
                 file,
@@ -189,7 +191,8 @@ mod tests {
     fn failed_command_reports_tail_and_todo() {
         let dir = std::env::temp_dir().join(format!("serin-exec-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut log = Log::create(&dir.join("log")).unwrap();
+        let _ = std::fs::remove_file(dir.join("log"));
+        let mut log = Log::open(&dir.join("log")).unwrap();
         log.run(
             Command::new("sh").args(["-c", "echo fine"]),
             "first",
