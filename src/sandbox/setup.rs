@@ -517,7 +517,8 @@ fn fetch_source(layout: &Layout, log: &mut Log) -> anyhow::Result<Outcome> {
     };
     let mut update = Command::new("apt-get");
     private(&mut update);
-    update.arg("update");
+    // Without this, apt-get update exits 0 when the mirror cannot be reached.
+    update.args(["update", "--error-on=any"]);
     log.run(
         &mut update,
         &format!("apt-get update with a private deb-src entry for {}", mirror.uri),

@@ -78,11 +78,11 @@ impl Log {
                 cmd.get_program().to_string_lossy()
             ),
         };
+        let tail = (!status.success()).then(|| self.tail_since(start));
         self.note(&format!("# {status} after {}", secs(began.elapsed())))?;
-        if !status.success() {
-            let tail = self.tail_since(start);
+        if let Some(tail) = tail {
             bail!(
-                "{what} failed: `{shown}` {status}\n--- last lines of its output (full log: {}) ---\n{tail}\n---\nwhat to do: {todo}",
+                "{what} failed: `{shown}` ended with {status}\n--- last lines of its output (full log: {}) ---\n{tail}\n---\nwhat to do: {todo}",
                 self.path.display()
             );
         }
