@@ -597,7 +597,9 @@ fn unpack(layout: &Layout, log: &mut Log) -> anyhow::Result<Outcome> {
         .tree
         .parent()
         .ok_or_else(|| anyhow!("the tree path {} has no parent", layout.tree.display()))?;
-    fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    for dir in [parent, &layout.build.join("tmp")] {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     log.run(
         Command::new("dpkg-source")
             .arg("-x")
@@ -677,6 +679,8 @@ fn in_tree(layout: &Layout, program: impl AsRef<std::ffi::OsStr>) -> Command {
         .env("GO111MODULE", "off")
         .env("CGO_ENABLED", "0")
         .env("GOCACHE", &layout.gocache)
+        // Go's scratch space goes with the tree, so an interrupted build leaves nothing in /tmp.
+        .env("GOTMPDIR", layout.build.join("tmp"))
         .env("GOFLAGS", "")
         .env("GOENV", "off")
         .env("GOPROXY", "off")
