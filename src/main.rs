@@ -113,6 +113,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             SandboxCommand::Up { dir } => {
+                // The README's first command works on a fresh machine: set up on first use.
+                if let Err(missing) = serin::sandbox::locate() {
+                    eprintln!("{missing}\nrunning `serin sandbox setup` first (once per machine)");
+                    serin::sandbox::setup::run()?;
+                }
                 runtime()?.block_on(serin::sandbox::up(serin::sandbox::UpOptions { dir }))?;
                 Ok(ExitCode::SUCCESS)
             }

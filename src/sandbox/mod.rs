@@ -16,7 +16,6 @@
 //! ```
 //! For a private one (extra users, its own lifetime): [`Sandbox::start`] with [`SandboxOptions`].
 
-mod binaries;
 mod environment;
 pub mod istio;
 pub mod kubelet;
@@ -28,12 +27,11 @@ pub mod testenv;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-// Stand-in for `setup::{Binaries, NotSetUp, cache_dir, locate}`: swap this line at merge.
-pub use binaries::{Binaries, NotSetUp, cache_dir, locate};
 pub use environment::{
     Error, Sandbox, SandboxOptions, TEMP_PREFIX, User, sandbox_crds, sweep_stale_temp_dirs,
 };
 pub use process::ChildExit;
+pub use setup::{Binaries, NotSetUp, cache_dir, locate};
 
 /// The file in `--dir` holding the pid of `serin sandbox up`.
 pub const PID_FILE: &str = "sandbox.pid";
