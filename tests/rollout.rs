@@ -694,3 +694,96 @@ async fn deleting_a_canary_without_revert_on_deletion_leaves_the_target_scaled_d
     // Flagger's behaviour without revertOnDeletion: the target stays at zero (#388).
     assert_eq!(replicas_of(&w.deployment("podinfo").await.unwrap()), 0);
 }
+
+#[tokio::test]
+async fn suspend_freezes_a_run_and_resume_finishes_it() {
+    let w = initialized("suspend", progressive()).await;
+    let ns = w.ns.clone();
+    let canaries: Api<Canary> = Api::namespaced(w.client.clone(), &ns);
+    w.apply(deployment("podinfo", "podinfo:6.0.1", json!({})))
+        .await;
+    eventually("weight 25", LIMIT, || async {
+        let weight = w
+            .canary("podinfo")
+            .await
+            .status
+            .and_then(|s| s.canary_weight)
+            .unwrap_or(0);
+        if weight >= 25 {
+            Ok(())
+        } else {
+            Err(format!("weight {weight}"))
+        }
+    })
+    .await;
+    canaries
+        .patch(
+            "podinfo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": true}})),
+        )
+        .await
+        .unwrap();
+    let frozen = w.canary("podinfo").await.status.unwrap();
+    let weights = w.watch_weights("podinfo");
+    // Two intervals pass without a step.
+    tokio::time::sleep(Duration::from_secs(22)).await;
+    let still = w.canary("podinfo").await.status.unwrap();
+    assert_eq!(
+        (still.phase, still.canary_weight),
+        (frozen.phase, frozen.canary_weight)
+    );
+    assert_eq!(
+        weights.all().len(),
+        1,
+        "weights untouched while suspended: {:?}",
+        weights.all()
+    );
+    assert!(w.has_event("podinfo", msg::SUSPENDED).await);
+    canaries
+        .patch(
+            "podinfo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": false}})),
+        )
+        .await
+        .unwrap();
+    w.wait_phase("podinfo", "Succeeded", LIMIT).await;
+    assert_eq!(
+        image_of(&w.deployment("podinfo-primary").await.unwrap()),
+        format!("podinfo:6.0.1")
+    );
+    let _ = ns;
+}
+
+#[tokio::test]
+async fn nothing_is_written_while_nothing_changes() {
+    let w = initialized("idle", progressive()).await;
+    // Let initialization settle (the target scaling down), then watch the resource versions.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let versions = || async {
+        let c = w.canary("podinfo").await.metadata.resource_version;
+        let vs = w
+            .virtual_service("podinfo")
+            .await
+            .map(|v| v["metadata"]["resourceVersion"].clone());
+        let p = w
+            .deployment("podinfo-primary")
+            .await
+            .and_then(|d| d.metadata.resource_version);
+        let t = w
+            .deployment("podinfo")
+            .await
+            .and_then(|d| d.metadata.resource_version);
+        let svcs: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(w.client.clone(), &w.ns);
+        let s = svcs.get("podinfo").await.unwrap().metadata.resource_version;
+        (c, vs, p, t, s)
+    };
+    let before = versions().await;
+    let events_before = w.events("podinfo").await.len();
+    // Longer than an analysis interval, so any periodic reconcile has run.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(versions().await, before, "an idle canary caused writes");
+    assert_eq!(w.events("podinfo").await.len(), events_before);
+}
