@@ -1,7 +1,8 @@
 //! The binaries `serin sandbox setup` left in the cache are the ones the sandbox needs: found by
-//! `locate()`, version v1.20.2, and an API server that survives writing a custom resource (the
-//! vendored reflect2 1.0.1 crashed it there under Go ≥ 1.18). Needs the environment: fails, never
-//! skips, when setup has not run.
+//! `locate()`, version v1.20.2, and an API server that survives writing and watching a custom
+//! resource (the vendored reflect2 1.0.1 crashed it there under Go ≥ 1.18) and accepts empty
+//! strings in one (the vendored kube-openapi called them null under Go ≥ 1.16). Needs the
+//! environment: fails, never skips, when setup has not run.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,8 @@ fn locate_finds_v1_20_2_binaries_in_the_cache() {
         .filter(|n| n.ends_with(".partial"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    let recipe = std::fs::read_to_string(bin_dir.join(setup::RECIPE_FILE)).unwrap();
+    assert_eq!(recipe.trim_end(), setup::RECIPE);
 }
 
 /// Kills its process on drop so that a failing assertion leaves nothing running.
@@ -218,15 +221,30 @@ async fn built_api_server_stores_and_serves_a_custom_resource() {
             "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
             "versions": [{
                 "name": "v1", "served": true, "storage": true,
+                "subresources": {"status": {}},
                 "schema": {"openAPIV3Schema": {
                     "type": "object",
-                    "properties": {"spec": {
-                        "type": "object",
-                        "properties": {
-                            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                            "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+                    "properties": {
+                        "spec": {
+                            "type": "object",
+                            "properties": {
+                                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                                "note": {"type": "string"},
+                                "tags": {"type": "array", "items": {"type": "string"}}
+                            }
+                        },
+                        "status": {
+                            "type": "object",
+                            "properties": {"conditions": {"type": "array", "items": {
+                                "type": "object",
+                                "properties": {
+                                    "type": {"type": "string"},
+                                    "message": {"type": "string"}
+                                }
+                            }}}
                         }
-                    }}
+                    }
                 }}
             }]
         }
@@ -267,7 +285,14 @@ async fn built_api_server_stores_and_serves_a_custom_resource() {
         "apiVersion": "test.serin.dev/v1",
         "kind": "Widget",
         "metadata": {"name": "w1", "labels": {"a": "1", "b": "2"}},
-        "spec": {"labels": {"x": "y", "z": "w"}, "free": {"nested": {"k": [1, 2, 3]}}}
+        // Empty strings where the schema says `type: string`: a real 1.20 cluster accepts them,
+        // as Flagger's users' Canaries rely on (`metricsServer: ""`, condition `message: ""`).
+        "spec": {
+            "labels": {"x": "y", "z": "w", "blank": ""},
+            "free": {"nested": {"k": [1, 2, 3]}},
+            "note": "",
+            "tags": ["", "t"]
+        }
     });
     let path = "/apis/test.serin.dev/v1/namespaces/default/widgets";
     // The CRD's discovery can lag "Established" by a moment: retry a 404 briefly.
@@ -289,6 +314,22 @@ async fn built_api_server_stores_and_serves_a_custom_resource() {
         }
     };
     assert_eq!(created.status().as_u16(), 201, "{:?}", created.text().await);
+    let created: Value = created.json().await.unwrap();
+    assert_eq!(created["spec"]["note"], "");
+    assert_eq!(created["spec"]["tags"], json!(["", "t"]));
+    assert_eq!(created["spec"]["labels"]["blank"], "");
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Watch from the created version: the patch below must arrive as an event.
+    let mut watch = get(format!(
+        "{path}?watch=1&resourceVersion={rv}&timeoutSeconds=30"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(watch.status().as_u16(), 200);
 
     let merge = http
         .patch(format!("{base}{path}/w1"))
@@ -300,14 +341,49 @@ async fn built_api_server_stores_and_serves_a_custom_resource() {
         .unwrap();
     assert_eq!(merge.status().as_u16(), 200, "{:?}", merge.text().await);
 
+    let mut buffered = Vec::new();
+    let event: Value = loop {
+        if let Some(end) = buffered.iter().position(|&b| b == b'\n') {
+            break serde_json::from_slice(&buffered[..end]).unwrap();
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(15), watch.chunk())
+            .await
+            .expect("no watch event 15 s after the patch")
+            .unwrap()
+            .unwrap_or_else(|| panic!("watch ended without an event\n{}", api.log_tail()));
+        buffered.extend_from_slice(&chunk);
+    };
+    assert_eq!(event["type"], "MODIFIED", "{event}");
+    assert_eq!(event["object"]["spec"]["labels"]["x"], "changed", "{event}");
+    assert_eq!(event["object"]["spec"]["note"], "", "{event}");
+    drop(watch);
+
+    let status = http
+        .patch(format!("{base}{path}/w1/status"))
+        .bearer_auth(&token)
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"status":{"conditions":[{"type":"Promoted","message":""}]}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status().as_u16(), 200, "{:?}", status.text().await);
+
     let got: Value = get(format!("{path}/w1"))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(got["spec"]["labels"], json!({"x": "changed", "z": "w"}));
+    assert_eq!(
+        got["spec"]["labels"],
+        json!({"x": "changed", "z": "w", "blank": ""})
+    );
     assert_eq!(got["spec"]["free"]["nested"]["k"], json!([1, 2, 3]));
+    assert_eq!(got["spec"]["note"], "");
+    assert_eq!(
+        got["status"]["conditions"],
+        json!([{"type": "Promoted", "message": ""}])
+    );
     let list: Value = get(path.to_string()).await.unwrap().json().await.unwrap();
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
     api.assert_alive("kube-apiserver at the end");

@@ -49,6 +49,15 @@ pub const KUBE_BINARIES: [&str; 2] = ["kube-apiserver", "kube-controller-manager
 const REFLECT2_DEBIAN: &str = "/usr/share/gocode/src/github.com/modern-go/reflect2";
 const REFLECT2_VENDORED: &str = "vendor/github.com/modern-go/reflect2";
 
+/// How the cached binaries were built. Change it whenever a change to the build changes what
+/// the binaries do: binaries from another recipe count as not set up ([`locate`]) and are
+/// rebuilt (`serin sandbox setup`). Recipe 1 (no file) lacked the zero-value fix, so its API
+/// server refused every empty string in a custom resource.
+pub const RECIPE: &str =
+    "2: Debian patches; reflect2 1.0.2; kube-openapi type validator without the zero-value check";
+/// Next to the binaries, holding the [`RECIPE`] that built them.
+pub const RECIPE_FILE: &str = "recipe";
+
 /// The sandbox's programs, as found on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binaries {
@@ -70,15 +79,24 @@ pub struct MissingBinary {
     pub provided_by: String,
 }
 
-/// The sandbox cannot start: what is missing and how to get it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", describe_missing(.missing))]
-pub struct NotSetUp {
-    pub missing: Vec<MissingBinary>,
+/// Cached Kubernetes binaries built by another [`RECIPE`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleBuild {
+    pub dir: PathBuf,
+    /// The recipe file's content, None when there is none (binaries from before recipes).
+    pub found: Option<String>,
 }
 
-fn describe_missing(missing: &[MissingBinary]) -> String {
-    let items: Vec<String> = missing
+/// The sandbox cannot start: what is missing or outdated and how to get it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", describe_missing(.missing, .stale.as_ref()))]
+pub struct NotSetUp {
+    pub missing: Vec<MissingBinary>,
+    pub stale: Option<StaleBuild>,
+}
+
+fn describe_missing(missing: &[MissingBinary], stale: Option<&StaleBuild>) -> String {
+    let mut items: Vec<String> = missing
         .iter()
         .map(|m| {
             format!(
@@ -87,6 +105,16 @@ fn describe_missing(missing: &[MissingBinary]) -> String {
             )
         })
         .collect();
+    if let Some(s) = stale {
+        let found = match &s.found {
+            Some(recipe) => format!("recipe `{recipe}`"),
+            None => format!("no {RECIPE_FILE} file, an older recipe"),
+        };
+        items.push(format!(
+            "the Kubernetes binaries in {} were built by {found}, not the current recipe `{RECIPE}`",
+            s.dir.display()
+        ));
+    }
     format!(
         "the sandbox is not set up: {}. Run `serin sandbox setup` (as root) to install and build them.",
         items.join("; ")
@@ -130,8 +158,8 @@ pub fn kube_bin_dir(cache: &Path) -> PathBuf {
 }
 
 /// Finds the sandbox's programs without installing anything: the Kubernetes binaries in the
-/// cache only (a kube-apiserver of another version found on PATH would behave differently), the
-/// rest in /usr/bin, then PATH.
+/// cache only (a kube-apiserver of another version found on PATH would behave differently), and
+/// only when built by the current [`RECIPE`]; the rest in /usr/bin, then PATH.
 pub fn locate() -> Result<Binaries, NotSetUp> {
     locate_in(&cache_dir(), &search_dirs())
 }
@@ -183,8 +211,20 @@ pub fn locate_in(cache: &Path, search: &[PathBuf]) -> Result<Binaries, NotSetUp>
     };
     let etcd = required("etcd", "etcd-server");
     let prometheus = required("prometheus", "prometheus");
-    if !missing.is_empty() {
-        return Err(NotSetUp { missing });
+    // Missing Kubernetes binaries are rebuilt by the current recipe anyway: no need to say more.
+    let kube_missing = missing
+        .iter()
+        .any(|m| KUBE_BINARIES.contains(&m.name.as_str()));
+    let stale = match read_recipe(&bin_dir) {
+        Some(found) if recipe_matches(&found) => None,
+        _ if kube_missing => None,
+        found => Some(StaleBuild {
+            dir: bin_dir.clone(),
+            found: found.map(|f| f.trim_end().to_string()),
+        }),
+    };
+    if !missing.is_empty() || stale.is_some() {
+        return Err(NotSetUp { missing, stale });
     }
     Ok(Binaries {
         kube_apiserver,
@@ -194,6 +234,31 @@ pub fn locate_in(cache: &Path, search: &[PathBuf]) -> Result<Binaries, NotSetUp>
         kubectl: find_program("kubectl", search),
         hey: find_program("hey", search),
     })
+}
+
+/// The recipe file's content; None when it cannot be read (absent: built before recipes).
+fn read_recipe(bin_dir: &Path) -> Option<String> {
+    fs::read_to_string(bin_dir.join(RECIPE_FILE)).ok()
+}
+
+/// Whether a recipe file's content names the current [`RECIPE`] (a trailing newline is fine).
+pub fn recipe_matches(content: &str) -> bool {
+    content.trim_end_matches(['\n', '\r']) == RECIPE
+}
+
+fn recipe_current(bin_dir: &Path) -> bool {
+    read_recipe(bin_dir).is_some_and(|r| recipe_matches(&r))
+}
+
+/// Written only once both binaries of this recipe are in place, by rename so that a reader sees
+/// the old content or the new, never a torn one.
+fn write_recipe(bin_dir: &Path) -> anyhow::Result<()> {
+    let path = bin_dir.join(RECIPE_FILE);
+    let partial = bin_dir.join(format!(".{RECIPE_FILE}.partial"));
+    fs::write(&partial, format!("{RECIPE}\n"))
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    fs::rename(&partial, &path)
+        .with_context(|| format!("cannot move {} to {}", partial.display(), path.display()))
 }
 
 fn find_program(name: &str, search: &[PathBuf]) -> Option<PathBuf> {
@@ -318,10 +383,26 @@ pub fn run() -> anyhow::Result<()> {
     let mut steps = Steps { done: 0, total: 7 };
     steps.run("install Debian packages", || install_packages(&mut log))?;
 
+    // Binaries of another recipe are all rebuilt, even if they report the right version.
+    let recipe_ok = recipe_current(&layout.bin);
     let to_build: Vec<&str> = KUBE_BINARIES
         .into_iter()
-        .filter(|name| !is_cached(&layout.bin.join(name)))
+        .filter(|name| !(recipe_ok && is_cached(&layout.bin.join(name))))
         .collect();
+    if !recipe_ok && KUBE_BINARIES.iter().any(|n| is_cached(&layout.bin.join(n))) {
+        let found = read_recipe(&layout.bin);
+        println!(
+            "the cached binaries were built by {}; rebuilding them with recipe `{RECIPE}`",
+            found.map_or_else(
+                || "an older recipe".to_string(),
+                |f| format!("recipe `{}`", f.trim_end())
+            )
+        );
+        log.note(&format!(
+            "# rebuilding: {} does not hold `{RECIPE}`",
+            layout.bin.join(RECIPE_FILE).display()
+        ))?;
+    }
     let built = |what: &str| Outcome::Cached(format!("binaries already built, no {what} needed"));
     steps.run("fetch Debian source package", || {
         if to_build.is_empty() {
@@ -613,9 +694,30 @@ fn unpack(layout: &Layout, log: &mut Log) -> anyhow::Result<Outcome> {
         ),
     )?;
     replace_reflect2(layout, log)?;
+    fix_zero_value_check(layout, log)?;
     Ok(Outcome::Done(format!(
-        "Debian's patches applied, reflect2 from {REFLECT2_DEBIAN}"
+        "Debian's patches applied, reflect2 from {REFLECT2_DEBIAN}, kube-openapi's zero-value check removed"
     )))
+}
+
+/// Without this, the API server refuses every empty string in a custom resource; see
+/// [`tree::fix_zero_value_check`].
+fn fix_zero_value_check(layout: &Layout, log: &mut Log) -> anyhow::Result<()> {
+    let path = layout.tree.join(tree::ZERO_CHECK_FILE);
+    let source =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let Some(fixed) = tree::fix_zero_value_check(&source) else {
+        bail!(
+            "{} does not hold the expected zero-value check exactly once\nwhat to do: this is a bug in serin (the source package {SOURCE_VERSION} should carry it); see {}",
+            path.display(),
+            log.path().display()
+        );
+    };
+    fs::write(&path, fixed).with_context(|| format!("cannot write {}", path.display()))?;
+    log.note(&format!(
+        "# removed the zero-value check from {}",
+        path.display()
+    ))
 }
 
 fn replace_reflect2(layout: &Layout, log: &mut Log) -> anyhow::Result<()> {
@@ -821,6 +923,14 @@ fn verify_and_clean(layout: &Layout, log: &mut Log) -> anyhow::Result<Outcome> {
             );
         }
     }
+    // Reached only when every binary is cached under this recipe or was just built by it.
+    if !recipe_current(&layout.bin) {
+        write_recipe(&layout.bin)?;
+        log.note(&format!(
+            "# wrote {}",
+            layout.bin.join(RECIPE_FILE).display()
+        ))?;
+    }
     let mut removed = Vec::new();
     for dir in [&layout.build, &layout.gocache] {
         if dir.exists() {
@@ -974,6 +1084,7 @@ mod tests {
         let hey = t.exe("second/hey", 0o755);
         // A kube-apiserver on the search path is not used: only the cached build counts.
         t.exe("first/kube-apiserver", 0o755);
+        write_recipe(&kube_bin_dir(&cache)).unwrap();
         let b = locate_in(&cache, &[first, second]).unwrap();
         assert_eq!(
             b,
@@ -986,6 +1097,84 @@ mod tests {
                 hey: Some(hey),
             }
         );
+    }
+
+    #[test]
+    fn recipe_file_content() {
+        assert!(recipe_matches(RECIPE));
+        assert!(recipe_matches(&format!("{RECIPE}\n")));
+        assert!(recipe_matches(&format!("{RECIPE}\r\n")));
+        assert!(!recipe_matches(""));
+        assert!(!recipe_matches(&format!(" {RECIPE}")));
+        assert!(!recipe_matches(&format!("{RECIPE}\nextra")));
+        assert!(!recipe_matches(
+            "1: Debian patches; reflect2 1.0.2; kube-openapi type validator without the zero-value check"
+        ));
+    }
+
+    /// The cache as `serin sandbox setup` left it before recipes: binaries, no recipe file.
+    fn old_cache(t: &Temp) -> (PathBuf, PathBuf) {
+        let cache = t.0.join("cache");
+        let bin = t.0.join("bin");
+        t.exe("cache/kubernetes/v1.20.2/kube-apiserver", 0o755);
+        t.exe("cache/kubernetes/v1.20.2/kube-controller-manager", 0o755);
+        t.exe("bin/etcd", 0o755);
+        t.exe("bin/prometheus", 0o755);
+        (cache, bin)
+    }
+
+    #[test]
+    fn locate_refuses_binaries_of_another_recipe() {
+        let t = Temp::new("stale");
+        let (cache, bin) = old_cache(&t);
+        let dir = kube_bin_dir(&cache);
+
+        let err = locate_in(&cache, std::slice::from_ref(&bin)).unwrap_err();
+        assert!(err.missing.is_empty(), "{err:?}");
+        assert_eq!(
+            err.stale,
+            Some(StaleBuild {
+                dir: dir.clone(),
+                found: None
+            })
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!(
+                "the Kubernetes binaries in {} were built by no recipe file",
+                dir.display()
+            )),
+            "{text}"
+        );
+        assert!(text.contains("Run `serin sandbox setup`"), "{text}");
+
+        fs::write(dir.join(RECIPE_FILE), "1: something older\n").unwrap();
+        let err = locate_in(&cache, std::slice::from_ref(&bin)).unwrap_err();
+        assert_eq!(
+            err.stale.and_then(|s| s.found),
+            Some("1: something older".to_string())
+        );
+
+        write_recipe(&dir).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join(RECIPE_FILE)).unwrap(),
+            format!("{RECIPE}\n")
+        );
+        assert!(!dir.join(".recipe.partial").exists());
+        let found = locate_in(&cache, std::slice::from_ref(&bin)).unwrap();
+        assert_eq!(found.kube_apiserver, dir.join("kube-apiserver"));
+    }
+
+    #[test]
+    fn missing_binaries_are_not_also_called_stale() {
+        let t = Temp::new("stale-missing");
+        let (cache, bin) = old_cache(&t);
+        let dir = kube_bin_dir(&cache);
+        fs::remove_file(dir.join("kube-controller-manager")).unwrap();
+        let err = locate_in(&cache, std::slice::from_ref(&bin)).unwrap_err();
+        assert_eq!(err.stale, None);
+        let names: Vec<&str> = err.missing.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["kube-controller-manager"]);
     }
 
     #[test]

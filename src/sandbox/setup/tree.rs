@@ -124,6 +124,22 @@ pub fn version_ldflags(git_version: &str) -> String {
     flags.join(" ")
 }
 
+/// kube-openapi's schema type validator in the v1.20.2 tree; custom resources are validated with it.
+pub const ZERO_CHECK_FILE: &str = "vendor/k8s.io/kube-openapi/pkg/validation/validate/type.go";
+const ZERO_CHECK_BROKEN: &str = "\tif data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {\n";
+const ZERO_CHECK_FIXED: &str = "\tif data == nil {\n";
+
+/// `type.go` with the zero-value test dropped from the validator's null check, as upstream did
+/// for Kubernetes 1.21 (kubernetes/kube-openapi#230, kubernetes/kubernetes#99804). The test
+/// compares two `reflect.Value`s, which was never true before Go 1.16; since then an empty string
+/// in an interface and `reflect.Zero` share the runtime's zero buffer, so under our Go every `""`
+/// in a custom resource counts as null and a `type: string` field refuses it. `None` unless the
+/// broken line occurs exactly once.
+pub fn fix_zero_value_check(source: &str) -> Option<String> {
+    (source.matches(ZERO_CHECK_BROKEN).count() == 1)
+        .then(|| source.replacen(ZERO_CHECK_BROKEN, ZERO_CHECK_FIXED, 1))
+}
+
 /// `v1.20.2` → (`1`, `20`).
 fn major_minor(git_version: &str) -> (String, String) {
     let mut parts = git_version.trim_start_matches('v').split('.');
@@ -199,6 +215,50 @@ mod tests {
         assert!(!is_k8s_tag_line("\t// +k8s:openapi-gen=true"));
         assert!(!is_k8s_tag_line("/* +k8s:openapi-gen=true */"));
         assert!(!is_k8s_tag_line("// +genclient"));
+    }
+
+    /// The function's opening as v1.20.2 vendors it (kube-openapi 20201113171705-d219536bb9fd).
+    const TYPE_GO: &str = "\
+func (t *typeValidator) Validate(data interface{}) *Result {
+\tresult := new(Result)
+\tresult.Inc()
+\tif data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {
+\t\t// nil or zero value for the passed structure require Type: null
+\t\tif len(t.Type) > 0 && !t.Type.Contains(nullType) && !t.Nullable {
+\t\t\treturn errorHelp.sErr(errors.InvalidType(t.Path, t.In, strings.Join(t.Type, \",\"), nullType))
+\t\t}
+\t\treturn result
+\t}
+
+\t// check if the type matches, should be used in every validator chain as first item
+\tval := reflect.Indirect(reflect.ValueOf(data))
+";
+
+    #[test]
+    fn zero_value_check_becomes_a_nil_check() {
+        let fixed = fix_zero_value_check(TYPE_GO).unwrap();
+        assert_eq!(
+            fixed,
+            TYPE_GO.replace(
+                "\tif data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {\n",
+                "\tif data == nil {\n"
+            )
+        );
+        assert!(!fixed.contains("reflect.Zero"), "{fixed}");
+        // Only that line changes: the rest of the function, reflect included, stays.
+        assert_eq!(fixed.lines().count(), TYPE_GO.lines().count());
+        assert!(fixed.contains("\tval := reflect.Indirect(reflect.ValueOf(data))\n"));
+    }
+
+    #[test]
+    fn zero_value_check_refuses_unknown_sources() {
+        // Already fixed, or a kube-openapi that changed: applying blindly could hide a mismatch.
+        let fixed = fix_zero_value_check(TYPE_GO).unwrap();
+        assert_eq!(fix_zero_value_check(&fixed), None);
+        assert_eq!(fix_zero_value_check(""), None);
+        assert_eq!(fix_zero_value_check(&TYPE_GO.repeat(2)), None);
+        // Indentation differs (spaces): not the vendored line.
+        assert_eq!(fix_zero_value_check(&TYPE_GO.replace('\t', "    ")), None);
     }
 
     #[test]
