@@ -787,3 +787,46 @@ async fn nothing_is_written_while_nothing_changes() {
     assert_eq!(versions().await, before, "an idle canary caused writes");
     assert_eq!(w.events("podinfo").await.len(), events_before);
 }
+
+#[tokio::test]
+async fn a_metric_template_with_variables_judges_the_canary() {
+    let w = World::new("tmpl").await;
+    let ns = w.ns.clone();
+    w.apply(json!({
+        "apiVersion": "flagger.app/v1beta1", "kind": "MetricTemplate", "metadata": {"name": "request-rate"},
+        "spec": {
+            "provider": {"type": "prometheus", "address": w.env.prometheus_url()},
+            "query": "sum(rate(istio_requests_total{reporter=\"{{ variables.reporter }}\",destination_workload_namespace=\"{{ namespace }}\",destination_workload=\"{{ target }}\"}[{{ interval }}]))"
+        }
+    }))
+    .await;
+    w.apply(deployment("podinfo", "podinfo:6.0.0", json!({})))
+        .await;
+    let mut analysis = progressive();
+    analysis["metrics"] = json!([{
+        "name": "request-rate", "interval": "30s",
+        "templateRef": {"name": "request-rate"},
+        "templateVariables": {"reporter": "destination"},
+        "thresholdRange": {"min": 1}
+    }]);
+    w.apply(canary("podinfo", analysis)).await;
+    w.wait_phase("podinfo", "Initialized", LIMIT).await;
+    w.apply(deployment("podinfo", "podinfo:6.0.1", json!({})))
+        .await;
+    let c = w.wait_phase("podinfo", "Succeeded", LIMIT).await;
+    let status = c.status.unwrap();
+    let m = status
+        .serin_metrics
+        .iter()
+        .find(|m| m.name == "request-rate")
+        .expect("metric in status");
+    assert_eq!(
+        m.query.as_deref(),
+        Some(format!("sum(rate(istio_requests_total{{reporter=\"destination\",destination_workload_namespace=\"{ns}\",destination_workload=\"podinfo\"}}[30s]))").as_str())
+    );
+    assert!(m.value.is_some_and(|v| v >= 1.0), "{m:?}");
+    assert_eq!(
+        image_of(&w.deployment("podinfo-primary").await.unwrap()),
+        "podinfo:6.0.1"
+    );
+}
