@@ -14,8 +14,11 @@ use serin::metrics::prometheus::{Prometheus, ProviderConfig};
 
 const JSON: [(&str, &str); 1] = [("content-type", "application/json")];
 
+/// Headers and query of one request.
+type Request = (BTreeMap<String, String>, String);
+
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(BTreeMap<String, String>, String)>>>);
+struct Seen(Arc<Mutex<Vec<Request>>>);
 
 async fn query(
     State(seen): State<Seen>,
