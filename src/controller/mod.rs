@@ -80,6 +80,9 @@ pub struct Ctx {
     pub http_insecure: reqwest::Client,
     pub providers: Mutex<HashMap<ProviderConfig, Prometheus>>,
     pub metrics: Arc<Metrics>,
+    /// resourceVersion of serin's last status write per Canary uid: a cached Canary older than
+    /// that would make a reconcile decide from stale progress and repeat a step.
+    pub written: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl Ctx {
@@ -245,6 +248,7 @@ pub async fn run(
         http_insecure,
         providers: Mutex::new(HashMap::new()),
         metrics: metrics.clone(),
+        written: std::sync::Mutex::new(HashMap::new()),
     });
 
     let server = opts.listen.map(|addr| {

@@ -68,6 +68,9 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Err
     if !ctx.caches_ready().await {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
+    if cache_is_behind(&canary, &ctx) {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     let start = Instant::now();
     let mut r = Reconcile {
         ns: canary.namespace().unwrap_or_default(),
@@ -1259,6 +1262,29 @@ impl Reconcile {
         .await?;
         Ok(())
     }
+}
+
+fn resource_version(meta: &ObjectMeta) -> Option<u64> {
+    meta.resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+}
+
+/// Whether serin wrote a newer status than the cached Canary carries. Resource versions are
+/// etcd revisions, increasing numbers; anything unparsable counts as current.
+fn cache_is_behind(canary: &Canary, ctx: &Ctx) -> bool {
+    let (Some(uid), Some(cached)) = (
+        canary.metadata.uid.as_ref(),
+        resource_version(&canary.metadata),
+    ) else {
+        return false;
+    };
+    let written = ctx
+        .written
+        .lock()
+        .map(|w| w.get(uid).copied())
+        .unwrap_or(None);
+    written.is_some_and(|w| cached < w)
 }
 
 /// Whether everything `desired` says is already in `actual` (fields the server or others added
