@@ -77,6 +77,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Err
         ctx: ctx.clone(),
         metric_results: None,
         analysed: false,
+        cookies: None,
     };
     let res = r.run().await;
     ctx.metrics
@@ -110,6 +111,8 @@ struct Reconcile {
     now: DateTime<Utc>,
     metric_results: Option<Vec<MetricCheckStatus>>,
     analysed: bool,
+    /// Session-affinity cookies decided in this pass, for the VirtualService and the status.
+    cookies: Option<router::AffinityCookies>,
 }
 
 impl Reconcile {
@@ -244,6 +247,7 @@ impl Reconcile {
         self.apply_services(&selector, &discovered, plan.route_to_primary)
             .await?;
         if plan.route_to_primary {
+            self.decide_affinity_cookies(&plan.progress);
             self.apply_routes(&selector, &discovered, rollout::routes(&plan.progress))
                 .await?;
         }
@@ -790,7 +794,10 @@ impl Reconcile {
             self.apply_dynamic(&dr, cached, &self.ctx.dr_resource, "serin/router")
                 .await?;
         }
-        let mut vs = router::desired_virtual_service(&inp, routes);
+        let mut vs = match &self.cookies {
+            Some(c) => router::desired_virtual_service_with_affinity(&inp, routes, c),
+            None => router::desired_virtual_service(&inp, routes),
+        };
         let apex = self.canary.apex_name();
         let cached = self
             .ctx
@@ -960,6 +967,13 @@ impl Reconcile {
         Ok(())
     }
 
+    /// Session affinity: the cookies for this progress, new values drawn here (the router's
+    /// builders stay pure and take them as inputs).
+    fn decide_affinity_cookies(&mut self, progress: &Progress) {
+        let cookies = router::next_affinity_cookies(&self.canary, progress, random_cookie_value);
+        self.cookies = Some(cookies);
+    }
+
     // ---- recording ----
 
     async fn write_status(
@@ -977,6 +991,9 @@ impl Reconcile {
         );
         if let Some(results) = &self.metric_results {
             status.serin_metrics = results.clone();
+        }
+        if let Some(cookies) = &self.cookies {
+            cookies.write_to(&mut status);
         }
         if previous == Some(&status) {
             return Ok(());
@@ -1259,6 +1276,27 @@ impl Reconcile {
         .await?;
         Ok(())
     }
+}
+
+/// A random cookie value like Flagger's: 10 ASCII letters. Not a secret (it only keeps a user on
+/// one side of a canary), so std's randomly keyed hasher over the clock is enough.
+fn random_cookie_value() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    h.write_u128(nanos);
+    let mut n = h.finish();
+    let letters = router::COOKIE_LETTERS;
+    (0..router::COOKIE_VALUE_LEN)
+        .map(|_| {
+            let c = letters[(n % letters.len() as u64) as usize];
+            n /= letters.len() as u64;
+            char::from(c)
+        })
+        .collect()
 }
 
 /// Whether everything `desired` says is already in `actual` (fields the server or others added
