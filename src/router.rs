@@ -444,6 +444,18 @@ pub fn read_routes(vs: &Value, apex: &str) -> Option<Routes> {
 }
 
 // ---- session affinity (flagger-compat.md §4.3, §1.4) ----
+//
+// Read from Flagger's `pkg/router/istio.go` (`SetRoutes`, `GetRoutes`) and, for the primary cookie
+// (Flagger 1.43, #1861, whose Istio code was not at hand), from its Gateway API router. Where serin
+// differs, on purpose:
+// - outside a run with no previous cookie, Flagger leaves a copy of the weighted route named
+//   `sticky-route` in front of it; serin writes the weighted route alone;
+// - Flagger's expiry rule writes `Set-Cookie` into the Canary's own `service.headers` map (shared
+//   pointer), so it leaks into the weighted route; serin adds it to the expiry rule only;
+// - the expiry and the primary cookie carry the cookie attributes (Domain, Path, ...) too, since a
+//   browser only drops a cookie whose Domain and Path match; the primary rule is named
+//   `sticky-route-primary`;
+// - mirroring goes on the weighted route, not on the first (sticky) one.
 
 /// Name of the rule that pins users holding the canary cookie (Flagger's `stickyRouteName`); the
 /// cookie-expiry rule after a run has the same name.

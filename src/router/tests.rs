@@ -902,3 +902,21 @@ mod props {
         }
     }
 }
+
+#[test]
+fn the_mesh_simulator_sends_its_match_share_to_the_sticky_rule() {
+    // The simulator knows no cookies: the first rule with a match takes `match_share` of the
+    // requests (all to the canary), the weighted route the rest, split by weight.
+    let c = canary(affinity_spec(json!({"cookieName": "c"})));
+    let vs = vs_with(&c, w(80, 20), &cookies(Some("c=x"), None, None));
+    let flows = crate::sandbox::mesh::routing::split(&vs["spec"], 100.0, 0.5).unwrap();
+    let to = |host: &str| -> f64 {
+        flows
+            .iter()
+            .filter(|f| f.host == host)
+            .map(|f| f.requests)
+            .sum()
+    };
+    assert!((to("podinfo-canary") - 60.0).abs() < 1e-9, "{flows:?}");
+    assert!((to("podinfo-primary") - 40.0).abs() < 1e-9, "{flows:?}");
+}
