@@ -9,9 +9,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
-use crate::api::istio::{HTTPMatchRequest, StringMatch};
-use crate::api::{Canary, CustomMetadata, Strategy};
-use crate::rollout::Routes;
+use crate::api::istio::{HTTPMatchRequest, HeaderOperations, Headers, StringMatch};
+use crate::api::{Canary, CanaryStatus, CustomMetadata, SameSite, SessionAffinity, Strategy};
+use crate::rollout::{self, Phase, Progress, Routes};
 use crate::workload::SelectorLabel;
 
 pub const ISTIO_GROUP: &str = "networking.istio.io";
@@ -227,8 +227,27 @@ pub fn ab_matches(
     out
 }
 
-/// The VirtualService `<apex>` with the given routes.
+/// The VirtualService `<apex>` with the given routes, its session-affinity rules built from the
+/// cookies in the Canary's current status.
 pub fn desired_virtual_service(inp: &RouterInputs<'_>, routes: Routes) -> Value {
+    let cookies = AffinityCookies::from_status(inp.canary.status.as_ref());
+    desired_virtual_service_with_affinity(inp, routes, &cookies)
+}
+
+/// The VirtualService `<apex>` with the given routes and, when `analysis.sessionAffinity` is set,
+/// the sticky rules for `cookies` (Flagger's `SetRoutes`, flagger-compat.md §4.3):
+/// - with a canary cookie: a rule `sticky-route` first, matching the cookie and sending 0/100,
+///   then (with a primary cookie) `sticky-route-primary` sending 100/0, then the weighted route,
+///   whose canary destination sets the canary cookie (and whose primary destination sets the
+///   primary cookie, living one analysis interval);
+/// - without one but with a previous cookie: `sticky-route` matches the previous cookie, routes
+///   like the weighted route and expires the cookie (`Max-Age=-1`);
+/// - otherwise the plain weighted route.
+pub fn desired_virtual_service_with_affinity(
+    inp: &RouterInputs<'_>,
+    routes: Routes,
+    cookies: &AffinityCookies,
+) -> Value {
     let canary = inp.canary;
     let svc = &canary.spec.service;
     let apex = inp.apex();
@@ -301,6 +320,9 @@ pub fn desired_virtual_service(inp: &RouterInputs<'_>, routes: Routes) -> Value 
         };
         let service_matches: Vec<HTTPMatchRequest> = svc.match_.iter().map(istio_match).collect();
         let analysis = canary.spec.analysis();
+        let affinity = analysis
+            .and_then(|a| a.session_affinity.as_ref())
+            .filter(|_| canary.spec.strategy() == Strategy::Canary);
         let mut http = if canary.spec.strategy() == Strategy::ABTesting {
             let matches = ab_matches(
                 analysis.map(|a| a.match_.as_slice()).unwrap_or_default(),
@@ -310,15 +332,63 @@ pub fn desired_virtual_service(inp: &RouterInputs<'_>, routes: Routes) -> Value 
                 base(&matches, weighted),
                 base(&service_matches, vec![dest(&primary_host, None)]),
             ]
+        } else if let Some(sa) = affinity {
+            let sticky = |cookie: &str, route: Vec<Value>, name: &str| {
+                let mut r = base(&sticky_matches(cookie, &svc.match_), route);
+                r["name"] = json!(name);
+                r
+            };
+            if let Some(canary_cookie) = &cookies.canary {
+                let mut weighted = weighted;
+                weighted[1]["headers"] =
+                    set_cookie_headers(&set_cookie(sa, canary_cookie, i64::from(sa.max_age())));
+                let mut http = vec![sticky(
+                    canary_cookie,
+                    vec![dest(&primary_host, Some(0)), dest(&canary_host, Some(100))],
+                    STICKY_ROUTE,
+                )];
+                if let Some(primary_cookie) = &cookies.primary {
+                    let interval = analysis.map(|a| a.interval()).unwrap_or_default();
+                    let age = i64::try_from(interval.as_secs()).unwrap_or(i64::MAX);
+                    weighted[0]["headers"] =
+                        set_cookie_headers(&set_cookie(sa, primary_cookie, age));
+                    http.push(sticky(
+                        primary_cookie,
+                        vec![dest(&primary_host, Some(100)), dest(&canary_host, Some(0))],
+                        STICKY_PRIMARY_ROUTE,
+                    ));
+                }
+                http.push(base(&service_matches, weighted));
+                http
+            } else if let Some(previous) = &cookies.previous {
+                let mut expiry = sticky(previous, weighted.clone(), STICKY_ROUTE);
+                let mut headers = svc.headers.clone().unwrap_or_default();
+                headers
+                    .response
+                    .get_or_insert_with(HeaderOperations::default)
+                    .add
+                    .insert(SET_COOKIE.into(), set_cookie(sa, previous, -1));
+                expiry["headers"] = header_json(&headers);
+                vec![expiry, base(&service_matches, weighted)]
+            } else {
+                vec![base(&service_matches, weighted)]
+            }
         } else {
             vec![base(&service_matches, weighted)]
         };
+        // The weighted route is the last one with session affinity (Flagger mirrors on the first,
+        // which then is the sticky rule: a bug), the first one otherwise.
+        let mirrored_route = if affinity.is_some() {
+            http.len().saturating_sub(1)
+        } else {
+            0
+        };
         if routes.mirror
-            && let Some(first) = http.first_mut()
+            && let Some(r) = http.get_mut(mirrored_route)
         {
-            first["mirror"] = json!({ "host": canary_host });
+            r["mirror"] = json!({ "host": canary_host });
             if let Some(w) = analysis.and_then(|a| a.mirror_weight) {
-                first["mirrorPercentage"] = json!({ "value": w });
+                r["mirrorPercentage"] = json!({ "value": w });
             }
         }
         spec["http"] = Value::Array(http);
@@ -338,7 +408,8 @@ pub fn desired_virtual_service(inp: &RouterInputs<'_>, routes: Routes) -> Value 
 }
 
 /// Reads the weights back from a VirtualService (Flagger's `GetRoutes`): the first HTTP (or TCP)
-/// route that has the canary host. `None` when serin's routes are not there.
+/// route that has the canary host, session-affinity rules skipped. `None` when serin's routes are
+/// not there.
 pub fn read_routes(vs: &Value, apex: &str) -> Option<Routes> {
     let primary_host = format!("{apex}-primary");
     let canary_host = format!("{apex}-canary");
@@ -347,7 +418,13 @@ pub fn read_routes(vs: &Value, apex: &str) -> Option<Routes> {
         .get("http")
         .or_else(|| spec.get("tcp"))
         .and_then(Value::as_array)?;
-    for r in routes {
+    // Session-affinity rules route by cookie, not by weight.
+    let sticky = |r: &Value| {
+        r.get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| n.starts_with(STICKY_ROUTE))
+    };
+    for r in routes.iter().filter(|r| !sticky(r)) {
         let dests = r.get("route").and_then(Value::as_array)?;
         let weight_of = |host: &str| {
             dests
@@ -364,6 +441,195 @@ pub fn read_routes(vs: &Value, apex: &str) -> Option<Routes> {
         }
     }
     None
+}
+
+// ---- session affinity (flagger-compat.md §4.3, §1.4) ----
+//
+// Read from Flagger's `pkg/router/istio.go` (`SetRoutes`, `GetRoutes`) and, for the primary cookie
+// (Flagger 1.43, #1861, whose Istio code was not at hand), from its Gateway API router. Where serin
+// differs, on purpose:
+// - outside a run with no previous cookie, Flagger leaves a copy of the weighted route named
+//   `sticky-route` in front of it; serin writes the weighted route alone;
+// - Flagger's expiry rule writes `Set-Cookie` into the Canary's own `service.headers` map (shared
+//   pointer), so it leaks into the weighted route; serin adds it to the expiry rule only;
+// - the expiry and the primary cookie carry the cookie attributes (Domain, Path, ...) too, since a
+//   browser only drops a cookie whose Domain and Path match; the primary rule is named
+//   `sticky-route-primary`;
+// - mirroring goes on the weighted route, not on the first (sticky) one.
+
+/// Name of the rule that pins users holding the canary cookie (Flagger's `stickyRouteName`); the
+/// cookie-expiry rule after a run has the same name.
+pub const STICKY_ROUTE: &str = "sticky-route";
+/// Name of the rule that pins users holding the primary cookie.
+pub const STICKY_PRIMARY_ROUTE: &str = "sticky-route-primary";
+const COOKIE_HEADER: &str = "Cookie";
+const SET_COOKIE: &str = "Set-Cookie";
+/// Letters of a cookie value (Flagger: 10 of them).
+pub const COOKIE_LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+pub const COOKIE_VALUE_LEN: usize = 10;
+
+/// The session-affinity cookies of a canary, each `<cookieName>=<value>` as Flagger stores them in
+/// `status.sessionAffinityCookie`, `primarySessionAffinityCookie` and
+/// `previousSessionAffinityCookie`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AffinityCookies {
+    pub canary: Option<String>,
+    pub primary: Option<String>,
+    pub previous: Option<String>,
+}
+
+impl AffinityCookies {
+    /// Empty strings (Flagger's "unset") count as absent.
+    pub fn from_status(status: Option<&CanaryStatus>) -> Self {
+        let get = |f: fn(&CanaryStatus) -> &Option<String>| {
+            status.and_then(|s| f(s).clone()).filter(|c| !c.is_empty())
+        };
+        AffinityCookies {
+            canary: get(|s| &s.session_affinity_cookie),
+            primary: get(|s| &s.primary_session_affinity_cookie),
+            previous: get(|s| &s.previous_session_affinity_cookie),
+        }
+    }
+
+    /// Writes the cookies into a status; an absent cookie is left unset, never `""`.
+    pub fn write_to(&self, status: &mut CanaryStatus) {
+        let keep = |c: &Option<String>| c.clone().filter(|c| !c.is_empty());
+        status.session_affinity_cookie = keep(&self.canary);
+        status.primary_session_affinity_cookie = keep(&self.primary);
+        status.previous_session_affinity_cookie = keep(&self.previous);
+    }
+}
+
+fn cookie_name(cookie: &str) -> &str {
+    cookie.split_once('=').map_or(cookie, |(n, _)| n)
+}
+
+/// The cookies a canary needs for this progress. `fresh` gives a new random value (the shell's
+/// randomness; it is only called when a cookie is created).
+///
+/// A canary cookie lives while the canary gets traffic or a run is progressing: it is created
+/// when a run starts (Progressing for a new revision or configuration) and, when the run ends
+/// (weight back to 0 outside Progressing: promoted or rolled back), it becomes the previous
+/// cookie, which the VirtualService then expires. A run that restarts on a newer revision starts
+/// with a new cookie. Flagger keys the same on the canary weight alone (a cookie from the first
+/// step on); the primary cookie (with `primaryCookieName`) lives and dies with the canary cookie.
+/// Without `sessionAffinity` the status cookies are kept as they are (as Flagger does).
+pub fn next_affinity_cookies(
+    canary: &Canary,
+    progress: &Progress,
+    mut fresh: impl FnMut() -> String,
+) -> AffinityCookies {
+    let status = canary.status.as_ref();
+    let old = AffinityCookies::from_status(status);
+    let Some(sa) = canary
+        .spec
+        .analysis()
+        .and_then(|a| a.session_affinity.as_ref())
+    else {
+        return old;
+    };
+    let active = progress.canary_weight > 0 || progress.phase == Some(Phase::Progressing);
+    if !active {
+        return AffinityCookies {
+            canary: None,
+            primary: None,
+            previous: old.canary.or(old.previous),
+        };
+    }
+    let new_run = progress.phase == Some(Phase::Progressing)
+        && status.is_none_or(|s| {
+            !s.phase.is_some_and(rollout::in_run)
+                || s.last_applied_spec != progress.last_applied_spec
+                || s.tracked_configs != progress.tracked_configs
+        });
+    let mut out = old;
+    let stale =
+        |c: &Option<String>, name: &str| c.as_deref().is_none_or(|c| cookie_name(c) != name);
+    if new_run || stale(&out.canary, &sa.cookie_name) {
+        if let Some(c) = out.canary.take() {
+            out.previous = Some(c);
+        }
+        out.primary = None;
+        out.canary = Some(format!("{}={}", sa.cookie_name, fresh()));
+    }
+    out.primary = match sa.primary_cookie_name.as_deref().filter(|n| !n.is_empty()) {
+        Some(name) if stale(&out.primary, name) => Some(format!("{name}={}", fresh())),
+        Some(_) => out.primary,
+        None => None,
+    };
+    out
+}
+
+/// The `Set-Cookie` value for `cookie` (`name=value`): `Max-Age` first (Flagger's original
+/// form), then the attributes that are set, in the order of the spec's fields.
+pub fn set_cookie(sa: &SessionAffinity, cookie: &str, max_age: i64) -> String {
+    let mut out = format!("{cookie}; Max-Age={max_age}");
+    if let Some(d) = sa.domain.as_deref().filter(|d| !d.is_empty()) {
+        out.push_str(&format!("; Domain={d}"));
+    }
+    if sa.http_only == Some(true) {
+        out.push_str("; HttpOnly");
+    }
+    if sa.partitioned == Some(true) {
+        out.push_str("; Partitioned");
+    }
+    if let Some(p) = sa.path.as_deref().filter(|p| !p.is_empty()) {
+        out.push_str(&format!("; Path={p}"));
+    }
+    if let Some(s) = sa.same_site {
+        let s = match s {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        };
+        out.push_str(&format!("; SameSite={s}"));
+    }
+    if sa.secure == Some(true) {
+        out.push_str("; Secure");
+    }
+    out
+}
+
+/// Matches of a sticky rule: the `Cookie` header against `.*<name>.*<value>.*` (Flagger's regex,
+/// unescaped), on each of the service's matches, whose own header matches it replaces (Flagger's
+/// `mergeMatchConditions`).
+pub fn sticky_matches(cookie: &str, service: &[HTTPMatchRequest]) -> Vec<HTTPMatchRequest> {
+    let (name, value) = cookie.split_once('=').unwrap_or((cookie, ""));
+    let headers = BTreeMap::from([(
+        COOKIE_HEADER.to_string(),
+        StringMatch {
+            regex: Some(format!(".*{name}.*{value}.*")),
+            ..Default::default()
+        },
+    )]);
+    if service.is_empty() {
+        return vec![HTTPMatchRequest {
+            headers,
+            ..Default::default()
+        }];
+    }
+    service
+        .iter()
+        .map(|s| {
+            let mut m = istio_match(s);
+            m.headers = headers.clone();
+            m
+        })
+        .collect()
+}
+
+fn header_json(h: &Headers) -> Value {
+    serde_json::to_value(h).unwrap_or(Value::Null)
+}
+
+fn set_cookie_headers(value: &str) -> Value {
+    header_json(&Headers {
+        request: None,
+        response: Some(HeaderOperations {
+            add: BTreeMap::from([(SET_COOKIE.to_string(), value.to_string())]),
+            ..Default::default()
+        }),
+    })
 }
 
 #[cfg(test)]

@@ -80,6 +80,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Err
         ctx: ctx.clone(),
         metric_results: None,
         analysed: false,
+        cookies: None,
     };
     let res = r.run().await;
     ctx.metrics
@@ -113,6 +114,8 @@ struct Reconcile {
     now: DateTime<Utc>,
     metric_results: Option<Vec<MetricCheckStatus>>,
     analysed: bool,
+    /// Session-affinity cookies decided in this pass, for the VirtualService and the status.
+    cookies: Option<router::AffinityCookies>,
 }
 
 impl Reconcile {
@@ -247,6 +250,7 @@ impl Reconcile {
         self.apply_services(&selector, &discovered, plan.route_to_primary)
             .await?;
         if plan.route_to_primary {
+            self.decide_affinity_cookies(&plan.progress);
             self.apply_routes(&selector, &discovered, rollout::routes(&plan.progress))
                 .await?;
         }
@@ -264,8 +268,9 @@ impl Reconcile {
             }
         }
         self.scale(&target, primary.as_deref(), plan.scale).await?;
-        self.write_status(&plan.progress, Ok(())).await?;
+        // Events before the status: whoever sees the new phase finds its story already told.
         self.record(&plan).await;
+        self.write_status(&plan.progress, Ok(())).await?;
         let after = plan.requeue_after.unwrap_or(Duration::from_secs(300));
         Ok(Action::requeue(after.max(Duration::from_millis(200))))
     }
@@ -793,7 +798,10 @@ impl Reconcile {
             self.apply_dynamic(&dr, cached, &self.ctx.dr_resource, "serin/router")
                 .await?;
         }
-        let mut vs = router::desired_virtual_service(&inp, routes);
+        let mut vs = match &self.cookies {
+            Some(c) => router::desired_virtual_service_with_affinity(&inp, routes, c),
+            None => router::desired_virtual_service(&inp, routes),
+        };
         let apex = self.canary.apex_name();
         let cached = self
             .ctx
@@ -963,6 +971,13 @@ impl Reconcile {
         Ok(())
     }
 
+    /// Session affinity: the cookies for this progress, new values drawn here (the router's
+    /// builders stay pure and take them as inputs).
+    fn decide_affinity_cookies(&mut self, progress: &Progress) {
+        let cookies = router::next_affinity_cookies(&self.canary, progress, random_cookie_value);
+        self.cookies = Some(cookies);
+    }
+
     // ---- recording ----
 
     async fn write_status(
@@ -980,6 +995,9 @@ impl Reconcile {
         );
         if let Some(results) = &self.metric_results {
             status.serin_metrics = results.clone();
+        }
+        if let Some(cookies) = &self.cookies {
+            cookies.write_to(&mut status);
         }
         if previous == Some(&status) {
             return Ok(());
@@ -1010,17 +1028,17 @@ impl Reconcile {
         let repeated = previous.is_some_and(|c| {
             c.status == "False" && c.message.as_deref() == Some(hold.message.as_str())
         });
+        if !repeated {
+            warn!(canary = %self.qualified(), reason = hold.reason, "{}", hold.message);
+            self.publish(KubeEventType::Warning, hold.message.clone())
+                .await;
+        }
         let progress = state::progress(self.canary.status.as_ref());
         self.write_status(
             &progress,
             Err((hold.reason.to_string(), hold.message.clone())),
         )
         .await?;
-        if !repeated {
-            warn!(canary = %self.qualified(), reason = hold.reason, "{}", hold.message);
-            self.publish(KubeEventType::Warning, hold.message.clone())
-                .await;
-        }
         let interval = self
             .canary
             .spec
@@ -1285,6 +1303,27 @@ fn cache_is_behind(canary: &Canary, ctx: &Ctx) -> bool {
         .map(|w| w.get(uid).copied())
         .unwrap_or(None);
     written.is_some_and(|w| cached < w)
+}
+
+/// A random cookie value like Flagger's: 10 ASCII letters. Not a secret (it only keeps a user on
+/// one side of a canary), so std's randomly keyed hasher over the clock is enough.
+fn random_cookie_value() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    h.write_u128(nanos);
+    let mut n = h.finish();
+    let letters = router::COOKIE_LETTERS;
+    (0..router::COOKIE_VALUE_LEN)
+        .map(|_| {
+            let c = letters[(n % letters.len() as u64) as usize];
+            n /= letters.len() as u64;
+            char::from(c)
+        })
+        .collect()
 }
 
 /// Whether everything `desired` says is already in `actual` (fields the server or others added

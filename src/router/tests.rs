@@ -354,3 +354,569 @@ fn destination_rules_carry_the_traffic_policy() {
     );
     assert_eq!(drs[1]["spec"]["host"], "podinfo-primary");
 }
+
+// ---- session affinity ----
+
+fn affinity_spec(sa: Value) -> Value {
+    let mut spec = base_spec();
+    spec["analysis"]["sessionAffinity"] = sa;
+    spec
+}
+
+fn vs_with(c: &Canary, routes: Routes, cookies: &AffinityCookies) -> Value {
+    let s = sel();
+    let inp = RouterInputs {
+        canary: c,
+        namespace: "test",
+        selector: &s,
+        owner: owner(),
+        discovered: &[],
+    };
+    desired_virtual_service_with_affinity(&inp, routes, cookies)
+}
+
+fn w(primary: u32, canary: u32) -> Routes {
+    Routes {
+        primary,
+        canary,
+        mirror: false,
+    }
+}
+
+fn cookies(canary: Option<&str>, primary: Option<&str>, previous: Option<&str>) -> AffinityCookies {
+    AffinityCookies {
+        canary: canary.map(str::to_string),
+        primary: primary.map(str::to_string),
+        previous: previous.map(str::to_string),
+    }
+}
+
+#[test]
+fn sticky_rules_during_a_run_with_and_without_a_primary_cookie() {
+    let plain = canary(affinity_spec(json!({"cookieName": "flagger-cookie"})));
+    let with_primary = canary(affinity_spec(
+        json!({"cookieName": "flagger-cookie", "primaryCookieName": "primary-cookie"}),
+    ));
+    let canary_rule = json!({
+        "name": "sticky-route",
+        "match": [{"headers": {"Cookie": {"regex": ".*flagger-cookie.*abcdeABCDE.*"}}}],
+        "route": [
+            {"destination": {"host": "podinfo-primary"}, "weight": 0},
+            {"destination": {"host": "podinfo-canary"}, "weight": 100}
+        ]
+    });
+    let canary_dest = json!({
+        "destination": {"host": "podinfo-canary"}, "weight": 30,
+        "headers": {"response": {"add": {"Set-Cookie": "flagger-cookie=abcdeABCDE; Max-Age=86400"}}}
+    });
+    struct Case {
+        name: &'static str,
+        canary: Canary,
+        cookies: AffinityCookies,
+        want: Value,
+    }
+    let cases = [
+        Case {
+            name: "canary cookie only",
+            canary: plain.clone(),
+            cookies: cookies(Some("flagger-cookie=abcdeABCDE"), None, None),
+            want: json!([
+                canary_rule.clone(),
+                {"route": [{"destination": {"host": "podinfo-primary"}, "weight": 70}, canary_dest.clone()]}
+            ]),
+        },
+        Case {
+            name: "canary and primary cookies",
+            canary: with_primary,
+            cookies: cookies(
+                Some("flagger-cookie=abcdeABCDE"),
+                Some("primary-cookie=zyxwvZYXWV"),
+                Some("flagger-cookie=olderOLDER"),
+            ),
+            want: json!([
+                canary_rule.clone(),
+                {
+                    "name": "sticky-route-primary",
+                    "match": [{"headers": {"Cookie": {"regex": ".*primary-cookie.*zyxwvZYXWV.*"}}}],
+                    "route": [
+                        {"destination": {"host": "podinfo-primary"}, "weight": 100},
+                        {"destination": {"host": "podinfo-canary"}, "weight": 0}
+                    ]
+                },
+                {"route": [
+                    {
+                        "destination": {"host": "podinfo-primary"}, "weight": 70,
+                        // One analysis interval (1m).
+                        "headers": {"response": {"add": {"Set-Cookie": "primary-cookie=zyxwvZYXWV; Max-Age=60"}}}
+                    },
+                    canary_dest.clone()
+                ]}
+            ]),
+        },
+        Case {
+            name: "after the run: the previous cookie is expired",
+            canary: plain.clone(),
+            cookies: cookies(None, None, Some("flagger-cookie=abcdeABCDE")),
+            want: json!([
+                {
+                    "name": "sticky-route",
+                    "match": [{"headers": {"Cookie": {"regex": ".*flagger-cookie.*abcdeABCDE.*"}}}],
+                    "headers": {"response": {"add": {"Set-Cookie": "flagger-cookie=abcdeABCDE; Max-Age=-1"}}},
+                    "route": [
+                        {"destination": {"host": "podinfo-primary"}, "weight": 70},
+                        {"destination": {"host": "podinfo-canary"}, "weight": 30}
+                    ]
+                },
+                {"route": [
+                    {"destination": {"host": "podinfo-primary"}, "weight": 70},
+                    {"destination": {"host": "podinfo-canary"}, "weight": 30}
+                ]}
+            ]),
+        },
+        Case {
+            name: "no cookie yet",
+            canary: plain.clone(),
+            cookies: AffinityCookies::default(),
+            want: json!([{"route": [
+                {"destination": {"host": "podinfo-primary"}, "weight": 70},
+                {"destination": {"host": "podinfo-canary"}, "weight": 30}
+            ]}]),
+        },
+        Case {
+            name: "cookies but no sessionAffinity",
+            canary: canary(base_spec()),
+            cookies: cookies(Some("flagger-cookie=abcdeABCDE"), None, None),
+            want: json!([{"route": [
+                {"destination": {"host": "podinfo-primary"}, "weight": 70},
+                {"destination": {"host": "podinfo-canary"}, "weight": 30}
+            ]}]),
+        },
+    ];
+    for case in cases {
+        let vs = vs_with(&case.canary, w(70, 30), &case.cookies);
+        assert_eq!(vs["spec"]["http"], case.want, "{}", case.name);
+        assert_eq!(
+            read_routes(&vs, "podinfo"),
+            Some(w(70, 30)),
+            "{}: the weighted route keeps its weights",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn sticky_rules_carry_the_service_route_settings_and_merge_its_matches() {
+    let mut spec = affinity_spec(json!({"cookieName": "c"}));
+    spec["service"]["match"] = json!([
+        {"uri": {"prefix": "/api"}, "queryParams": {"v": {"exact": "2"}}, "headers": {"x": {"exact": "1"}}},
+        {"uri": {"prefix": "/web"}}
+    ]);
+    spec["service"]["timeout"] = json!("5s");
+    spec["service"]["headers"] =
+        json!({"request": {"add": {"x-a": "b"}}, "response": {"set": {"x-r": "1"}}});
+    let c = canary(spec);
+
+    let vs = vs_with(&c, w(90, 10), &cookies(Some("c=AAAAAbbbbb"), None, None));
+    let sticky = &vs["spec"]["http"][0];
+    assert_eq!(
+        sticky["match"],
+        json!([
+            {"uri": {"prefix": "/api"}, "queryParams": {"v": {"exact": "2"}}, "headers": {"Cookie": {"regex": ".*c.*AAAAAbbbbb.*"}}},
+            {"uri": {"prefix": "/web"}, "headers": {"Cookie": {"regex": ".*c.*AAAAAbbbbb.*"}}}
+        ])
+    );
+    assert_eq!(sticky["timeout"], "5s");
+    assert_eq!(sticky["headers"], vs["spec"]["http"][1]["headers"]);
+    assert_eq!(
+        vs["spec"]["http"][1]["match"][0]["headers"],
+        json!({"x": {"exact": "1"}})
+    );
+
+    // The expiry rule adds Set-Cookie to the service's own header operations.
+    let vs = vs_with(&c, w(100, 0), &cookies(None, None, Some("c=AAAAAbbbbb")));
+    assert_eq!(
+        vs["spec"]["http"][0]["headers"],
+        json!({"request": {"add": {"x-a": "b"}}, "response": {"set": {"x-r": "1"}, "add": {"Set-Cookie": "c=AAAAAbbbbb; Max-Age=-1"}}})
+    );
+    assert_eq!(
+        vs["spec"]["http"][1]["headers"],
+        json!({"request": {"add": {"x-a": "b"}}, "response": {"set": {"x-r": "1"}}}),
+        "the weighted route keeps the service's headers untouched"
+    );
+}
+
+#[test]
+fn set_cookie_attributes() {
+    let sa = |v: Value| -> SessionAffinity { serde_json::from_value(v).unwrap() };
+    let cases = [
+        (json!({"cookieName": "c"}), 86400, "c=v; Max-Age=86400"),
+        (
+            json!({"cookieName": "c", "maxAge": 300}),
+            300,
+            "c=v; Max-Age=300",
+        ),
+        (
+            json!({"cookieName": "c", "domain": "flagger.app", "httpOnly": true, "maxAge": 1200,
+                   "partitioned": true, "path": "/app", "sameSite": "Strict", "secure": true}),
+            1200,
+            "c=v; Max-Age=1200; Domain=flagger.app; HttpOnly; Partitioned; Path=/app; SameSite=Strict; Secure",
+        ),
+        (
+            json!({"cookieName": "c", "httpOnly": false, "secure": false, "partitioned": false, "sameSite": "None"}),
+            86400,
+            "c=v; Max-Age=86400; SameSite=None",
+        ),
+        (
+            json!({"cookieName": "c", "path": "/", "sameSite": "Lax"}),
+            86400,
+            "c=v; Max-Age=86400; Path=/; SameSite=Lax",
+        ),
+    ];
+    for (spec, age, want) in cases {
+        let sa = sa(spec);
+        assert_eq!(sa.max_age(), age);
+        assert_eq!(set_cookie(&sa, "c=v", i64::from(sa.max_age())), want);
+    }
+    // In the VirtualService: the canary cookie and its expiry carry the attributes.
+    let c = canary(affinity_spec(
+        json!({"cookieName": "c", "path": "/app", "secure": true}),
+    ));
+    let vs = vs_with(&c, w(50, 50), &cookies(Some("c=x"), None, None));
+    assert_eq!(
+        vs["spec"]["http"][1]["route"][1]["headers"]["response"]["add"]["Set-Cookie"],
+        "c=x; Max-Age=86400; Path=/app; Secure"
+    );
+    let vs = vs_with(&c, w(100, 0), &cookies(None, None, Some("c=x")));
+    assert_eq!(
+        vs["spec"]["http"][0]["headers"]["response"]["add"]["Set-Cookie"],
+        "c=x; Max-Age=-1; Path=/app; Secure"
+    );
+}
+
+#[test]
+fn mirroring_with_affinity_is_on_the_weighted_route() {
+    let mut spec = affinity_spec(json!({"cookieName": "c"}));
+    spec["analysis"]["mirror"] = json!(true);
+    let c = canary(spec);
+    let routes = Routes {
+        primary: 100,
+        canary: 0,
+        mirror: true,
+    };
+    let vs = vs_with(&c, routes, &cookies(Some("c=x"), None, None));
+    assert!(vs["spec"]["http"][0].get("mirror").is_none());
+    assert_eq!(
+        vs["spec"]["http"][1]["mirror"],
+        json!({"host": "podinfo-canary"})
+    );
+    assert_eq!(read_routes(&vs, "podinfo"), Some(routes));
+}
+
+#[test]
+fn affinity_is_ignored_for_other_strategies_and_tcp() {
+    let mut spec = affinity_spec(json!({"cookieName": "c"}));
+    spec["analysis"]["iterations"] = json!(5);
+    spec["analysis"]["stepWeight"] = Value::Null;
+    let c = canary(spec);
+    let vs = vs_with(&c, w(100, 0), &cookies(Some("c=x"), None, None));
+    assert_eq!(vs["spec"]["http"].as_array().unwrap().len(), 1);
+
+    let mut spec = affinity_spec(json!({"cookieName": "c"}));
+    spec["service"]["appProtocol"] = json!("tcp");
+    let c = canary(spec);
+    let vs = vs_with(&c, w(80, 20), &cookies(Some("c=x"), None, None));
+    assert!(vs["spec"].get("http").is_none());
+    assert_eq!(read_routes(&vs, "podinfo"), Some(w(80, 20)));
+}
+
+#[test]
+fn desired_virtual_service_reads_the_cookies_from_status() {
+    let mut c = canary(affinity_spec(json!({"cookieName": "c"})));
+    c.status = Some(CanaryStatus {
+        session_affinity_cookie: Some("c=fromStatus".into()),
+        primary_session_affinity_cookie: Some(String::new()),
+        ..Default::default()
+    });
+    let s = sel();
+    let inp = RouterInputs {
+        canary: &c,
+        namespace: "test",
+        selector: &s,
+        owner: owner(),
+        discovered: &[],
+    };
+    let vs = desired_virtual_service(&inp, w(60, 40));
+    assert_eq!(
+        vs["spec"]["http"][0]["match"][0]["headers"]["Cookie"]["regex"],
+        ".*c.*fromStatus.*"
+    );
+    assert_eq!(vs["spec"]["http"].as_array().unwrap().len(), 2);
+}
+
+// ---- cookie lifecycle ----
+
+fn progress(phase: Phase, weight: u32, spec: &str) -> Progress {
+    Progress {
+        phase: Some(phase),
+        canary_weight: weight,
+        last_applied_spec: Some(spec.into()),
+        ..Default::default()
+    }
+}
+
+fn with_status(sa: Option<Value>, phase: Phase, spec: &str, cookies: AffinityCookies) -> Canary {
+    let mut c = canary(match sa {
+        Some(sa) => affinity_spec(sa),
+        None => base_spec(),
+    });
+    let mut status = CanaryStatus {
+        phase: Some(phase),
+        last_applied_spec: Some(spec.into()),
+        ..Default::default()
+    };
+    cookies.write_to(&mut status);
+    c.status = Some(status);
+    c
+}
+
+#[test]
+fn cookie_lifecycle() {
+    let sa = || Some(json!({"cookieName": "cc"}));
+    let both = || Some(json!({"cookieName": "cc", "primaryCookieName": "pc"}));
+    struct Case {
+        name: &'static str,
+        canary: Canary,
+        progress: Progress,
+        want: AffinityCookies,
+    }
+    let none = AffinityCookies::default;
+    let cases = [
+        Case {
+            name: "a run starts: a canary cookie is drawn",
+            canary: with_status(sa(), Phase::Succeeded, "a", none()),
+            progress: progress(Phase::Progressing, 0, "b"),
+            want: cookies(Some("cc=R1"), None, None),
+        },
+        Case {
+            name: "a run starts with primaryCookieName: both are drawn",
+            canary: with_status(
+                both(),
+                Phase::Initialized,
+                "a",
+                cookies(None, None, Some("cc=OLD")),
+            ),
+            progress: progress(Phase::Progressing, 0, "b"),
+            want: cookies(Some("cc=R1"), Some("pc=R2"), Some("cc=OLD")),
+        },
+        Case {
+            name: "during the run the cookies stay",
+            canary: with_status(
+                both(),
+                Phase::Progressing,
+                "b",
+                cookies(Some("cc=X"), Some("pc=Y"), None),
+            ),
+            progress: progress(Phase::Progressing, 20, "b"),
+            want: cookies(Some("cc=X"), Some("pc=Y"), None),
+        },
+        Case {
+            name: "promotion with the canary still weighted keeps them",
+            canary: with_status(
+                sa(),
+                Phase::Progressing,
+                "b",
+                cookies(Some("cc=X"), None, None),
+            ),
+            progress: progress(Phase::Promoting, 50, "b"),
+            want: cookies(Some("cc=X"), None, None),
+        },
+        Case {
+            name: "all traffic back to the primary: the cookie becomes the previous one",
+            canary: with_status(
+                both(),
+                Phase::Promoting,
+                "b",
+                cookies(Some("cc=X"), Some("pc=Y"), Some("cc=OLD")),
+            ),
+            progress: progress(Phase::Finalising, 0, "b"),
+            want: cookies(None, None, Some("cc=X")),
+        },
+        Case {
+            name: "rollback",
+            canary: with_status(
+                sa(),
+                Phase::Progressing,
+                "b",
+                cookies(Some("cc=X"), None, None),
+            ),
+            progress: progress(Phase::Failed, 0, "b"),
+            want: cookies(None, None, Some("cc=X")),
+        },
+        Case {
+            name: "after the run nothing changes",
+            canary: with_status(
+                sa(),
+                Phase::Succeeded,
+                "b",
+                cookies(None, None, Some("cc=X")),
+            ),
+            progress: progress(Phase::Succeeded, 0, "b"),
+            want: cookies(None, None, Some("cc=X")),
+        },
+        Case {
+            name: "a failed promotion sends everything to the canary: the cookie stays",
+            canary: with_status(
+                sa(),
+                Phase::Promoting,
+                "b",
+                cookies(Some("cc=X"), None, None),
+            ),
+            progress: progress(Phase::Failed, 100, "b"),
+            want: cookies(Some("cc=X"), None, None),
+        },
+        Case {
+            name: "a newer revision restarts the run: new cookie, the old one is previous",
+            canary: with_status(
+                sa(),
+                Phase::Progressing,
+                "b",
+                cookies(Some("cc=X"), None, None),
+            ),
+            progress: progress(Phase::Progressing, 0, "c"),
+            want: cookies(Some("cc=R1"), None, Some("cc=X")),
+        },
+        Case {
+            name: "cookieName changed mid-run",
+            canary: with_status(
+                both(),
+                Phase::Progressing,
+                "b",
+                cookies(Some("old=X"), Some("pc=Y"), None),
+            ),
+            progress: progress(Phase::Progressing, 30, "b"),
+            want: cookies(Some("cc=R1"), Some("pc=R2"), Some("old=X")),
+        },
+        Case {
+            name: "primaryCookieName removed mid-run",
+            canary: with_status(
+                sa(),
+                Phase::Progressing,
+                "b",
+                cookies(Some("cc=X"), Some("pc=Y"), None),
+            ),
+            progress: progress(Phase::Progressing, 30, "b"),
+            want: cookies(Some("cc=X"), None, None),
+        },
+        Case {
+            name: "no sessionAffinity: the status is left alone",
+            canary: with_status(
+                None,
+                Phase::Progressing,
+                "b",
+                cookies(Some("cc=X"), None, None),
+            ),
+            progress: progress(Phase::Succeeded, 0, "b"),
+            want: cookies(Some("cc=X"), None, None),
+        },
+        Case {
+            name: "a canary seen for the first time",
+            canary: canary(affinity_spec(json!({"cookieName": "cc"}))),
+            progress: progress(Phase::Initializing, 0, "a"),
+            want: none(),
+        },
+    ];
+    for case in cases {
+        let mut n = 0;
+        let got = next_affinity_cookies(&case.canary, &case.progress, || {
+            n += 1;
+            format!("R{n}")
+        });
+        assert_eq!(got, case.want, "{}", case.name);
+    }
+}
+
+#[test]
+fn cookies_are_never_written_as_empty_strings() {
+    let mut status = CanaryStatus {
+        session_affinity_cookie: Some("x=y".into()),
+        previous_session_affinity_cookie: Some("x=z".into()),
+        ..Default::default()
+    };
+    cookies(None, Some(""), Some("x=y")).write_to(&mut status);
+    let v = serde_json::to_value(&status).unwrap();
+    assert!(v.get("sessionAffinityCookie").is_none(), "{v}");
+    assert!(v.get("primarySessionAffinityCookie").is_none(), "{v}");
+    assert_eq!(v["previousSessionAffinityCookie"], "x=y");
+    assert_eq!(
+        AffinityCookies::from_status(Some(&CanaryStatus {
+            session_affinity_cookie: Some(String::new()),
+            ..Default::default()
+        })),
+        AffinityCookies::default()
+    );
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::{Strategy as Gen, *};
+
+    fn cookie() -> impl Gen<Value = Option<String>> {
+        proptest::option::of("[a-zA-Z]{10}".prop_map(|v| format!("cc={v}")))
+    }
+
+    proptest! {
+        /// Whatever the cookies, the weighted route carries exactly the weights asked for, the
+        /// sticky rules come first, and every rule is an Istio route the simulator can split.
+        #[test]
+        fn affinity_never_changes_the_weighted_split(
+            canary_w in 0u32..=100,
+            canary_cookie in cookie(),
+            primary_cookie in cookie(),
+            previous in cookie(),
+            with_primary_name in any::<bool>(),
+        ) {
+            let sa = if with_primary_name {
+                json!({"cookieName": "cc", "primaryCookieName": "pc"})
+            } else {
+                json!({"cookieName": "cc"})
+            };
+            let c = canary(affinity_spec(sa));
+            let routes = w(100 - canary_w, canary_w);
+            let ck = AffinityCookies { canary: canary_cookie.clone(), primary: primary_cookie, previous };
+            let vs = vs_with(&c, routes, &ck);
+            prop_assert_eq!(read_routes(&vs, "podinfo"), Some(routes));
+            let http = vs["spec"]["http"].as_array().unwrap();
+            let last = http.last().unwrap();
+            prop_assert!(last.get("name").is_none());
+            prop_assert!(last.get("match").is_none());
+            for r in &http[..http.len() - 1] {
+                prop_assert!(r["name"].as_str().unwrap().starts_with(STICKY_ROUTE));
+                prop_assert!(r["match"].as_array().is_some_and(|m| !m.is_empty()));
+            }
+            let flows = crate::sandbox::mesh::routing::split(&vs["spec"], 100.0, 0.0).unwrap();
+            let canary_share: f64 = flows.iter().filter(|f| f.host == "podinfo-canary").map(|f| f.requests).sum();
+            prop_assert!((canary_share - f64::from(canary_w)).abs() < 1e-6);
+            if canary_cookie.is_none() {
+                prop_assert!(!vs.to_string().contains("Max-Age=86400"));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_mesh_simulator_sends_its_match_share_to_the_sticky_rule() {
+    // The simulator knows no cookies: the first rule with a match takes `match_share` of the
+    // requests (all to the canary), the weighted route the rest, split by weight.
+    let c = canary(affinity_spec(json!({"cookieName": "c"})));
+    let vs = vs_with(&c, w(80, 20), &cookies(Some("c=x"), None, None));
+    let flows = crate::sandbox::mesh::routing::split(&vs["spec"], 100.0, 0.5).unwrap();
+    let to = |host: &str| -> f64 {
+        flows
+            .iter()
+            .filter(|f| f.host == host)
+            .map(|f| f.requests)
+            .sum()
+    };
+    assert!((to("podinfo-canary") - 60.0).abs() < 1e-9, "{flows:?}");
+    assert!((to("podinfo-primary") - 40.0).abs() < 1e-9, "{flows:?}");
+}
