@@ -15,17 +15,32 @@ use serin::sandbox::testenv::{eventually, shared};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
-/// Flagger's `request-success-rate` (flagger-compat.md §5), whitespace already collapsed.
+/// Flagger's built-in queries, from the one place serin keeps them.
+fn builtin(name: &str, namespace: &str, target: &str, interval: &str) -> String {
+    let model = serin::metrics::TemplateModel {
+        namespace: namespace.into(),
+        target: target.into(),
+        interval: interval.into(),
+        ..Default::default()
+    };
+    serin::metrics::builtin_query(name, &model).expect("a built-in metric")
+}
+
 fn success_rate_query(namespace: &str, target: &str, interval: &str) -> String {
-    format!(
-        "sum(rate(istio_requests_total{{reporter=\"destination\",destination_workload_namespace=\"{namespace}\",destination_workload=~\"{target}\",response_code!~\"5.*\"}}[{interval}])) / sum(rate(istio_requests_total{{reporter=\"destination\",destination_workload_namespace=\"{namespace}\",destination_workload=~\"{target}\"}}[{interval}])) * 100"
+    builtin(
+        serin::metrics::REQUEST_SUCCESS_RATE,
+        namespace,
+        target,
+        interval,
     )
 }
 
-/// Flagger's `request-duration` (flagger-compat.md §5).
 fn duration_query(namespace: &str, target: &str, interval: &str) -> String {
-    format!(
-        "histogram_quantile(0.99, sum(rate(istio_request_duration_milliseconds_bucket{{reporter=\"destination\",destination_workload_namespace=\"{namespace}\",destination_workload=~\"{target}\"}}[{interval}])) by (le))"
+    builtin(
+        serin::metrics::REQUEST_DURATION,
+        namespace,
+        target,
+        interval,
     )
 }
 

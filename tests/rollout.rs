@@ -463,16 +463,7 @@ async fn a_second_revision_mid_analysis_restarts_it() {
     let ns = w.ns.clone();
     w.apply(deployment("podinfo", "podinfo:6.0.1", json!({})))
         .await;
-    eventually("weight 25", LIMIT, || async {
-        let c = w.canary("podinfo").await;
-        let weight = c.status.and_then(|s| s.canary_weight).unwrap_or(0);
-        if weight >= 25 {
-            Ok(())
-        } else {
-            Err(format!("weight {weight}"))
-        }
-    })
-    .await;
+    w.wait_weight("podinfo", 25).await;
     w.apply(deployment("podinfo", "podinfo:6.0.2", json!({})))
         .await;
     w.wait_phase("podinfo", "Succeeded", LIMIT).await;
@@ -496,16 +487,7 @@ async fn a_controller_killed_mid_analysis_resumes_to_the_same_outcome() {
     let weights = w.watch_weights("podinfo");
     w.apply(deployment("podinfo", "podinfo:6.0.1", json!({})))
         .await;
-    eventually("weight 25", LIMIT, || async {
-        let c = w.canary("podinfo").await;
-        let weight = c.status.and_then(|s| s.canary_weight).unwrap_or(0);
-        if weight >= 25 {
-            Ok(())
-        } else {
-            Err(format!("weight {weight}"))
-        }
-    })
-    .await;
+    w.wait_weight("podinfo", 25).await;
     w.controller.kill();
     let frozen = w.canary("podinfo").await.status.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -702,20 +684,7 @@ async fn suspend_freezes_a_run_and_resume_finishes_it() {
     let canaries: Api<Canary> = Api::namespaced(w.client.clone(), &ns);
     w.apply(deployment("podinfo", "podinfo:6.0.1", json!({})))
         .await;
-    eventually("weight 25", LIMIT, || async {
-        let weight = w
-            .canary("podinfo")
-            .await
-            .status
-            .and_then(|s| s.canary_weight)
-            .unwrap_or(0);
-        if weight >= 25 {
-            Ok(())
-        } else {
-            Err(format!("weight {weight}"))
-        }
-    })
-    .await;
+    w.wait_weight("podinfo", 25).await;
     canaries
         .patch(
             "podinfo",

@@ -213,6 +213,24 @@ impl World {
         .await
     }
 
+    /// Waits until the canary weight in status reaches at least `weight`.
+    pub async fn wait_weight(&self, name: &str, weight: i32) {
+        let api: Api<Canary> = Api::namespaced(self.client.clone(), &self.ns);
+        eventually(&format!("canary {name} at weight {weight}"), LIMIT, || {
+            let api = api.clone();
+            async move {
+                let c = api.get(name).await.map_err(|e| e.to_string())?;
+                let got = c.status.and_then(|s| s.canary_weight).unwrap_or(0);
+                if got >= weight {
+                    Ok(())
+                } else {
+                    Err(format!("weight {got}"))
+                }
+            }
+        })
+        .await
+    }
+
     /// The messages of the Events on the Canary, oldest first.
     pub async fn events(&self, name: &str) -> Vec<(String, String)> {
         let api: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
