@@ -29,6 +29,9 @@ use crate::metrics::prometheus::{Prometheus, ProviderConfig};
 use crate::telemetry::Metrics;
 use crate::workload;
 
+/// How long in-flight reconciles may run on after the stop signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Flags of `serin controller`.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -280,18 +283,35 @@ pub async fn run(
         }
     };
 
+    // The shutdown trigger is shared: kube stops taking new work on it, and a bounded grace
+    // period after it ends the run even when kube's applier would keep waiting.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let grace = {
+        let rx = stop_rx.clone();
+        async move {
+            stopped(rx).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
     info!(
         namespace = ns.unwrap_or("(all)"),
         "serin controller started"
     );
-    controller
+    let running = controller
         .watches_stream(dep_stream, by_target)
         .owns_stream(svc_stream)
         .owns_stream_with(vs_stream, vs_resource)
         .owns_stream_with(dr_stream, dr_resource)
         .watches_stream(cm_stream, by_cm)
         .watches_stream(secret_stream, by_secret)
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(stopped(stop_rx))
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|res| {
             if let Err(e) = res {
@@ -303,8 +323,11 @@ pub async fn run(
                 }
             }
             futures::future::ready(())
-        })
-        .await;
+        });
+    tokio::select! {
+        _ = running => {}
+        _ = grace => warn!("in-flight reconciles did not finish within {SHUTDOWN_GRACE:?} of the stop signal; stopping anyway"),
+    }
     tpl_task.abort();
     if let Some(s) = server {
         s.abort();
