@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
+use super::autoscaler;
 use super::state::{self, VALID_CONDITION};
 use super::{Ctx, Error};
 use crate::api::{
@@ -202,6 +203,10 @@ impl Reconcile {
             }
         };
         let revision = workload::revision_hash(&template);
+        let scaler = match autoscaler::desired(&self.ctx, &self.canary, &self.ns, self.owner()?) {
+            Ok(s) => s,
+            Err((reason, message)) => return self.hold(Hold { reason, message }).await,
+        };
 
         let primary_name = format!("{}-primary", self.target_name());
         let mut primary = self.deployment(&primary_name);
@@ -209,7 +214,13 @@ impl Reconcile {
             // First sight (or someone deleted it): the primary starts from the current target.
             self.write_primary(&target, &selector, &revision, &configs)
                 .await?;
+            if let Some(hpa) = &scaler {
+                autoscaler::size_new_primary(&self.ctx, &self.ns, &target, hpa).await?;
+            }
             primary = None;
+        }
+        if let Some(hpa) = &scaler {
+            autoscaler::apply_primary(&self.ctx, &self.ns, hpa, false).await?;
         }
 
         let analysis = self.canary.spec.analysis().cloned().unwrap_or_default();
@@ -253,6 +264,9 @@ impl Reconcile {
                     if *promoted == revision {
                         self.write_primary(&target, &selector, &revision, &configs)
                             .await?;
+                        if let Some(hpa) = &scaler {
+                            autoscaler::apply_primary(&self.ctx, &self.ns, hpa, true).await?;
+                        }
                     } else {
                         warn!(canary = %self.qualified(), "not promoting: the target moved on to {revision}");
                     }
@@ -936,7 +950,7 @@ impl Reconcile {
                 primary
                     .and_then(|p| p.spec.as_ref())
                     .and_then(|s| s.replicas),
-                None,
+                autoscaler::user_min_replicas(&self.ctx, &self.canary, &self.ns),
                 self.canary.spec.autoscaler_ref.is_some(),
             ),
         };
