@@ -290,7 +290,8 @@ async fn a_missing_or_unsupported_autoscaler_holds_the_canary_with_a_clear_condi
 }
 
 #[tokio::test]
-async fn with_skip_analysis_the_promotion_updates_the_primary_hpa() {
+async fn with_skip_analysis_the_promotion_updates_the_primary_hpa_and_removing_the_ref_removes_it()
+{
     let w = World::new("hpa-skip").await;
     w.apply(user_hpa(4, json!({"app": "podinfo"}), json!({})))
         .await;
@@ -327,4 +328,21 @@ async fn with_skip_analysis_the_promotion_updates_the_primary_hpa() {
     })
     .await;
     assert_eq!(after["spec"]["minReplicas"], 2);
+
+    // Without autoscalerRef the primary HPA serin made would fight serin over the replicas.
+    let mut c = canary_with_hpa("podinfo", "HorizontalPodAutoscaler");
+    c["spec"]["skipAnalysis"] = json!(true);
+    c["spec"].as_object_mut().unwrap().remove("autoscalerRef");
+    w.apply(c).await;
+    eventually("the primary HPA deleted", LIMIT, || async {
+        match get_hpa(&w, "podinfo-primary").await {
+            None => Ok(()),
+            Some(h) => Err(format!("still there: {}", h["spec"])),
+        }
+    })
+    .await;
+    assert!(
+        get_hpa(&w, "podinfo").await.is_some(),
+        "the user's own HPA is never touched"
+    );
 }

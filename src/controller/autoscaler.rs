@@ -5,11 +5,13 @@
 //! revision is promoted (also with skipAnalysis), so a change of the user's HPA reaches the
 //! primary through a run, as in Flagger. A change of the user's HPA triggers nothing; a change
 //! of the primary HPA (it is owned by the Canary) triggers a reconcile, so a deleted one comes
-//! back at once.
+//! back at once. Primary HPAs the Canary owns but no longer names are deleted.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -107,21 +109,45 @@ pub fn user_min_replicas(ctx: &Ctx, canary: &Canary, ns: &str) -> Option<i32> {
 }
 
 /// Creates the primary HPA when it is missing; with `update` (a promotion) also brings an
-/// existing one in line, labels and annotations included.
+/// existing one in line, labels and annotations included. Deletes the primary HPAs this Canary
+/// owns besides `desired` (autoscalerRef removed or renamed).
 pub async fn apply_primary(
     ctx: &Ctx,
+    canary: &Canary,
     ns: &str,
-    desired: &PrimaryHpa,
+    desired: Option<&PrimaryHpa>,
     update: bool,
 ) -> Result<(), Error> {
+    let a = &ctx.autoscalers;
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &a.resource);
+    let keep = desired.and_then(|d| d.metadata.name.as_deref());
+    if let Some(uid) = canary.metadata.uid.as_deref() {
+        let state = a.store.state();
+        let in_ns = state
+            .iter()
+            .filter(|o| o.metadata.namespace.as_deref() == Some(ns))
+            .map(|o| &o.metadata);
+        for name in hpa::stale_primary_hpas(in_ns, uid, keep) {
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            info!(
+                hpa = %format!("{name}.{ns}"),
+                "deleted a primary HorizontalPodAutoscaler that spec.autoscalerRef no longer names"
+            );
+        }
+    }
+    let Some(desired) = desired else {
+        return Ok(());
+    };
     let name = desired.metadata.name.clone().unwrap_or_default();
     match cached(ctx, ns, &name) {
         None => {}
         Some(actual) if update && desired.differs_from(&actual) => {}
         Some(_) => return Ok(()),
     }
-    let a = &ctx.autoscalers;
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &a.resource);
     api.patch(
         &name,
         &PatchParams::apply("serin/autoscaler").force(),

@@ -219,9 +219,8 @@ impl Reconcile {
             }
             primary = None;
         }
-        if let Some(hpa) = &scaler {
-            autoscaler::apply_primary(&self.ctx, &self.ns, hpa, false).await?;
-        }
+        autoscaler::apply_primary(&self.ctx, &self.canary, &self.ns, scaler.as_ref(), false)
+            .await?;
 
         let analysis = self.canary.spec.analysis().cloned().unwrap_or_default();
         let settings = state::settings(&self.canary);
@@ -264,9 +263,9 @@ impl Reconcile {
                     if *promoted == revision {
                         self.write_primary(&target, &selector, &revision, &configs)
                             .await?;
-                        if let Some(hpa) = &scaler {
-                            autoscaler::apply_primary(&self.ctx, &self.ns, hpa, true).await?;
-                        }
+                        let hpa = scaler.as_ref();
+                        autoscaler::apply_primary(&self.ctx, &self.canary, &self.ns, hpa, true)
+                            .await?;
                     } else {
                         warn!(canary = %self.qualified(), "not promoting: the target moved on to {revision}");
                     }

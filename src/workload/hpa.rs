@@ -170,6 +170,26 @@ pub fn desired_primary_hpa(inp: &PrimaryHpaInputs<'_>) -> Result<PrimaryHpa, Str
     })
 }
 
+/// Primary HPAs a Canary owns other than `keep` (its current one): left behind when
+/// `spec.autoscalerRef` was removed or renamed, they would fight the current HPA, or serin, over
+/// the primary's replicas. Flagger leaves them.
+pub fn stale_primary_hpas<'a>(
+    hpas: impl IntoIterator<Item = &'a ObjectMeta>,
+    canary_uid: &str,
+    keep: Option<&str>,
+) -> Vec<String> {
+    hpas.into_iter()
+        .filter(|m| {
+            m.owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.controller == Some(true) && o.uid == canary_uid)
+        })
+        .filter_map(|m| m.name.clone())
+        .filter(|n| Some(n.as_str()) != keep)
+        .collect()
+}
+
 /// Replicas for a primary Deployment created without them (they are left to its HPA): the
 /// target's (one when unset or zero, as Flagger creates it), within the primary HPA's bounds,
 /// where the HPA controller would put them at its first sync.
@@ -429,6 +449,38 @@ mod tests {
         unbounded_min.spec.min_replicas = None;
         assert_eq!(initial_primary_replicas(None, &unbounded_min), 1);
         assert_eq!(initial_primary_replicas(Some(3), &unbounded_min), 3);
+    }
+
+    #[test]
+    fn owned_hpas_other_than_the_current_one_are_stale() {
+        let meta = |name: &str, uid: &str, controller: bool| ObjectMeta {
+            name: Some(name.into()),
+            owner_references: Some(vec![OwnerReference {
+                uid: uid.into(),
+                controller: Some(controller),
+                ..owner()
+            }]),
+            ..Default::default()
+        };
+        let hpas = [
+            meta("podinfo-primary", "uid-1", true),
+            meta("old-primary", "uid-1", true),
+            meta("other-primary", "uid-2", true),
+            meta("shared", "uid-1", false),
+            ObjectMeta {
+                name: Some("podinfo".into()),
+                ..Default::default()
+            },
+        ];
+        assert_eq!(
+            stale_primary_hpas(&hpas, "uid-1", Some("podinfo-primary")),
+            vec!["old-primary".to_string()]
+        );
+        assert_eq!(
+            stale_primary_hpas(&hpas, "uid-1", None),
+            vec!["podinfo-primary".to_string(), "old-primary".to_string()]
+        );
+        assert!(stale_primary_hpas(&hpas, "uid-3", None).is_empty());
     }
 
     #[test]
