@@ -63,13 +63,18 @@ pub fn resource(version: HpaVersion) -> ApiResource {
     )
 }
 
-fn cached(ctx: &Ctx, ns: &str, name: &str) -> Option<UserHpa> {
+/// An HPA from the cache: `None` when absent, `Some(None)` when it cannot be read as one.
+fn lookup(ctx: &Ctx, ns: &str, name: &str) -> Option<Option<UserHpa>> {
     let a = &ctx.autoscalers;
     let obj = a
         .store
         .get(&ObjectRef::new_with(name, a.resource.clone()).within(ns))?;
-    let value = serde_json::to_value(obj.as_ref()).ok()?;
-    UserHpa::from_json(&value)
+    let value = serde_json::to_value(obj.as_ref()).ok();
+    Some(value.as_ref().and_then(UserHpa::from_json))
+}
+
+fn cached(ctx: &Ctx, ns: &str, name: &str) -> Option<UserHpa> {
+    lookup(ctx, ns, name).flatten()
 }
 
 /// The primary HPA the Canary asks for (`None` without an autoscalerRef), or the configuration
@@ -84,8 +89,18 @@ pub fn desired(
         return Ok(None);
     };
     hpa::check_kind(a)?;
-    let Some(user) = cached(ctx, ns, &a.name) else {
-        return Err(hpa::not_found(a, ns));
+    let user = match lookup(ctx, ns, &a.name) {
+        None => return Err(hpa::not_found(a, ns)),
+        Some(None) => {
+            return Err((
+                "AutoscalerInvalid",
+                format!(
+                    "spec.autoscalerRef.name: HorizontalPodAutoscaler {ns}/{} has no spec serin can read; fix the HPA",
+                    a.name
+                ),
+            ));
+        }
+        Some(Some(user)) => user,
     };
     hpa::desired_primary_hpa(&PrimaryHpaInputs {
         user: &user,
