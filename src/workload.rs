@@ -14,6 +14,8 @@ use sha2::{Digest, Sha256};
 
 use crate::rollout::{REVISION_PREFIX, Readiness};
 
+pub mod hpa;
+
 /// Annotation on the primary Deployment recording the revision it was promoted from, so that
 /// "the primary runs the promoted revision" can be checked from the watch cache.
 pub const REVISION_ANNOTATION: &str = "serin.dev/revision";

@@ -3,6 +3,7 @@
 //! Secret triggers a reconcile of that Canary at once, and the rollout core's requeue time paces
 //! the analysis. Reads come from the caches; writes happen only when the desired state differs.
 
+pub mod autoscaler;
 mod events;
 mod reconcile;
 pub mod state;
@@ -86,6 +87,8 @@ pub struct Ctx {
     /// resourceVersion of serin's last status write per Canary uid: a cached Canary older than
     /// that would make a reconcile decide from stale progress and repeat a step.
     pub written: std::sync::Mutex<HashMap<String, u64>>,
+    /// HPAs, for `spec.autoscalerRef`.
+    pub autoscalers: autoscaler::Autoscalers,
 }
 
 impl Ctx {
@@ -100,6 +103,7 @@ impl Ctx {
             && self.templates.wait_until_ready().await.is_ok()
             && self.virtual_services.wait_until_ready().await.is_ok()
             && self.destination_rules.wait_until_ready().await.is_ok()
+            && self.autoscalers.store.wait_until_ready().await.is_ok()
     }
 }
 
@@ -217,6 +221,15 @@ pub async fn run(
         .default_backoff()
         .reflect(tpl_w)
         .touched_objects();
+    // HPAs: the user's are read for `spec.autoscalerRef`; the primary ones are owned.
+    let hpa_version = autoscaler::discover(&client).await?;
+    let hpa_resource = autoscaler::resource(hpa_version);
+    let hpa_w = reflector::store::Writer::<DynamicObject>::new(hpa_resource.clone());
+    let hpa_store = hpa_w.as_reader();
+    let hpa_stream = watcher(scoped_dyn(&client, ns, &hpa_resource), wc.clone())
+        .default_backoff()
+        .reflect(hpa_w)
+        .touched_objects();
     let tpl_task = tokio::spawn(tpl_stream.for_each(|_| futures::future::ready(())));
 
     let controller = Controller::new(scoped::<Canary>(&client, ns), wc.clone())
@@ -252,6 +265,11 @@ pub async fn run(
         providers: Mutex::new(HashMap::new()),
         metrics: metrics.clone(),
         written: std::sync::Mutex::new(HashMap::new()),
+        autoscalers: autoscaler::Autoscalers {
+            store: hpa_store,
+            resource: hpa_resource.clone(),
+            version: hpa_version,
+        },
     });
 
     let server = opts.listen.map(|addr| {
@@ -309,6 +327,7 @@ pub async fn run(
         .owns_stream(svc_stream)
         .owns_stream_with(vs_stream, vs_resource)
         .owns_stream_with(dr_stream, dr_resource)
+        .owns_stream_with(hpa_stream, hpa_resource)
         .watches_stream(cm_stream, by_cm)
         .watches_stream(secret_stream, by_secret)
         .graceful_shutdown_on(stopped(stop_rx))

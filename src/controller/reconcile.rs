@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
+use super::autoscaler;
 use super::state::{self, VALID_CONDITION};
 use super::{Ctx, Error};
 use crate::api::{
@@ -208,6 +209,10 @@ impl Reconcile {
             }
         };
         let revision = workload::revision_hash(&template);
+        let scaler = match autoscaler::desired(&self.ctx, &self.canary, &self.ns, self.owner()?) {
+            Ok(s) => s,
+            Err((reason, message)) => return self.hold(Hold { reason, message }).await,
+        };
 
         let primary_name = format!("{}-primary", self.target_name());
         let mut primary = self.deployment(&primary_name);
@@ -215,8 +220,13 @@ impl Reconcile {
             // First sight (or someone deleted it): the primary starts from the current target.
             self.write_primary(&target, &selector, &revision, &configs)
                 .await?;
+            if let Some(hpa) = &scaler {
+                autoscaler::size_new_primary(&self.ctx, &self.ns, &target, hpa).await?;
+            }
             primary = None;
         }
+        autoscaler::apply_primary(&self.ctx, &self.canary, &self.ns, scaler.as_ref(), false)
+            .await?;
 
         let analysis = self.canary.spec.analysis().cloned().unwrap_or_default();
         let settings = state::settings(&self.canary);
@@ -259,6 +269,9 @@ impl Reconcile {
                 PlanAction::Promote { revision: promoted } => {
                     if *promoted == revision {
                         self.write_primary(&target, &selector, &revision, &configs)
+                            .await?;
+                        let hpa = scaler.as_ref();
+                        autoscaler::apply_primary(&self.ctx, &self.canary, &self.ns, hpa, true)
                             .await?;
                     } else {
                         warn!(canary = %self.qualified(), "not promoting: the target moved on to {revision}");
@@ -947,7 +960,7 @@ impl Reconcile {
                 primary
                     .and_then(|p| p.spec.as_ref())
                     .and_then(|s| s.replicas),
-                None,
+                autoscaler::user_min_replicas(&self.ctx, &self.canary, &self.ns),
                 self.canary.spec.autoscaler_ref.is_some(),
             ),
         };
