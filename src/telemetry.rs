@@ -215,3 +215,61 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_uses_flaggers_names_and_labels() {
+        let m = Metrics::new();
+        let nn = NameNs {
+            name: "podinfo".into(),
+            namespace: "test".into(),
+        };
+        m.canary_status.get_or_create(&nn).set(1);
+        m.canary_total
+            .get_or_create(&Ns {
+                namespace: "test".into(),
+            })
+            .set(3);
+        for (workload, w) in [("podinfo-primary", 75), ("podinfo", 25)] {
+            m.canary_weight
+                .get_or_create(&WorkloadNs {
+                    workload: workload.into(),
+                    namespace: "test".into(),
+                })
+                .set(w);
+        }
+        m.metric_analysis
+            .get_or_create(&MetricLabels {
+                name: "podinfo".into(),
+                namespace: "test".into(),
+                metric: "request-duration".into(),
+            })
+            .set(0.25);
+        let outcome = OutcomeLabels {
+            name: "podinfo".into(),
+            namespace: "test".into(),
+            deployment_strategy: "canary".into(),
+            analysis_status: "completed".into(),
+        };
+        m.successes.get_or_create(&outcome).inc();
+        m.failures.get_or_create(&outcome).inc();
+        m.canary_duration.get_or_create(&nn).observe(0.2);
+        let text = m.encode();
+        for line in [
+            r#"flagger_info{version="#,
+            r#"flagger_canary_total{namespace="test"} 3"#,
+            r#"flagger_canary_status{name="podinfo",namespace="test"} 1"#,
+            r#"flagger_canary_weight{workload="podinfo-primary",namespace="test"} 75"#,
+            r#"flagger_canary_weight{workload="podinfo",namespace="test"} 25"#,
+            r#"flagger_canary_metric_analysis{name="podinfo",namespace="test",metric="request-duration"} 0.25"#,
+            r#"flagger_canary_successes_total{name="podinfo",namespace="test",deployment_strategy="canary",analysis_status="completed"} 1"#,
+            r#"flagger_canary_failures_total{name="podinfo",namespace="test",deployment_strategy="canary",analysis_status="completed"} 1"#,
+            r#"flagger_canary_duration_seconds_count{name="podinfo",namespace="test"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
+    }
+}
