@@ -158,8 +158,17 @@ fn up_kubectl_down_leaves_nothing() {
         .parse()
         .unwrap();
     assert_eq!(pid, up.child.id());
-    let summary = std::fs::read_to_string(&up.stdout).unwrap();
+    // `env` appears when the control plane is up; the summary follows once the mesh simulator runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let summary = loop {
+        let s = std::fs::read_to_string(&up.stdout).unwrap_or_default();
+        if s.contains("serin sandbox ready in") || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(summary.contains("serin sandbox ready in"), "{summary}");
+    assert!(summary.contains("simulated Istio telemetry"), "{summary}");
     assert!(
         summary.contains(&format!("source {}", up.dir.join("env").display())),
         "{summary}"
