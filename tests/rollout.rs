@@ -638,6 +638,9 @@ async fn deleting_a_canary_with_revert_on_deletion_hands_traffic_back_to_the_tar
         }
     })
     .await;
+    let c = format!("podinfo.{}", w.ns);
+    assert!(w.has_event("podinfo", &msg::terminating(&c)).await);
+    assert!(w.has_event("podinfo", &msg::terminated(&c)).await);
     let apex = svcs
         .get("podinfo")
         .await

@@ -650,8 +650,8 @@ impl Reconcile {
         let p = Prometheus::new(cfg).map_err(|e| Hold {
             reason: "MetricProviderInvalid",
             message: format!(
-                "spec.analysis.metrics[{i}]: Error building Prometheus client for {} {e}",
-                cfg.address
+                "spec.analysis.metrics[{i}]: {}",
+                msg::prometheus_client_error(&cfg.address, &e)
             ),
         })?;
         cache.insert(cfg.clone(), p.clone());
@@ -679,13 +679,10 @@ impl Reconcile {
             }
         }
         if errors.is_empty() {
-            self.publish(
-                KubeEventType::Normal,
-                "all the metrics providers are available!".into(),
-            )
-            .await;
+            self.publish(KubeEventType::Normal, msg::PROVIDERS_AVAILABLE.into())
+                .await;
         } else {
-            let text = format!("Error checking metric providers: {}", errors.join("; "));
+            let text = msg::providers_check_failed(&errors.join("; "));
             self.publish(KubeEventType::Warning, text).await;
         }
     }
@@ -1182,11 +1179,8 @@ impl Reconcile {
             progress.phase = Some(Phase::Terminating);
             progress.last_transition_time = Some(self.now);
             self.write_status(&progress, Ok(())).await?;
-            self.publish(
-                KubeEventType::Normal,
-                format!("Terminating canary {}", self.qualified()),
-            )
-            .await;
+            self.publish(KubeEventType::Normal, msg::terminating(&self.qualified()))
+                .await;
         }
         if let Some(target) = self.deployment(self.target_name()) {
             let primary = self.deployment(&format!("{}-primary", self.target_name()));
@@ -1213,11 +1207,8 @@ impl Reconcile {
             .cloned()
             .collect();
         self.set_finalizers(f).await?;
-        self.publish(
-            KubeEventType::Normal,
-            format!("Terminated canary {}", self.qualified()),
-        )
-        .await;
+        self.publish(KubeEventType::Normal, msg::terminated(&self.qualified()))
+            .await;
         Ok(Action::await_change())
     }
 

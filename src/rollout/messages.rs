@@ -176,6 +176,24 @@ pub fn metric_query_failed(metric: &str, err: &str) -> String {
     format!("Metric query failed for {metric}: {err}")
 }
 
+pub const PROVIDERS_AVAILABLE: &str = "all the metrics providers are available!";
+
+pub fn providers_check_failed(err: &str) -> String {
+    format!("Error checking metric providers: {err}")
+}
+
+pub fn prometheus_client_error(url: &str, err: &str) -> String {
+    format!("Error building Prometheus client for {url} {err}")
+}
+
+pub fn terminating(canary: &str) -> String {
+    format!("Terminating canary {canary}")
+}
+
+pub fn terminated(canary: &str) -> String {
+    format!("Terminated canary {canary}")
+}
+
 pub const NO_USABLE_METRIC: &str =
     "Metric query failed for no usable metrics template and query were configured";
 
