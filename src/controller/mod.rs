@@ -272,6 +272,7 @@ pub async fn run(
         },
     });
 
+    let totals_task = tokio::spawn(count_canaries(canaries.clone(), metrics.clone()));
     let server = opts.listen.map(|addr| {
         let m = metrics.clone();
         tokio::spawn(async move {
@@ -348,11 +349,38 @@ pub async fn run(
         _ = grace => warn!("in-flight reconciles did not finish within {SHUTDOWN_GRACE:?} of the stop signal; stopping anyway"),
     }
     tpl_task.abort();
+    totals_task.abort();
     if let Some(s) = server {
         s.abort();
     }
     info!("serin controller stopped");
     Ok(())
+}
+
+/// `flagger_canary_total{namespace}`, refreshed from the cache every 10 s (Flagger's control-loop
+/// tick) rather than on every reconcile, where counting would cost O(canaries) each time.
+async fn count_canaries(canaries: Store<Canary>, metrics: Arc<Metrics>) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let mut counts: std::collections::BTreeMap<String, i64> =
+            seen.iter().map(|ns: &String| (ns.clone(), 0)).collect();
+        for c in canaries.state() {
+            *counts
+                .entry(c.metadata.namespace.clone().unwrap_or_default())
+                .or_default() += 1;
+        }
+        for (namespace, n) in counts {
+            metrics
+                .canary_total
+                .get_or_create(&crate::telemetry::Ns {
+                    namespace: namespace.clone(),
+                })
+                .set(n);
+            seen.insert(namespace);
+        }
+    }
 }
 
 fn error_policy(canary: Arc<Canary>, err: &Error, ctx: Arc<Ctx>) -> Action {

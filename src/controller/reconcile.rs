@@ -31,15 +31,14 @@ use crate::api::{
 use crate::hooks::{self, Payload};
 use crate::metrics::prometheus::{Prometheus, ProviderConfig};
 use crate::metrics::{
-    self as m, Check, MetricKind, QueryOutcome, TemplateModel, builtin_query, range_of, render,
-    trim_query, verdict,
+    self as m, Check, MetricKind, QueryOutcome, TemplateModel, builtin_query, render, verdict,
 };
 use crate::rollout::{
     self, Action as PlanAction, Decision, EventType, Gate, Need, Observation, Outcome, Phase, Plan,
     Progress, Readiness, RollbackSignal, Scale, messages as msg,
 };
 use crate::router::{self, RouterInputs};
-use crate::telemetry::{MetricLabels, NameNs, Ns, OutcomeLabels, WorkloadNs};
+use crate::telemetry::{MetricLabels, NameNs, OutcomeLabels, WorkloadNs};
 use crate::workload::{self, PrimaryInputs, REVISION_ANNOTATION, SelectorLabel};
 
 /// Flagger's finalizer name, added only with `revertOnDeletion`.
@@ -145,7 +144,6 @@ impl Reconcile {
             return self.finalize().await;
         }
         self.sync_finalizer().await?;
-        self.update_gauges();
 
         let problems = validate_canary(&self.canary);
         if !problems.is_empty() {
@@ -215,7 +213,7 @@ impl Reconcile {
         };
 
         let primary_name = format!("{}-primary", self.target_name());
-        let mut primary = self.deployment(&primary_name);
+        let primary = self.deployment(&primary_name);
         if primary.is_none() {
             // First sight (or someone deleted it): the primary starts from the current target.
             self.write_primary(&target, &selector, &revision, &configs)
@@ -223,7 +221,6 @@ impl Reconcile {
             if let Some(hpa) = &scaler {
                 autoscaler::size_new_primary(&self.ctx, &self.ns, &target, hpa).await?;
             }
-            primary = None;
         }
         autoscaler::apply_primary(&self.ctx, &self.canary, &self.ns, scaler.as_ref(), false)
             .await?;
@@ -282,7 +279,7 @@ impl Reconcile {
         }
         self.scale(&target, primary.as_deref(), plan.scale).await?;
         // Events before the status: whoever sees the new phase finds its story already told.
-        self.record(&plan).await;
+        self.record(&plan, &settings).await;
         self.write_status(&plan.progress, Ok(())).await?;
         let after = plan.requeue_after.unwrap_or(Duration::from_secs(300));
         Ok(Action::requeue(after.max(Duration::from_millis(200))))
@@ -595,14 +592,7 @@ impl Reconcile {
                     provider.basic_auth = Some((u, p));
                 }
             }
-            let (min, max) = range_of(metric, MetricKind::Template);
-            let check = Check {
-                name: metric.name.clone(),
-                kind: MetricKind::Template,
-                query: trim_query(&query),
-                min,
-                max,
-            };
+            let check = Check::new(metric, MetricKind::Template, &query);
             return Ok((check, provider));
         }
         if let Some(q) = &metric.query {
@@ -610,14 +600,7 @@ impl Reconcile {
                 reason: "MetricQueryRenderError",
                 message: format!("{field}.query: {e}"),
             })?;
-            let (min, max) = range_of(metric, MetricKind::Inline);
-            let check = Check {
-                name: metric.name.clone(),
-                kind: MetricKind::Inline,
-                query: trim_query(&query),
-                min,
-                max,
-            };
+            let check = Check::new(metric, MetricKind::Inline, &query);
             return Ok((check, default_provider));
         }
         let kind = match metric.name.as_str() {
@@ -631,14 +614,7 @@ impl Reconcile {
             }
         };
         let query = builtin_query(&metric.name, &model).unwrap_or_default();
-        let (min, max) = range_of(metric, kind);
-        let check = Check {
-            name: metric.name.clone(),
-            kind,
-            query,
-            min,
-            max,
-        };
+        let check = Check::new(metric, kind, &query);
         Ok((check, default_provider))
     }
 
@@ -1074,7 +1050,7 @@ impl Reconcile {
         }
     }
 
-    async fn record(&self, plan: &Plan) {
+    async fn record(&self, plan: &Plan, settings: &rollout::Settings) {
         for e in &plan.events {
             let kind = match e.kind {
                 EventType::Normal => KubeEventType::Normal,
@@ -1096,7 +1072,7 @@ impl Reconcile {
             .get_or_create(&labels)
             .set(state::status_gauge(plan.progress.phase));
         if let Some(outcome) = plan.outcome {
-            let strategy = state::settings(&self.canary).strategy.as_str().to_string();
+            let strategy = settings.strategy.as_str().to_string();
             let (family, status) = match outcome {
                 Outcome::Promoted => (&self.ctx.metrics.successes, "completed"),
                 Outcome::Skipped => (&self.ctx.metrics.successes, "skipped"),
@@ -1111,23 +1087,6 @@ impl Reconcile {
                 })
                 .inc();
         }
-    }
-
-    fn update_gauges(&self) {
-        let count = self
-            .ctx
-            .canaries
-            .state()
-            .iter()
-            .filter(|c| c.metadata.namespace.as_deref() == Some(self.ns.as_str()))
-            .count();
-        self.ctx
-            .metrics
-            .canary_total
-            .get_or_create(&Ns {
-                namespace: self.ns.clone(),
-            })
-            .set(count as i64);
     }
 
     // ---- finalizer ----

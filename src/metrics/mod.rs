@@ -140,6 +140,20 @@ pub struct Check {
     pub max: Option<f64>,
 }
 
+impl Check {
+    /// A check of `metric` with its accepted range and the query as sent (whitespace collapsed).
+    pub fn new(metric: &CanaryMetric, kind: MetricKind, query: &str) -> Check {
+        let (min, max) = range_of(metric, kind);
+        Check {
+            name: metric.name.clone(),
+            kind,
+            query: trim_query(query),
+            min,
+            max,
+        }
+    }
+}
+
 /// The accepted range with Flagger's treatment of the legacy `threshold` (a minimum for the
 /// success rate, a maximum for everything else).
 pub fn range_of(metric: &CanaryMetric, kind: MetricKind) -> (Option<f64>, Option<f64>) {
