@@ -2,6 +2,8 @@
 //! `serin controller` process, and observers of what a user would see.
 #![allow(dead_code)]
 
+pub mod corpus;
+
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
