@@ -331,3 +331,55 @@ async fn cmd_runs_hey_against_the_mesh_and_bash_answers_with_the_outcome() {
         )
     );
 }
+
+/// Processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(raw) = std::fs::read(entry.path().join("cmdline")) {
+            let line = String::from_utf8_lossy(&raw).replace('\0', " ");
+            if line.contains(needle) {
+                found.push(line);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_commands_it_runs() {
+    let env = shared();
+    let log = env.logs_dir().join("loadtester-sigterm.log");
+    let lt = LoadtesterProcess::spawn(&log, &[]);
+    let needle = format!("sleep 317.{}", std::process::id());
+    // A background child of sh, as `hey ... &` would be.
+    let cmd = format!("{needle} & {needle}");
+    assert_eq!(
+        lt.post("/", &payload("podinfo", "test", json!({"cmd": cmd})))
+            .await
+            .0,
+        202
+    );
+    eventually("the command runs", LIMIT, || async {
+        let n = processes_with(&needle).len();
+        if n >= 3 {
+            Ok(())
+        } else {
+            Err(format!("{n} processes"))
+        }
+    })
+    .await;
+    // Drop sends SIGTERM and waits for the load tester to exit.
+    drop(lt);
+    eventually("no command left behind", Duration::from_secs(5), || async {
+        let left = processes_with(&needle);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("stopping the running commands"), "{text}");
+}

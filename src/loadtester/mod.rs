@@ -200,6 +200,14 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(lt.clone());
+    let stopping = lt.clone();
+    // Kill the commands at the signal: a blocking task's request would otherwise hold the
+    // graceful shutdown for up to --timeout.
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: stopping the running commands");
+        stopping.stop_tasks();
+    };
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
@@ -398,6 +406,9 @@ fn start_cmd(lt: &Arc<LoadTester>, canary: &str, command: &str, log_output: bool
             tracing::info!(canary = %canary, "command skipped {command} is already running");
             lt.metrics.task("cmd", "skipped");
         }
+        Start::ShuttingDown => {
+            tracing::warn!(canary = %canary, "command not started {command}: shutting down");
+        }
     }
 }
 
@@ -410,7 +421,7 @@ async fn blocking(
     command: &str,
     return_output: bool,
 ) -> Response {
-    let o = tasks::run(program, args, lt.opts.timeout, |_| {}).await;
+    let o = lt.runner.run(program, args, lt.opts.timeout).await;
     if o.success {
         tracing::info!(canary = %canary, "command finished {command}\n{}", o.output);
         lt.metrics.task(kind, "success");

@@ -2,10 +2,11 @@
 //! `helm` and `kubectl` for the others. Output is stdout and stderr in one stream, as Go's
 //! `CombinedOutput` gives Flagger.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -150,12 +151,16 @@ fn kill_group(pgid: Option<i32>) {
     }
 }
 
-/// The background `cmd` tasks, de-duplicated by canary and command while one runs (Flagger hashes
-/// `canary + cmd`).
+/// The commands running now: the background `cmd` tasks, de-duplicated by canary and command
+/// while one runs (Flagger hashes `canary + cmd`), and the process group of every command, so a
+/// shutdown stops them all.
 #[derive(Default)]
 pub struct Runner {
-    /// Running tasks by key, with their process group once started.
-    running: Mutex<HashMap<String, Option<i32>>>,
+    /// Keys (`canary + cmd`) of the running `cmd` tasks.
+    running: Mutex<HashSet<String>>,
+    /// Process groups of all running commands, background and blocking.
+    groups: Mutex<HashSet<i32>>,
+    stopping: AtomicBool,
 }
 
 /// How [`Runner::start`] went.
@@ -163,6 +168,7 @@ pub struct Runner {
 pub enum Start {
     Started,
     AlreadyRunning,
+    ShuttingDown,
 }
 
 impl Runner {
@@ -175,40 +181,51 @@ impl Runner {
         timeout: Duration,
         done: impl FnOnce(Outcome) + Send + 'static,
     ) -> Start {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Start::ShuttingDown;
+        }
         let key = format!("{canary}{command}");
-        {
-            let mut running = lock(&self.running);
-            if running.contains_key(&key) {
-                return Start::AlreadyRunning;
-            }
-            running.insert(key.clone(), None);
+        if !lock(&self.running).insert(key.clone()) {
+            return Start::AlreadyRunning;
         }
         let me = self.clone();
         let command = command.to_string();
         tokio::spawn(async move {
             let args = vec!["-c".to_string(), command];
-            let k = key.clone();
-            let me2 = me.clone();
-            let outcome = run("sh", &args, timeout, move |pgid| {
-                if let Some(slot) = lock(&me2.running).get_mut(&k) {
-                    *slot = Some(pgid);
-                }
-            })
-            .await;
+            let outcome = me.run("sh", &args, timeout).await;
             lock(&me.running).remove(&key);
             done(outcome);
         });
         Start::Started
     }
 
+    /// [`run`], with the command's process group known to [`Runner::kill_all`] while it runs.
+    pub async fn run(&self, program: &str, args: &[String], timeout: Duration) -> Outcome {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Outcome::failed("the load tester is shutting down".into());
+        }
+        let mut group = None;
+        let outcome = run(program, args, timeout, |p| {
+            group = Some(p);
+            lock(&self.groups).insert(p);
+        })
+        .await;
+        if let Some(p) = group {
+            lock(&self.groups).remove(&p);
+        }
+        outcome
+    }
+
+    /// Background `cmd` tasks running now.
     pub fn running(&self) -> usize {
         lock(&self.running).len()
     }
 
-    /// Kills every running task's process group (at shutdown).
+    /// Kills every running command's process group and starts no more (at shutdown).
     pub fn kill_all(&self) {
-        for pgid in lock(&self.running).values() {
-            kill_group(*pgid);
+        self.stopping.store(true, Ordering::SeqCst);
+        for pgid in lock(&self.groups).iter() {
+            kill_group(Some(*pgid));
         }
     }
 }
@@ -319,5 +336,28 @@ mod tests {
             "a finished command can run again"
         );
         assert!(rx.recv().await.unwrap().success);
+    }
+
+    #[tokio::test]
+    async fn kill_all_stops_background_and_blocking_commands() {
+        let runner = Arc::new(Runner::default());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let t = Duration::from_secs(60);
+        runner.start("a.ns", "sleep 30 & sleep 30", t, move |o| {
+            let _ = tx.send(o);
+        });
+        let r = runner.clone();
+        let blocking = tokio::spawn(async move {
+            r.run("bash", &sh("sleep 30"), Duration::from_secs(60))
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = std::time::Instant::now();
+        runner.kill_all();
+        let background = rx.recv().await.unwrap();
+        assert_eq!(background.error, "signal: killed");
+        assert_eq!(blocking.await.unwrap().error, "signal: killed");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(runner.start("a.ns", "true", t, |_| {}), Start::ShuttingDown);
     }
 }
