@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Api;
 use kube::api::PostParams;
-use lt::{LoadtesterProcess, payload};
+use lt::{LoadtesterProcess, payload, require_hey};
 use serde_json::json;
 use serin::sandbox::mesh::{self, MeshOptions};
 use serin::sandbox::testenv::{eventually, shared};
@@ -198,6 +198,7 @@ async fn direct_requests(metrics: &str) -> u64 {
 
 #[tokio::test]
 async fn cmd_runs_hey_against_the_mesh_and_bash_answers_with_the_outcome() {
+    require_hey();
     let env = shared();
     let client = env.client();
     let ns = env.namespace("lt-hey").await;

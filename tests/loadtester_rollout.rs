@@ -21,6 +21,7 @@ use support::*;
 /// A World whose mesh simulator also serves the ingress, and a load tester keeping its gates in
 /// the namespace's ConfigMap.
 async fn world(prefix: &str) -> (World, LoadtesterProcess) {
+    lt::require_hey();
     let env = shared();
     let ns = env.namespace(prefix).await;
     let mesh = mesh::start(

@@ -121,3 +121,14 @@ impl Drop for LoadtesterProcess {
 pub fn payload(name: &str, ns: &str, metadata: Value) -> Value {
     json!({"name": name, "namespace": ns, "phase": "Progressing", "checksum": "0", "metadata": metadata})
 }
+
+/// Fails loudly when `hey` (installed by `serin sandbox setup`) is not on the PATH.
+pub fn require_hey() {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("hey").is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "hey is not on the PATH: run `serin sandbox setup` first"
+    );
+}
