@@ -6,6 +6,7 @@
 pub mod api;
 pub mod controller;
 pub mod hooks;
+pub mod loadtester;
 pub mod metrics;
 pub mod rollout;
 pub mod router;
