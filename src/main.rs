@@ -190,19 +190,24 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     serin::controller::run_with_config(config, opts, shutdown_signal()).await
 }
 
-/// Resolves on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on SIGTERM (how Kubernetes stops a pod) or Ctrl-C. The SIGTERM handler is installed
+/// at once, not at the first poll: `/healthz` answers before the controller starts, and a SIGTERM
+/// in between must still stop it cleanly.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        let term = async {
+            match term {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
 
