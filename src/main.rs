@@ -27,7 +27,7 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// Run the controller against the cluster of the kubeconfig (or in-cluster).
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// A flagger-loadtester compatible webhook server: gates, `cmd`/`bash`/`helm`/`kubectl` tasks.
     #[command(long_about = LOADTESTER_ABOUT)]
     Loadtester(LoadtesterArgs),
@@ -60,6 +60,48 @@ struct ControllerArgs {
     log_level: String,
     #[arg(long, value_enum, default_value = "text")]
     log_format: serin::telemetry::LogFormat,
+    #[command(flatten)]
+    leader: LeaderArgs,
+}
+
+/// Leader election (several replicas, one writes).
+#[derive(clap::Args)]
+struct LeaderArgs {
+    /// Run only while holding a coordination.k8s.io/v1 Lease; otherwise stand by.
+    #[arg(long)]
+    leader_elect: bool,
+    /// How long others wait after the last renewal they saw before taking the Lease over.
+    #[arg(long, default_value = "15s", value_parser = serin::controller::leader::parse_duration)]
+    leader_elect_lease_duration: std::time::Duration,
+    /// How long the leader keeps writing without a successful renewal (below the lease duration).
+    #[arg(long, default_value = "10s", value_parser = serin::controller::leader::parse_duration)]
+    leader_elect_renew_deadline: std::time::Duration,
+    /// Pause between attempts to acquire or renew the Lease.
+    #[arg(long, default_value = "2s", value_parser = serin::controller::leader::parse_duration)]
+    leader_elect_retry_period: std::time::Duration,
+    /// Namespace of the Lease; default: $POD_NAMESPACE, the pod's namespace, or `default`.
+    #[arg(long)]
+    leader_elect_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(long, default_value = "serin-leader")]
+    leader_elect_lease_name: String,
+}
+
+impl LeaderArgs {
+    /// The holder identity is $POD_NAME, else hostname_pid.
+    fn options(self) -> Option<serin::controller::leader::LeaderOptions> {
+        use serin::controller::leader;
+        self.leader_elect.then(|| leader::LeaderOptions {
+            namespace: self
+                .leader_elect_namespace
+                .unwrap_or_else(leader::default_namespace),
+            name: self.leader_elect_lease_name,
+            identity: leader::default_identity(),
+            lease_duration: self.leader_elect_lease_duration,
+            renew_deadline: self.leader_elect_renew_deadline,
+            retry_period: self.leader_elect_retry_period,
+        })
+    }
 }
 
 // ---- serin loadtester (issue 4 §2) ----
@@ -197,7 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Controller(args) => {
             serin::telemetry::init_logging(&args.log_level, args.log_format);
-            runtime()?.block_on(controller(args))?;
+            runtime()?.block_on(controller(*args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Loadtester(args) => {
@@ -236,29 +278,34 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         }
         None => kube::Config::infer().await?,
     };
-    let client = kube::Client::try_from(config)?;
     let opts = serin::controller::Options {
         namespace: args.namespace,
         metrics_server: args.metrics_server,
         concurrency: args.concurrency,
         listen: Some(args.listen),
+        leader: args.leader.options(),
     };
-    serin::controller::run(client, opts, shutdown_signal()).await
+    serin::controller::run_with_config(config, opts, shutdown_signal()).await
 }
 
-/// Resolves on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on SIGTERM (how Kubernetes stops a pod) or Ctrl-C. The SIGTERM handler is installed
+/// at once, not at the first poll: `/healthz` answers before the controller starts, and a SIGTERM
+/// in between must still stop it cleanly.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        let term = async {
+            match term {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
 

@@ -14,6 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+pub mod ops;
+
 /// Log output format of `--log-format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -91,6 +93,8 @@ pub struct Metrics {
     pub failures: Family<OutcomeLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub reconciles: Family<ResultLabels, Counter>,
+    /// serin's operational metrics and health (leader election, API errors, caches).
+    pub ops: ops::OpsMetrics,
 }
 
 impl Default for Metrics {
@@ -173,7 +177,9 @@ impl Metrics {
             "Reconciles by result (ok, error)",
             reconciles.clone(),
         );
+        let ops = ops::OpsMetrics::register(&mut registry);
         Metrics {
+            ops,
             registry,
             canary_total,
             canary_status,
@@ -197,6 +203,7 @@ impl Metrics {
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until the future is dropped.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let health = metrics.clone();
     let app = Router::new()
         .route(
             "/metrics",
@@ -211,8 +218,18 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
             }),
         )
         .route("/healthz", get(|| async { (StatusCode::OK, "OK") }))
-        .route("/readyz", get(|| async { (StatusCode::OK, "OK") }));
+        .route(
+            "/readyz",
+            get(move || {
+                let (code, body) = health.ops.readiness();
+                async move { (code, body) }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    // The bound address, not the requested one: `--listen 127.0.0.1:0` picks a free port.
+    if let Ok(bound) = listener.local_addr() {
+        tracing::info!("serving /metrics, /healthz and /readyz on {bound}");
+    }
     axum::serve(listener, app).await
 }
 

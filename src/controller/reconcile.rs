@@ -447,7 +447,13 @@ impl Reconcile {
         for (i, metric) in metrics.iter().enumerate() {
             let (check, provider) = self.resolve(i, metric)?;
             let prom = self.provider(i, &provider).await?;
+            let asked = Instant::now();
             let outcome = prom.query(&check.query).await;
+            self.ctx
+                .metrics
+                .ops
+                .prometheus_query_duration
+                .observe(asked.elapsed().as_secs_f64());
             let mut status = MetricCheckStatus {
                 name: check.name.clone(),
                 value: None,
