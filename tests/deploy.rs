@@ -88,21 +88,26 @@ fn install_istio_base(env: &SharedEnv) -> &'static str {
 /// credentials serin has in the cluster.
 async fn serin_token(env: &SharedEnv) -> String {
     install_istio_base(env);
+    service_account_token(env, "istio-system", "serin").await
+}
+
+/// The token the token controller made for a ServiceAccount (Kubernetes 1.20 still makes them).
+async fn service_account_token(env: &SharedEnv, ns: &str, name: &str) -> String {
     let client = env.client();
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "istio-system");
-    let secrets: Api<Secret> = Api::namespaced(client, "istio-system");
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client, ns);
     eventually(
-        "a token for ServiceAccount istio-system/serin",
+        &format!("a token for ServiceAccount {ns}/{name}"),
         LIMIT,
         || async {
-            let sa = sas.get("serin").await.map_err(|e| e.to_string())?;
-            let name = sa
+            let sa = sas.get(name).await.map_err(|e| e.to_string())?;
+            let secret = sa
                 .secrets
                 .unwrap_or_default()
                 .into_iter()
                 .find_map(|r| r.name)
                 .ok_or("no token secret yet")?;
-            let s = secrets.get(&name).await.map_err(|e| e.to_string())?;
+            let s = secrets.get(&secret).await.map_err(|e| e.to_string())?;
             let token = s
                 .data
                 .and_then(|d| d.get("token").cloned())
@@ -656,4 +661,77 @@ async fn calls_outside_the_role_are_refused() {
         .get("podinfo")
         .await;
     assert!(still.is_ok(), "the Deployment survived");
+}
+
+#[tokio::test]
+async fn the_load_tester_may_keep_its_gates_and_nothing_else() {
+    let env = shared();
+    ensure_namespace(env, "test");
+    apply_kustomization(env, "deploy/loadtester");
+    let token = service_account_token(env, "test", "serin-loadtester").await;
+    let tester = client_for(&kubeconfig_for(env, &token)).await;
+    let cms: Api<ConfigMap> = Api::namespaced(tester.clone(), "test");
+    let gates: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "serin-loadtester-gates"},
+        "data": {"confirm-rollout": "open"}
+    }))
+    .unwrap();
+    // What the gates need: create once, then read and change that one ConfigMap.
+    match cms.create(&PostParams::default(), &gates).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("creating the gate ConfigMap: {e}"),
+    }
+    let got = cms.get("serin-loadtester-gates").await.expect("get gates");
+    cms.replace("serin-loadtester-gates", &PostParams::default(), &got)
+        .await
+        .expect("update gates");
+    cms.patch(
+        "serin-loadtester-gates",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"data": {"confirm-promotion": "open"}})),
+    )
+    .await
+    .expect("patch gates");
+
+    // Nothing else: other ConfigMaps, other namespaces, deleting the gates.
+    let admin: Api<ConfigMap> = Api::namespaced(env.client(), "test");
+    let other: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "not-the-gates"}})).unwrap();
+    let _ = admin.create(&PostParams::default(), &other).await;
+    let elsewhere: Api<ConfigMap> = Api::namespaced(tester.clone(), "default");
+    let refused = [
+        (
+            "get another ConfigMap",
+            cms.get("not-the-gates").await.err(),
+        ),
+        (
+            "list ConfigMaps",
+            cms.list(&ListParams::default()).await.err(),
+        ),
+        (
+            "delete the gates",
+            cms.delete("serin-loadtester-gates", &DeleteParams::default())
+                .await
+                .err(),
+        ),
+        (
+            "create in another namespace",
+            elsewhere.create(&PostParams::default(), &gates).await.err(),
+        ),
+        (
+            "list secrets",
+            Api::<Secret>::namespaced(tester.clone(), "test")
+                .list(&ListParams::default())
+                .await
+                .err(),
+        ),
+    ];
+    for (what, err) in refused {
+        assert_eq!(
+            err.as_ref().and_then(status_code),
+            Some(403),
+            "{what}: {err:?}"
+        );
+    }
 }
