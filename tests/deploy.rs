@@ -284,6 +284,21 @@ fn the_crds_in_the_base_are_the_generated_ones() {
 }
 
 #[test]
+fn the_example_canary_passes_serin_validate() {
+    let out = Command::new(env!("CARGO_BIN_EXE_serin"))
+        .args(["validate", "-f"])
+        .arg(repo().join("deploy/examples"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn the_deployment_is_hardened_and_runs_two_leader_elected_replicas() {
     let docs = documents("deploy/istio/deployment.yaml");
     let d = find(&docs, "Deployment", "serin");
