@@ -79,6 +79,28 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+// ---- webhooks (serin_webhook_calls_total) ----
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// The hook type (`confirm-rollout`, ..., `event`).
+    pub r#type: String,
+    /// success (status ≤ 202), failure (another status), error (no answer).
+    pub outcome: String,
+}
+
+fn register_webhook_calls(registry: &mut Registry) -> Family<WebhookLabels, Counter> {
+    let calls = Family::<WebhookLabels, Counter>::default();
+    registry.register(
+        "serin_webhook_calls",
+        "Webhook calls by hook type and outcome (success, failure, error)",
+        calls.clone(),
+    );
+    calls
+}
+
+// ---- end webhooks ----
+
 /// Flagger's metrics plus serin's own.
 pub struct Metrics {
     registry: Registry,
@@ -91,6 +113,7 @@ pub struct Metrics {
     pub failures: Family<OutcomeLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub reconciles: Family<ResultLabels, Counter>,
+    pub webhook_calls: Family<WebhookLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -173,8 +196,10 @@ impl Metrics {
             "Reconciles by result (ok, error)",
             reconciles.clone(),
         );
+        let webhook_calls = register_webhook_calls(&mut registry);
         Metrics {
             registry,
+            webhook_calls,
             canary_total,
             canary_status,
             canary_weight,
