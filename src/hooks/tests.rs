@@ -370,3 +370,51 @@ async fn a_slow_hook_times_out() {
     assert!(start.elapsed() < Duration::from_secs(2));
     assert_eq!(err.outcome, Outcome::Error);
 }
+
+#[test]
+fn calls_are_counted_by_type_and_outcome() {
+    let m = crate::telemetry::Metrics::new();
+    let labels = |t: &str, o: Outcome| crate::telemetry::WebhookLabels {
+        r#type: t.into(),
+        outcome: o.as_str().into(),
+    };
+    m.webhook_calls
+        .get_or_create(&labels("confirm-promotion", Outcome::Failure))
+        .inc();
+    m.webhook_calls
+        .get_or_create(&labels("event", Outcome::Error))
+        .inc();
+    let text = m.encode();
+    assert!(
+        text.contains(r#"serin_webhook_calls_total{type="confirm-promotion",outcome="failure"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"serin_webhook_calls_total{type="event",outcome="error"} 1"#));
+}
+
+#[tokio::test]
+async fn disable_tls_picks_the_insecure_client() {
+    let (url, seen) = receiver(vec![(200, "ok")]).await;
+    // The verifying client is made unusable, so only the insecure one can reach the receiver.
+    let verifying = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::all("http://127.0.0.1:1").unwrap())
+        .build()
+        .unwrap();
+    let insecure = reqwest::Client::new();
+    let mut h = CanaryWebhook {
+        name: "tls".into(),
+        url,
+        ..Default::default()
+    };
+    assert!(
+        call_with(&verifying, &insecure, &h, &base(), fast())
+            .await
+            .is_err()
+    );
+    h.disable_tls = Some(true);
+    assert_eq!(
+        call_with(&verifying, &insecure, &h, &base(), fast()).await,
+        Ok(())
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}

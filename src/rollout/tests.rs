@@ -907,3 +907,5 @@ proptest! {
         }
     }
 }
+
+mod hooks;
