@@ -306,4 +306,46 @@ mod tests {
             first.conditions[1].last_transition_time
         );
     }
+
+    #[test]
+    fn the_gate_condition_follows_the_last_gate() {
+        let mut p = Progress {
+            phase: Some(Phase::Progressing),
+            ..Default::default()
+        };
+        let none = status(None, &p, "Deployment", Ok(()), now());
+        assert!(none.conditions.iter().all(|c| c.type_ != GATE_CONDITION));
+        p.gate = Some(GateState {
+            kind: HookType::ConfirmTrafficIncrease,
+            closed_by: Some("approve".into()),
+        });
+        let closed = status(Some(&none), &p, "Deployment", Ok(()), now());
+        let c = closed
+            .conditions
+            .iter()
+            .find(|c| c.type_ == GATE_CONDITION)
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ConfirmTrafficIncreaseClosed")
+        );
+        assert!(c.message.as_deref().unwrap().contains("webhook approve"));
+        p.gate = Some(GateState {
+            kind: HookType::ConfirmTrafficIncrease,
+            closed_by: None,
+        });
+        let later = now() + chrono::Duration::seconds(30);
+        let open = status(Some(&closed), &p, "Deployment", Ok(()), later);
+        let c = open
+            .conditions
+            .iter()
+            .find(|c| c.type_ == GATE_CONDITION)
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "ConfirmTrafficIncreaseOpen")
+        );
+        assert_eq!(c.last_transition_time, Some(to_time(later)));
+        assert_eq!(progress(Some(&open)).gate, p.gate);
+    }
 }
