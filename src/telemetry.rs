@@ -81,6 +81,28 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+// ---- webhooks (serin_webhook_calls_total) ----
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// The hook type (`confirm-rollout`, ..., `event`).
+    pub r#type: String,
+    /// success (status ≤ 202), failure (another status), error (no answer).
+    pub outcome: String,
+}
+
+fn register_webhook_calls(registry: &mut Registry) -> Family<WebhookLabels, Counter> {
+    let calls = Family::<WebhookLabels, Counter>::default();
+    registry.register(
+        "serin_webhook_calls",
+        "Webhook calls by hook type and outcome (success, failure, error)",
+        calls.clone(),
+    );
+    calls
+}
+
+// ---- end webhooks ----
+
 /// Flagger's metrics plus serin's own.
 pub struct Metrics {
     registry: Registry,
@@ -95,6 +117,7 @@ pub struct Metrics {
     pub reconciles: Family<ResultLabels, Counter>,
     /// serin's operational metrics and health (leader election, API errors, caches).
     pub ops: ops::OpsMetrics,
+    pub webhook_calls: Family<WebhookLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -178,9 +201,11 @@ impl Metrics {
             reconciles.clone(),
         );
         let ops = ops::OpsMetrics::register(&mut registry);
+        let webhook_calls = register_webhook_calls(&mut registry);
         Metrics {
             ops,
             registry,
+            webhook_calls,
             canary_total,
             canary_status,
             canary_weight,
