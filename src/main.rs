@@ -57,6 +57,9 @@ struct ControllerArgs {
     log_level: String,
     #[arg(long, value_enum, default_value = "text")]
     log_format: serin::telemetry::LogFormat,
+    /// Alerts: the global notifier and the cluster name (boxed: it is large).
+    #[command(flatten)]
+    alerts: Box<serin::alerts::GlobalArgs>,
 }
 
 #[derive(Subcommand)]
@@ -144,6 +147,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         metrics_server: args.metrics_server,
         concurrency: args.concurrency,
         listen: Some(args.listen),
+        alerts: *args.alerts,
     };
     serin::controller::run(client, opts, shutdown_signal()).await
 }

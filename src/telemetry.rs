@@ -79,6 +79,16 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+// ---- alerts: `serin_alert_deliveries_total{provider, outcome}` ----
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertDeliveryLabels {
+    /// slack | msteams | discord | rocket | gchat
+    pub provider: String,
+    /// success | failure
+    pub outcome: String,
+}
+// ---- end alerts ----
+
 /// Flagger's metrics plus serin's own.
 pub struct Metrics {
     registry: Registry,
@@ -91,6 +101,8 @@ pub struct Metrics {
     pub failures: Family<OutcomeLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub reconciles: Family<ResultLabels, Counter>,
+    /// alerts
+    pub alert_deliveries: Family<AlertDeliveryLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -173,6 +185,14 @@ impl Metrics {
             "Reconciles by result (ok, error)",
             reconciles.clone(),
         );
+        // ---- alerts ----
+        let alert_deliveries = Family::<AlertDeliveryLabels, Counter>::default();
+        registry.register(
+            "serin_alert_deliveries",
+            "Alert deliveries to chat services by provider type and outcome (success, failure)",
+            alert_deliveries.clone(),
+        );
+        // ---- end alerts ----
         Metrics {
             registry,
             canary_total,
@@ -184,6 +204,7 @@ impl Metrics {
             failures,
             reconcile_duration,
             reconciles,
+            alert_deliveries,
         }
     }
 

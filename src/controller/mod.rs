@@ -44,6 +44,8 @@ pub struct Options {
     pub concurrency: u16,
     /// Where `/metrics` and `/healthz` listen; `None` serves nothing.
     pub listen: Option<SocketAddr>,
+    /// The global notifier and cluster name (`--slack-url`, `--msteams-url`, `--cluster-name`, ...).
+    pub alerts: crate::alerts::GlobalArgs,
 }
 
 impl Default for Options {
@@ -53,6 +55,7 @@ impl Default for Options {
             metrics_server: "http://prometheus:9090".into(),
             concurrency: 16,
             listen: None,
+            alerts: Default::default(),
         }
     }
 }
@@ -89,6 +92,8 @@ pub struct Ctx {
     pub written: std::sync::Mutex<HashMap<String, u64>>,
     /// HPAs, for `spec.autoscalerRef`.
     pub autoscalers: autoscaler::Autoscalers,
+    /// Chat alerts.
+    pub alerter: crate::alerts::Alerter,
 }
 
 impl Ctx {
@@ -246,6 +251,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "serin".into());
     let recorder = events::EventRecorder::new(client.clone(), instance);
+    let alerter = crate::alerts::Alerter::new(&opts.alerts, http.clone(), metrics.clone());
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         opts: opts.clone(),
@@ -270,6 +276,7 @@ pub async fn run(
             resource: hpa_resource.clone(),
             version: hpa_version,
         },
+        alerter,
     });
 
     let totals_task = tokio::spawn(count_canaries(canaries.clone(), metrics.clone()));
