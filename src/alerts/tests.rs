@@ -468,3 +468,32 @@ async fn an_unreachable_receiver_fails_without_naming_the_url() {
     assert!(text.starts_with("sending notification failed"), "{text}");
     assert!(!text.contains("SECRET"), "{text}");
 }
+
+#[tokio::test]
+async fn a_provider_proxy_carries_the_request() {
+    // The "proxy" is a loopback receiver: an HTTP proxy gets the absolute URL in the request line.
+    let (proxy, got) = receiver(200, "ok").await;
+    let proxy = proxy.trim_end_matches("/hook").to_string();
+    let alerter = Alerter::new(
+        &GlobalArgs::default(),
+        reqwest::Client::new(),
+        std::sync::Arc::new(crate::telemetry::Metrics::new()),
+    );
+    let mut d = dest(
+        T::Discord,
+        "http://chat.invalid/api/webhooks/1/x".into(),
+        None,
+    );
+    d.proxy = Some(proxy.clone());
+    let client = alerter.client_for(d.proxy.as_deref()).unwrap();
+    send(&client, &d, &message(S::Info, vec![])).await.unwrap();
+    let req = got.await.unwrap();
+    assert!(
+        req.starts_with("POST http://chat.invalid/api/webhooks/1/x/slack HTTP/1.1"),
+        "{req}"
+    );
+    // One client per proxy, reused.
+    assert_eq!(alerter.proxied.lock().unwrap().len(), 1);
+    alerter.client_for(Some(&proxy)).unwrap();
+    assert_eq!(alerter.proxied.lock().unwrap().len(), 1);
+}
