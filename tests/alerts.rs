@@ -353,8 +353,7 @@ async fn without_alert_providers_the_global_slack_url_gets_the_alerts() {
                 }
             })
             .await;
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            log
+            std::fs::read_to_string(log).unwrap_or_default()
         }
     };
     let log = scrape(r#"serin_alert_deliveries_total{provider="slack",outcome="failure"} 1"#).await;
