@@ -211,6 +211,8 @@ pub enum DeliveryError {
     Transport(String),
     #[error("sending notification bad response {code}: {body}")]
     BadResponse { code: u16, body: String },
+    #[error("sending notification failed: Slack answered ok=false: {0}")]
+    Slack(String),
 }
 
 /// POSTs one alert. Anything but 2xx is an error carrying the status and the (trimmed) body.
@@ -237,10 +239,19 @@ pub async fn send(
         DeliveryError::Transport(text)
     })?;
     let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
     if status.is_success() {
+        // Slack's Web API (chat.postMessage with a bot token) answers 200 with `"ok": false` on
+        // errors such as `channel_not_found`; incoming webhooks answer a plain "ok".
+        if dest.kind == AlertProviderType::Slack
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            && v.get("ok") == Some(&serde_json::Value::Bool(false))
+        {
+            let error = v.get("error").and_then(|e| e.as_str()).unwrap_or("unknown");
+            return Err(DeliveryError::Slack(error.to_string()));
+        }
         return Ok(());
     }
-    let text = resp.text().await.unwrap_or_default();
     let mut body = text.trim().to_string();
     if body.len() > BODY_LIMIT {
         let mut cut = BODY_LIMIT;

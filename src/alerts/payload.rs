@@ -114,20 +114,41 @@ fn slack_compatible(channel: &str, username: &str, m: &Message, good: &str, bad:
     attachment_payload(channel, username, m, good, bad, None)
 }
 
+/// Slack refuses a section text over 3000 characters and a field over 2000.
+const SECTION_TEXT_LIMIT: usize = 3000;
+const FIELD_TEXT_LIMIT: usize = 2000;
+
+/// At most `limit` characters, the cut marked with an ellipsis.
+fn clip(text: String, limit: usize) -> String {
+    if text.chars().count() <= limit {
+        return text;
+    }
+    let mut out: String = text.chars().take(limit - 1).collect();
+    out.push('…');
+    out
+}
+
 /// Block Kit: who (context), what (section text) and the fields (section fields, at most 10).
+/// Error texts can be long (a Kubernetes error, a hook's answer), so texts are clipped to Slack's
+/// limits rather than have the whole message refused.
 pub fn blocks(m: &Message) -> Vec<SlackBlock> {
     let md = |t: String| SlackBlockMarkDownText::new(t);
     let mut out: Vec<SlackBlock> = vec![
         SlackContextBlock::new(vec![SlackContextBlockElement::MarkDown(md(m.qualified()))]).into(),
     ];
-    let mut section =
-        SlackSectionBlock::new().with_text(SlackBlockText::MarkDown(md(m.text.clone())));
+    let mut section = SlackSectionBlock::new().with_text(SlackBlockText::MarkDown(md(clip(
+        m.text.clone(),
+        SECTION_TEXT_LIMIT,
+    ))));
     if !m.fields.is_empty() {
         section = section.with_fields(
             m.fields
                 .iter()
                 .take(10)
-                .map(|f| SlackBlockText::MarkDown(md(format!("*{}*\n{}", f.name, f.value))))
+                .map(|f| {
+                    let text = format!("*{}*\n{}", f.name, f.value);
+                    SlackBlockText::MarkDown(md(clip(text, FIELD_TEXT_LIMIT)))
+                })
                 .collect(),
         );
     }

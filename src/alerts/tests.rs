@@ -497,3 +497,113 @@ async fn a_provider_proxy_carries_the_request() {
     alerter.client_for(Some(&proxy)).unwrap();
     assert_eq!(alerter.proxied.lock().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn slack_web_api_ok_false_is_a_failure() {
+    let (addr, _got) = receiver(200, r#"{"ok":false,"error":"channel_not_found"}"#).await;
+    let err = send(
+        &reqwest::Client::new(),
+        &dest(T::Slack, addr, Some("xoxb-1")),
+        &message(S::Info, vec![]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "sending notification failed: Slack answered ok=false: channel_not_found"
+    );
+    // An incoming webhook's plain "ok" is a success.
+    let (addr, _got) = receiver(200, "ok").await;
+    send(
+        &reqwest::Client::new(),
+        &dest(T::Slack, addr, None),
+        &message(S::Info, vec![]),
+    )
+    .await
+    .unwrap();
+}
+
+mod properties {
+    use proptest::prelude::*;
+    use proptest::strategy::Strategy;
+
+    use super::{Message, S, T, body, field};
+
+    fn kinds() -> impl Strategy<Value = T> {
+        prop_oneof![
+            Just(T::Slack),
+            Just(T::Msteams),
+            Just(T::Discord),
+            Just(T::Rocket),
+            Just(T::Gchat)
+        ]
+    }
+
+    fn severities() -> impl Strategy<Value = S> {
+        prop_oneof![Just(S::Info), Just(S::Warn), Just(S::Error)]
+    }
+
+    proptest! {
+        /// Whatever the text and fields, every provider's payload carries the text, each field in
+        /// order, and `<canary>.<ns>`; Slack's blocks stay within Slack's limits.
+        #[test]
+        fn every_payload_carries_text_and_fields(
+            kind in kinds(),
+            severity in severities(),
+            text in "\\PC{1,4000}",
+            fields in proptest::collection::vec(("[A-Za-z ]{1,20}", "\\PC{0,2100}"), 0..6),
+        ) {
+            let m = Message {
+                canary: "app".into(),
+                namespace: "ns".into(),
+                text: text.clone(),
+                severity,
+                fields: fields.iter().map(|(n, v)| field(n, v.clone())).collect(),
+            };
+            let b = body(kind, "c", "u", &m);
+            let (shown_text, shown_fields): (String, Vec<(String, String)>) = match kind {
+                T::Msteams => (
+                    b["sections"][0]["activityTitle"].as_str().unwrap().into(),
+                    b["sections"][0]["facts"].as_array().unwrap().iter()
+                        .map(|f| (f["name"].as_str().unwrap().into(), f["value"].as_str().unwrap().into()))
+                        .collect(),
+                ),
+                T::Gchat => {
+                    let secs = b["cards"][0]["sections"].as_array().unwrap();
+                    let t = |i: usize| secs[i]["widgets"][0]["textParagraph"]["text"].as_str().unwrap().to_string();
+                    (
+                        t(0),
+                        (1..secs.len()).map(|i| {
+                            let s = t(i);
+                            let (n, v) = s.split_once("<br>").unwrap();
+                            (n.to_string(), v.to_string())
+                        }).collect(),
+                    )
+                }
+                _ => (
+                    b["attachments"][0]["text"].as_str().unwrap().into(),
+                    b["attachments"][0]["fields"].as_array().unwrap().iter()
+                        .map(|f| (f["title"].as_str().unwrap().into(), f["value"].as_str().unwrap().into()))
+                        .collect(),
+                ),
+            };
+            prop_assert!(shown_text.contains(&text));
+            prop_assert_eq!(shown_fields.len(), fields.len());
+            for ((n, v), (sn, sv)) in fields.iter().zip(&shown_fields) {
+                prop_assert_eq!(n, sn);
+                prop_assert!(sv.contains(v.as_str()));
+            }
+            prop_assert!(serde_json::to_string(&b).unwrap().contains("app.ns"));
+            if kind == T::Slack {
+                let section = &b["blocks"][1];
+                prop_assert!(section["text"]["text"].as_str().unwrap().chars().count() <= 3000);
+                for f in section["fields"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                    prop_assert!(f["text"].as_str().unwrap().chars().count() <= 2000);
+                }
+                prop_assert_eq!(section.get("fields").is_some(), !fields.is_empty());
+            } else {
+                prop_assert!(b.get("blocks").is_none());
+            }
+        }
+    }
+}
