@@ -159,6 +159,14 @@ async fn every_provider_gets_initialization_progress_waiting_promotion_and_failu
         json!({"name": "warnings", "severity": "warn", "providerRef": {"name": "slack-warn"}}),
     );
     alerts.push(json!({"name": "missing", "providerRef": {"name": "absent"}}));
+    w.apply(json!({
+        "apiVersion": "flagger.app/v1beta1", "kind": "AlertProvider", "metadata": {"name": "no-secret"},
+        "spec": {"type": "msteams", "secretRef": {"name": "nowhere"}}
+    }))
+    .await;
+    alerts.push(
+        json!({"name": "secretless", "severity": "error", "providerRef": {"name": "no-secret"}}),
+    );
     let analysis = json!({
         "interval": "10s", "threshold": 2, "maxWeight": 50, "stepWeight": 25,
         "metrics": builtin_metrics(),
@@ -219,6 +227,13 @@ async fn every_provider_gets_initialization_progress_waiting_promotion_and_failu
             && m.contains(&format!("AlertProvider {ns}/absent not found"))),
         "{events:#?}"
     );
+    assert!(
+        !events.iter().any(|(_, m)| m.contains("analysis.alerts[7]")),
+        "an error-only entry is not even resolved for info alerts: {events:#?}"
+    );
+
+    // A provider whose secret is missing: only error alerts go to it, so the Warning comes with
+    // the failure below.
 
     // A new revision: progress, then the closed gate holds it with a warning.
     w.apply(deployment("podinfo", "podinfo:6.0.1", json!({})))
@@ -255,6 +270,15 @@ async fn every_provider_gets_initialization_progress_waiting_promotion_and_failu
             assert!(is_red(*kind, &g.body), "{kind:?}: {}", g.body);
         }
     }
+
+    let events = w.events("podinfo").await;
+    assert!(
+        events.iter().any(|(t, m)| t == "Warning"
+            && m.contains("analysis.alerts[7]")
+            && m.contains(&format!("Secret {ns}/nowhere"))
+            && m.contains("create it with the key `address`")),
+        "{events:#?}"
+    );
 
     // The warn entry got the warning and the error, nothing of severity info.
     wait_text(&warn_only, Kind::Slack, &failed).await;
