@@ -3,6 +3,7 @@
 //! The crate is one library with a thin binary on top (`src/main.rs`), so that the tests and the
 //! sandbox demo drive exactly the code the controller runs.
 
+pub mod alerts;
 pub mod api;
 pub mod controller;
 pub mod hooks;

@@ -62,6 +62,9 @@ struct ControllerArgs {
     log_format: serin::telemetry::LogFormat,
     #[command(flatten)]
     leader: LeaderArgs,
+    /// Alerts: the global notifier and the cluster name (boxed: it is large).
+    #[command(flatten)]
+    alerts: Box<serin::alerts::GlobalArgs>,
 }
 
 /// Leader election (several replicas, one writes).
@@ -284,6 +287,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         listen: Some(args.listen),
         leader: args.leader.options(),
+        alerts: *args.alerts,
     };
     serin::controller::run_with_config(config, opts, shutdown_signal()).await
 }

@@ -102,6 +102,15 @@ fn register_webhook_calls(registry: &mut Registry) -> Family<WebhookLabels, Coun
 }
 
 // ---- end webhooks ----
+// ---- alerts: `serin_alert_deliveries_total{provider, outcome}` ----
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertDeliveryLabels {
+    /// slack | msteams | discord | rocket | gchat
+    pub provider: String,
+    /// success | failure
+    pub outcome: String,
+}
+// ---- end alerts ----
 
 /// Flagger's metrics plus serin's own.
 pub struct Metrics {
@@ -118,6 +127,8 @@ pub struct Metrics {
     /// serin's operational metrics and health (leader election, API errors, caches).
     pub ops: ops::OpsMetrics,
     pub webhook_calls: Family<WebhookLabels, Counter>,
+    /// alerts
+    pub alert_deliveries: Family<AlertDeliveryLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -202,6 +213,14 @@ impl Metrics {
         );
         let ops = ops::OpsMetrics::register(&mut registry);
         let webhook_calls = register_webhook_calls(&mut registry);
+        // ---- alerts ----
+        let alert_deliveries = Family::<AlertDeliveryLabels, Counter>::default();
+        registry.register(
+            "serin_alert_deliveries",
+            "Alert deliveries to chat services by provider type and outcome (success, failure)",
+            alert_deliveries.clone(),
+        );
+        // ---- end alerts ----
         Metrics {
             ops,
             registry,
@@ -215,6 +234,7 @@ impl Metrics {
             failures,
             reconcile_duration,
             reconciles,
+            alert_deliveries,
         }
     }
 

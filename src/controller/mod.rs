@@ -51,6 +51,8 @@ pub struct Options {
     pub listen: Option<SocketAddr>,
     /// `--leader-elect`: only the holder of this Lease runs the controller.
     pub leader: Option<leader::LeaderOptions>,
+    /// The global notifier and cluster name (`--slack-url`, `--msteams-url`, `--cluster-name`, ...).
+    pub alerts: crate::alerts::GlobalArgs,
 }
 
 impl Default for Options {
@@ -61,6 +63,7 @@ impl Default for Options {
             concurrency: 16,
             listen: None,
             leader: None,
+            alerts: Default::default(),
         }
     }
 }
@@ -97,6 +100,8 @@ pub struct Ctx {
     pub written: std::sync::Mutex<HashMap<String, u64>>,
     /// HPAs, for `spec.autoscalerRef`.
     pub autoscalers: autoscaler::Autoscalers,
+    /// Chat alerts.
+    pub alerter: crate::alerts::Alerter,
 }
 
 impl Ctx {
@@ -263,6 +268,7 @@ pub async fn run_with(
         .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "serin".into());
     let recorder = events::EventRecorder::new(client.clone(), instance);
+    let alerter = crate::alerts::Alerter::new(&opts.alerts, http.clone(), metrics.clone());
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         opts: opts.clone(),
@@ -287,6 +293,7 @@ pub async fn run_with(
             resource: hpa_resource.clone(),
             version: hpa_version,
         },
+        alerter,
     });
 
     let totals_task = tokio::spawn(count_canaries(canaries.clone(), metrics.clone()));

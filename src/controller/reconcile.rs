@@ -974,10 +974,7 @@ impl Reconcile {
             };
             self.publish(kind, e.message.clone()).await;
         }
-        for a in &plan.alerts {
-            // The notifiers come with the alerting issue; until then alerts are logged.
-            info!(canary = %self.qualified(), severity = ?a.severity, "alert: {}", a.message);
-        }
+        self.send_alerts(plan, settings).await;
         let labels = NameNs {
             name: self.target_name().to_string(),
             namespace: self.ns.clone(),
@@ -1002,6 +999,27 @@ impl Reconcile {
                     analysis_status: status.into(),
                 })
                 .inc();
+        }
+    }
+
+    /// Hands the plan's alerts to the notifiers; what only the user can fix (a missing provider or
+    /// secret) becomes a Warning Event. Delivery runs in the background.
+    async fn send_alerts(&self, plan: &Plan, settings: &rollout::Settings) {
+        for a in &plan.alerts {
+            let problems = self
+                .ctx
+                .alerter
+                .dispatch(
+                    &self.ctx.client,
+                    &self.ctx.secrets,
+                    &self.canary,
+                    settings,
+                    a,
+                )
+                .await;
+            for p in problems {
+                self.publish(KubeEventType::Warning, p).await;
+            }
         }
     }
 
