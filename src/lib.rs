@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod gitops;
 pub mod hooks;
 pub mod metrics;
 pub mod rollout;
