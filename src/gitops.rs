@@ -23,7 +23,7 @@ use kube::discovery::Scope;
 use kube::{Api, Client};
 use serde::Deserialize;
 use serde_json::Value;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// The field manager of Flux's kustomize-controller, which its server-side apply uses.
 pub const FIELD_MANAGER: &str = "kustomize-controller";
@@ -525,6 +525,9 @@ pub async fn apply(
             .unwrap_or_default();
         matches!(kind, "Namespace" | "CustomResourceDefinition")
     };
+    for problem in replica_fights(objects) {
+        warn!("{problem}");
+    }
     let mut resolved: BTreeMap<(String, String), Resolved> = BTreeMap::new();
     let mut applied = Vec::new();
     let (first, rest): (Vec<&DynamicObject>, Vec<&DynamicObject>) =
@@ -544,6 +547,40 @@ pub async fn apply(
         applied.push(apply_one(client, o, manager, &mut resolved).await?);
     }
     Ok(applied)
+}
+
+/// Deployments that set `spec.replicas` while an HPA in the same set scales them: every apply
+/// would reset what the HPA and serin set (Flagger #1121), one message per Deployment.
+pub fn replica_fights(objects: &[DynamicObject]) -> Vec<String> {
+    let kind = |o: &DynamicObject| o.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default();
+    let scaled: BTreeSet<(Option<String>, String)> = objects
+        .iter()
+        .filter(|o| kind(o) == "HorizontalPodAutoscaler")
+        .filter(|o| {
+            o.data
+                .pointer("/spec/scaleTargetRef/kind")
+                .and_then(Value::as_str)
+                == Some("Deployment")
+        })
+        .filter_map(|o| {
+            let name = o.data.pointer("/spec/scaleTargetRef/name")?.as_str()?;
+            Some((o.metadata.namespace.clone(), name.to_string()))
+        })
+        .collect();
+    objects
+        .iter()
+        .filter(|o| kind(o) == "Deployment" && o.data.pointer("/spec/replicas").is_some())
+        .filter(|o| {
+            let name = o.metadata.name.clone().unwrap_or_default();
+            scaled.contains(&(o.metadata.namespace.clone(), name))
+        })
+        .map(|o| {
+            format!(
+                "{}: spec.replicas is set while a HorizontalPodAutoscaler scales it; every apply resets the replicas the HPA and serin set (remove the field)",
+                id_of(&serde_json::to_value(o).unwrap_or_default())
+            )
+        })
+        .collect()
 }
 
 #[derive(Clone)]

@@ -444,3 +444,23 @@ proptest! {
         prop_assert_eq!(text.lines().count() + usize::from(old.is_none()), out.lines().count());
     }
 }
+
+#[test]
+fn replicas_beside_an_hpa_are_reported() {
+    let mut objs = render(&example("apps/backend")).unwrap();
+    assert_eq!(replica_fights(&objs), Vec::<String>::new());
+    let d = objs
+        .iter_mut()
+        .find(|o| o.types.as_ref().unwrap().kind == "Deployment")
+        .unwrap();
+    d.data["spec"]["replicas"] = json!(2);
+    let found = replica_fights(&objs);
+    assert_eq!(found.len(), 1);
+    assert!(
+        found[0].starts_with("Deployment/prod/backend: spec.replicas is set"),
+        "{found:?}"
+    );
+    // Without the HPA, replicas in Git are the user's to set.
+    objs.retain(|o| o.types.as_ref().unwrap().kind != "HorizontalPodAutoscaler");
+    assert!(replica_fights(&objs).is_empty());
+}
