@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod api;
 pub mod controller;
+pub mod gitops;
 pub mod hooks;
 pub mod loadtester;
 pub mod metrics;
