@@ -102,12 +102,20 @@ pub struct Ctx {
     pub autoscalers: autoscaler::Autoscalers,
     /// Chat alerts.
     pub alerter: crate::alerts::Alerter,
+    /// Set once every cache has listed. kube's `Store::wait_until_ready` wakes only the last of
+    /// several tasks waiting at the same time (one oneshot waker), which left a Canary's first
+    /// reconcile hanging forever when two started together; one initializer waits for all.
+    pub ready: tokio::sync::OnceCell<bool>,
 }
 
 impl Ctx {
     /// Waits until every cache has listed once, so that a reconcile never mistakes "not listed
     /// yet" for "does not exist".
     pub async fn caches_ready(&self) -> bool {
+        *self.ready.get_or_init(|| self.wait_for_caches()).await
+    }
+
+    async fn wait_for_caches(&self) -> bool {
         self.canaries.wait_until_ready().await.is_ok()
             && self.deployments.wait_until_ready().await.is_ok()
             && self.services.wait_until_ready().await.is_ok()
@@ -288,6 +296,7 @@ pub async fn run_with(
         providers: Mutex::new(HashMap::new()),
         metrics: metrics.clone(),
         written: std::sync::Mutex::new(HashMap::new()),
+        ready: tokio::sync::OnceCell::new(),
         autoscalers: autoscaler::Autoscalers {
             store: hpa_store,
             resource: hpa_resource.clone(),

@@ -909,12 +909,22 @@ impl Reconcile {
             "kind": "Canary",
             "status": status,
         });
-        api.patch_status(
-            &self.name,
-            &PatchParams::apply("serin").force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        let written = api
+            .patch_status(
+                &self.name,
+                &PatchParams::apply("serin").force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        // Remembered so that a reconcile triggered before the cache holds this write waits for
+        // it instead of deciding again from the old progress (and repeating events and alerts).
+        if let (Some(uid), Some(rv)) = (
+            written.metadata.uid.clone(),
+            resource_version(&written.metadata),
+        ) && let Ok(mut w) = self.ctx.written.lock()
+        {
+            w.insert(uid, rv);
+        }
         Ok(())
     }
 
