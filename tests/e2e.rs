@@ -992,7 +992,6 @@ async fn a_config_map_change_alone_is_released_progressively() {
             .tracked_configs
             .contains_key("configmap/podinfo-config")
     );
-    let target_generation = t.w.deployment("podinfo").await.unwrap().metadata.generation;
     let primary_template =
         t.w.deployment("podinfo-primary")
             .await
@@ -1000,6 +999,8 @@ async fn a_config_map_change_alone_is_released_progressively() {
             .spec
             .unwrap()
             .template;
+    let pods_before = primary_pods(&t).await;
+    assert!(!pods_before.is_empty());
     let weights = t.w.watch_weights("podinfo");
     let t0 = t.traffic.now();
     t.apply(
@@ -1038,10 +1039,24 @@ async fn a_config_map_change_alone_is_released_progressively() {
         serde_json::to_value(&primary_template.spec).unwrap(),
         "the pod spec is unchanged: only the configuration moved"
     );
-    // The target's spec was not touched by the release (only serin's scaling moves its generation).
+    // The primary's pods read the configuration at start (envFrom): they must be replaced, as
+    // Flagger's promotion replaces them, or the promoted configuration never runs.
+    eventually(
+        "the primary's pods replaced after a configuration promotion",
+        Duration::from_secs(30),
+        || async {
+            let now = primary_pods(&t).await;
+            if !now.is_empty() && now.iter().all(|p| !pods_before.contains(p)) {
+                Ok(())
+            } else {
+                Err(format!("before {pods_before:?}, now {now:?}"))
+            }
+        },
+    )
+    .await;
+    // The release is the ConfigMap alone: the target's template is as the user applied it.
     let target = t.w.deployment("podinfo").await.unwrap();
     assert_eq!(image_of(&target), format!("{IMAGE}:6.0.0"));
-    let _ = target_generation;
     assert_weights(&weights, &[0, 25, 50, 0]);
     let shares = t.shares_since(t0);
     assert_plateaus("config release", &shares, &[25.0, 50.0, 0.0], TOL, RUN);
@@ -1053,6 +1068,20 @@ async fn a_config_map_change_alone_is_released_progressively() {
         msg::promotion_completed(&c),
     ])
     .await;
+}
+
+/// The uids of the primary's pods.
+async fn primary_pods(t: &E2e) -> Vec<String> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(t.w.client.clone(), t.ns());
+    let lp = kube::api::ListParams::default().labels("app=podinfo-primary");
+    pods.list(&lp)
+        .await
+        .expect("list pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.uid)
+        .collect()
 }
 
 /// suspend: true (the Canary file applied again) freezes a run at its weight, with its traffic;
