@@ -866,6 +866,7 @@ impl Reconcile {
             revision,
             tracked: &tracked,
             replicas,
+            configs_checksum: workload::configs_checksum(configs),
         });
         self.apply(&desired, primary.as_deref(), "serin/primary")
             .await
