@@ -127,6 +127,22 @@ impl E2e {
     }
 
     /// The canary's share of live traffic (in %) per sample taken after `since`.
+    /// How many times an Event was recorded (repeats are counted on one Event object).
+    async fn event_count(&self, message: &str) -> i32 {
+        let api: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.w.client.clone(), self.ns());
+        let lp = kube::api::ListParams::default()
+            .fields("involvedObject.name=podinfo,involvedObject.kind=Canary");
+        api.list(&lp)
+            .await
+            .expect("list events")
+            .items
+            .iter()
+            .filter(|e| e.message.as_deref() == Some(message))
+            .map(|e| e.count.unwrap_or(1))
+            .sum()
+    }
+
     /// Waits for Events that may land just after what the test waited for (serin records
     /// "Terminated" once the finalizer is gone, so after `kubectl delete` returns).
     async fn wait_events(&self, wanted: &[String]) {
@@ -230,6 +246,13 @@ async fn progressive_canary_with_builtin_metrics_is_promoted_step_by_step() {
         msg::promotion_completed(&c),
     ])
     .await;
+    for once in [
+        msg::new_revision_scaling_up(&c),
+        msg::starting_analysis(&c),
+        msg::promotion_completed(&c),
+    ] {
+        assert_eq!(t.event_count(&once).await, 1, "{once:?} once per release");
+    }
 }
 
 /// A MetricTemplate judges the canary: a release answering 50% errors is rolled back after the
@@ -257,7 +280,15 @@ async fn metric_template_rolls_back_a_faulty_release_and_promotes_a_healthy_one(
         format!("{IMAGE}:6.0.0"),
         "the primary is untouched"
     );
-    assert_eq!(replicas_of(&t.w.deployment("podinfo").await.unwrap()), 0);
+    let target = t.w.deployment("podinfo").await.unwrap();
+    assert_eq!(
+        replicas_of(&target),
+        0,
+        "the canary is scaled to zero before the status says Failed; who wrote the target: \
+         {}\ncontroller log: {}",
+        serde_json::to_string(&target.metadata.managed_fields).unwrap(),
+        t.w.controller.log_tail()
+    );
     assert_weights(&weights, &[0, 25, 0]);
     let t1 = t.traffic.now();
     let shares = t.shares_since(t0);
