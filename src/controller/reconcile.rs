@@ -995,13 +995,28 @@ impl Reconcile {
             "kind": "Canary",
             "status": status,
         });
-        api.patch_status(
-            &self.name,
-            &PatchParams::apply("serin").force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        let written = api
+            .patch_status(
+                &self.name,
+                &PatchParams::apply("serin").force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        self.remember_written(&written);
         Ok(())
+    }
+
+    /// Records the resource version of serin's own status write, so that reconciles triggered
+    /// before the cache has it (by the objects this reconcile just changed) wait for it instead
+    /// of acting on the previous status ([`cache_is_behind`]).
+    fn remember_written(&self, written: &Canary) {
+        if let (Some(uid), Some(version)) = (
+            written.metadata.uid.clone(),
+            resource_version(&written.metadata),
+        ) && let Ok(mut w) = self.ctx.written.lock()
+        {
+            w.insert(uid, version);
+        }
     }
 
     /// Keeps everything as it is, tells why on the `serin.dev/Valid` condition, and warns once
