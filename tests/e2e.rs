@@ -864,6 +864,8 @@ async fn a_user_apex_service_and_virtual_service_are_taken_over_and_reverted() {
         (n == 3).then_some(()).ok_or(format!("{:?}", s.last()))
     })
     .await;
+    // A few whole samples on the primary (the one above may straddle the switch).
+    t.traffic.settle(RUN).await;
     let t_delete = t.traffic.now();
     t.kubectl(&["delete", "canary", "podinfo", "--timeout=120s"])
         .await;
