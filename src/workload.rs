@@ -300,6 +300,20 @@ pub struct PrimaryInputs<'a> {
     pub tracked: &'a BTreeSet<String>,
     /// Replicas to set; `None` leaves them to an autoscaler (Flagger #1106).
     pub replicas: Option<i32>,
+    /// [`configs_checksum`] of the promoted configs, put on the primary's pod template.
+    pub configs_checksum: Option<String>,
+}
+
+/// Pod-template annotation of the primary: the checksum of the tracked configs it was promoted
+/// with. Flagger's random `flagger-id` restarts the primary's pods at every promotion; serin has
+/// none, so without this a ConfigMap- or Secret-only release would leave the primary's pods
+/// running with the configuration they started with (environment variables are read once).
+pub const CONFIGS_CHECKSUM_ANNOTATION: &str = "serin.dev/configs-checksum";
+
+/// A checksum over the tracked configs' checksums; `None` when nothing is tracked, so primaries
+/// without configs keep the exact template they always had.
+pub fn configs_checksum(configs: &BTreeMap<String, String>) -> Option<String> {
+    (!configs.is_empty()).then(|| hex(&Sha256::digest(canonical_json(configs).as_bytes())[..8]))
 }
 
 /// The primary Deployment as serin applies it (server-side apply, field manager
@@ -318,12 +332,15 @@ pub fn desired_primary(inp: &PrimaryInputs<'_>) -> Deployment {
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
     pod_labels.insert(inp.selector.key.clone(), primary_value.clone());
-    let pod_annotations = without_toolkit(
+    let mut pod_annotations = without_toolkit(
         template
             .metadata
             .as_ref()
             .and_then(|m| m.annotations.as_ref()),
     );
+    if let Some(sum) = &inp.configs_checksum {
+        pod_annotations.insert(CONFIGS_CHECKSUM_ANNOTATION.into(), sum.clone());
+    }
     template.metadata = Some(ObjectMeta {
         labels: Some(pod_labels),
         annotations: (!pod_annotations.is_empty()).then_some(pod_annotations),

@@ -781,6 +781,7 @@ impl Reconcile {
             revision,
             tracked: &tracked,
             replicas,
+            configs_checksum: workload::configs_checksum(configs),
         });
         self.apply(&desired, primary.as_deref(), "serin/primary")
             .await
@@ -916,16 +917,21 @@ impl Reconcile {
                 &Patch::Apply(&patch),
             )
             .await?;
-        // Remembered so that a reconcile triggered before the cache holds this write waits for
-        // it instead of deciding again from the old progress (and repeating events and alerts).
-        if let (Some(uid), Some(rv)) = (
+        self.remember_written(&written);
+        Ok(())
+    }
+
+    /// Records the resource version of serin's own status write, so that reconciles triggered
+    /// before the cache has it (by the objects this reconcile just changed) wait for it instead
+    /// of acting on the previous status ([`cache_is_behind`]).
+    fn remember_written(&self, written: &Canary) {
+        if let (Some(uid), Some(version)) = (
             written.metadata.uid.clone(),
             resource_version(&written.metadata),
         ) && let Ok(mut w) = self.ctx.written.lock()
         {
-            w.insert(uid, rv);
+            w.insert(uid, version);
         }
-        Ok(())
     }
 
     /// Keeps everything as it is, tells why on the `serin.dev/Valid` condition, and warns once

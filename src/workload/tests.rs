@@ -236,6 +236,7 @@ fn primary_is_built_from_the_target() {
         revision: "sha256:abc",
         tracked: &tracked,
         replicas: Some(2),
+        configs_checksum: None,
     });
     let v = serde_json::to_value(&p).unwrap();
     assert_eq!(v["metadata"]["name"], "podinfo-primary");
@@ -286,8 +287,47 @@ fn primary_is_built_from_the_target() {
         revision: "sha256:abc",
         tracked: &tracked,
         replicas: Some(2),
+        configs_checksum: None,
     });
     assert_eq!(again, p);
+}
+
+#[test]
+fn a_config_change_changes_the_primary_pod_template() {
+    let d = podinfo();
+    let sel = selector_label(&d).unwrap();
+    let configs = |color: &str| {
+        BTreeMap::from([
+            (
+                "configmap/podinfo-config-env".to_string(),
+                color.to_string(),
+            ),
+            ("secret/podinfo-secret-vol".to_string(), "s1".to_string()),
+        ])
+    };
+    let build = |configs: &BTreeMap<String, String>| {
+        let tracked: BTreeSet<String> = configs.keys().cloned().collect();
+        let p = desired_primary(&PrimaryInputs {
+            target: &d,
+            selector: &sel,
+            owner: OwnerReference::default(),
+            revision: "sha256:abc",
+            tracked: &tracked,
+            replicas: Some(2),
+            configs_checksum: configs_checksum(configs),
+        });
+        serde_json::to_value(&p).unwrap()["spec"]["template"].clone()
+    };
+    let (blue, green) = (build(&configs("blue")), build(&configs("green")));
+    let sum = &blue["metadata"]["annotations"][CONFIGS_CHECKSUM_ANNOTATION];
+    assert!(sum.as_str().is_some_and(|s| s.len() == 16), "{blue}");
+    assert_ne!(blue, green, "new configuration, new pods");
+    assert_eq!(
+        blue,
+        build(&configs("blue")),
+        "same configuration, same template"
+    );
+    assert_eq!(configs_checksum(&BTreeMap::new()), None);
 }
 
 fn with_status(
