@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod demo;
 pub mod hooks;
 pub mod metrics;
 pub mod rollout;
