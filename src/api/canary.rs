@@ -588,6 +588,21 @@ pub struct RunProgress {
     /// Traffic is mirrored to the canary.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mirrored: bool,
+    /// The last gate asked in this run and its answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateRecord>,
+}
+
+/// A gate's last answer (`status["serin.dev/progress"].gate`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateRecord {
+    /// confirm-rollout, confirm-traffic-increase or confirm-promotion.
+    #[serde(rename = "type")]
+    pub type_: HookType,
+    /// The webhook that answered non-2xx; absent once the gate opened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<String>,
 }
 
 fn empty_phase_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CanaryPhase>, D::Error> {
