@@ -255,7 +255,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("{missing}\nrunning `serin sandbox setup` first (once per machine)");
                 serin::sandbox::setup::run()?;
             }
-            let ok = runtime()?.block_on(serin::demo::run(serin::demo::DemoOptions { keep, gitops }))?;
+            let ok =
+                runtime()?.block_on(serin::demo::run(serin::demo::DemoOptions { keep, gitops }))?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {

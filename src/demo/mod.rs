@@ -123,7 +123,10 @@ async fn story(opts: &DemoOptions, stage: &mut Stage) -> anyhow::Result<bool> {
     let kubeconfig = sandbox.kubeconfig_path().display().to_string();
     let prometheus = sandbox.prometheus_url().to_string();
     let tester_port = free_port()?;
-    println!("==> starting serin controller and serin loadtester (logs in {})", sandbox.logs_dir().display());
+    println!(
+        "==> starting serin controller and serin loadtester (logs in {})",
+        sandbox.logs_dir().display()
+    );
     sandbox.spawn_service(
         "serin-controller",
         &exe,
@@ -163,13 +166,23 @@ async fn story(opts: &DemoOptions, stage: &mut Stage) -> anyhow::Result<bool> {
     let client = sandbox.client();
     stage.sandbox = Some(sandbox);
 
-    let work = stage_dir(stage)?.join("gitops");
-    copy_dir(&opts.gitops, &work)?;
+    // The example refers to its siblings (deploy/loadtester), so the whole deploy/ is copied.
+    let parent = opts
+        .gitops
+        .parent()
+        .context("--gitops must be a directory inside deploy/")?;
+    let name = opts.gitops.file_name().context("--gitops has no name")?;
+    let root = stage_dir(stage)?.join("deploy");
+    copy_dir(parent, &root)?;
+    let work = root.join(name);
     let local = Localize {
         loadtester: format!("http://127.0.0.1:{tester_port}/"),
         ingress: ingress.to_string(),
     };
-    println!("==> applying the GitOps example as Flux would ({})", opts.gitops.display());
+    println!(
+        "==> applying the GitOps example as Flux would ({})",
+        opts.gitops.display()
+    );
     let apps = work.join("apps");
     let objs = local.apply(&client, &apps).await?;
     let ns = namespace_of(&objs, APP).context("the example has no backend Canary")?;
@@ -182,10 +195,17 @@ async fn story(opts: &DemoOptions, stage: &mut Stage) -> anyhow::Result<bool> {
     let kustomization = apps.join(APP).join("kustomization.yaml");
     let mut releases = Vec::new();
     let old_tag = current_tag(&kustomization)?;
-    for (tag, faulty) in [(next_tag(&old_tag, 1), false), (next_tag(&old_tag, 2), true)] {
+    for (tag, faulty) in [
+        (next_tag(&old_tag, 1), false),
+        (next_tag(&old_tag, 2), true),
+    ] {
         println!(
             "\n==> release {tag}{}: bump images[0].newTag in apps/{APP}/kustomization.yaml and apply",
-            if faulty { " (faulty: its pods answer half of the requests with 500)" } else { "" }
+            if faulty {
+                " (faulty: its pods answer half of the requests with 500)"
+            } else {
+                ""
+            }
         );
         crate::gitops::bump_tag(&kustomization, &tag)?;
         if faulty {
@@ -212,10 +232,17 @@ async fn story(opts: &DemoOptions, stage: &mut Stage) -> anyhow::Result<bool> {
             println!("  {}", m.render());
         }
     }
-    println!("\n==> summary ({:.0} s in all)\n{}", t0.elapsed().as_secs_f64(), summary(&releases));
+    println!(
+        "\n==> summary ({:.0} s in all)\n{}",
+        t0.elapsed().as_secs_f64(),
+        summary(&releases)
+    );
     let ok = story_ok(&releases, &old_tag);
     if ok {
-        println!("The good release was promoted; the faulty one was rolled back and the primary kept serving {}.", releases[0].tag);
+        println!(
+            "The good release was promoted; the faulty one was rolled back and the primary kept serving {}.",
+            releases[0].tag
+        );
     } else {
         println!("The story did not go as expected; see the events above and the logs.");
     }
@@ -379,7 +406,9 @@ async fn wait_initialized(
 ) -> anyhow::Result<()> {
     let api: Api<Canary> = Api::namespaced(client.clone(), ns);
     let deadline = Instant::now() + Duration::from_secs(120);
-    println!("==> waiting for serin to initialize {APP} (primary Deployment, Services, VirtualService)");
+    println!(
+        "==> waiting for serin to initialize {APP} (primary Deployment, Services, VirtualService)"
+    );
     loop {
         follow.events(true).await;
         if let Ok(Some(c)) = api.get_opt(APP).await
@@ -452,7 +481,9 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -476,8 +507,14 @@ mod tests {
         let l = local();
         for (from, to) in [
             ("http://flagger-loadtester.test/", "http://127.0.0.1:9999/"),
-            ("http://flagger-loadtester.test/gate/check", "http://127.0.0.1:9999/gate/check"),
-            ("http://loadtester.istio-system.svc.cluster.local/rollback/check", "http://127.0.0.1:9999/rollback/check"),
+            (
+                "http://flagger-loadtester.test/gate/check",
+                "http://127.0.0.1:9999/gate/check",
+            ),
+            (
+                "http://loadtester.istio-system.svc.cluster.local/rollback/check",
+                "http://127.0.0.1:9999/rollback/check",
+            ),
             ("https://hooks.example.com/x", "https://hooks.example.com/x"),
             ("not a url", "not a url"),
         ] {
@@ -511,7 +548,10 @@ mod tests {
         ]}}});
         l.transform(&mut c);
         assert_eq!(c["spec"]["analysis"]["interval"], DEMO_INTERVAL);
-        assert_eq!(c["spec"]["analysis"]["webhooks"][0]["url"], "http://127.0.0.1:9999/");
+        assert_eq!(
+            c["spec"]["analysis"]["webhooks"][0]["url"],
+            "http://127.0.0.1:9999/"
+        );
         assert_eq!(
             c["spec"]["analysis"]["webhooks"][0]["metadata"]["cmd"],
             "hey -z 1m -host backend-canary.apps http://127.0.0.1:8000/"
@@ -530,11 +570,24 @@ mod tests {
         std::fs::write(&d, "# c\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: backend\nspec:\n  template:\n    metadata:\n      labels:\n        app: backend\n    spec:\n      containers:\n        - name: backend\n          image: podinfo:6.0.0\n").unwrap();
         add_fault(&d).unwrap();
         let v: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&d).unwrap()).unwrap();
-        assert_eq!(v["spec"]["template"]["metadata"]["annotations"]["serin.dev/simulate"], FAULT);
-        assert_eq!(v["spec"]["template"]["metadata"]["labels"]["app"], "backend");
-        assert_eq!(v["spec"]["template"]["spec"]["containers"][0]["image"], "podinfo:6.0.0");
+        assert_eq!(
+            v["spec"]["template"]["metadata"]["annotations"]["serin.dev/simulate"],
+            FAULT
+        );
+        assert_eq!(
+            v["spec"]["template"]["metadata"]["labels"]["app"],
+            "backend"
+        );
+        assert_eq!(
+            v["spec"]["template"]["spec"]["containers"][0]["image"],
+            "podinfo:6.0.0"
+        );
         let k = dir.join("kustomization.yaml");
-        std::fs::write(&k, "resources: [a.yaml]\nimages:\n  - name: podinfo\n    newTag: 6.0.0\n").unwrap();
+        std::fs::write(
+            &k,
+            "resources: [a.yaml]\nimages:\n  - name: podinfo\n    newTag: 6.0.0\n",
+        )
+        .unwrap();
         assert_eq!(current_tag(&k).unwrap(), "6.0.0");
         std::fs::write(&k, "resources: [a.yaml]\n").unwrap();
         assert!(current_tag(&k).is_err());
@@ -564,8 +617,17 @@ mod tests {
         let bad = release("6.0.2", "Failed", "podinfo:6.0.1");
         assert!(story_ok(&[good.clone(), bad.clone()], "6.0.0"));
         assert!(!story_ok(&[good.clone()], "6.0.0"));
-        assert!(!story_ok(&[release("6.0.1", "Failed", "podinfo:6.0.0"), bad.clone()], "6.0.0"));
-        assert!(!story_ok(&[good.clone(), release("6.0.2", "Succeeded", "podinfo:6.0.2")], "6.0.0"));
-        assert!(!story_ok(&[good, release("6.0.2", "Failed", "podinfo:6.0.2")], "6.0.0"));
+        assert!(!story_ok(
+            &[release("6.0.1", "Failed", "podinfo:6.0.0"), bad.clone()],
+            "6.0.0"
+        ));
+        assert!(!story_ok(
+            &[good.clone(), release("6.0.2", "Succeeded", "podinfo:6.0.2")],
+            "6.0.0"
+        ));
+        assert!(!story_ok(
+            &[good, release("6.0.2", "Failed", "podinfo:6.0.2")],
+            "6.0.0"
+        ));
     }
 }

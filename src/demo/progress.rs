@@ -202,9 +202,7 @@ impl Follower {
                 );
                 last = snap;
                 self.events(true).await;
-                if started
-                    && matches!(phase, Some(CanaryPhase::Succeeded | CanaryPhase::Failed))
-                {
+                if started && matches!(phase, Some(CanaryPhase::Succeeded | CanaryPhase::Failed)) {
                     return Ok((last, steps));
                 }
             }
@@ -219,7 +217,15 @@ mod tests {
 
     #[test]
     fn bar_fills_one_cell_per_ten_percent() {
-        for (w, filled) in [(0, 0), (1, 1), (10, 1), (25, 3), (100, 10), (150, 10), (-5, 0)] {
+        for (w, filled) in [
+            (0, 0),
+            (1, 1),
+            (10, 1),
+            (25, 3),
+            (100, 10),
+            (150, 10),
+            (-5, 0),
+        ] {
             let b = bar(w);
             assert_eq!(b.matches('█').count(), filled, "weight {w}: {b}");
             assert_eq!(b.chars().count(), 12, "weight {w}: {b}");
@@ -232,7 +238,10 @@ mod tests {
             phase: "Progressing".into(),
             weight: 40,
             failed_checks: 1,
-            metrics: vec![("request-success-rate".into(), Some(98.5)), ("x".into(), None)],
+            metrics: vec![
+                ("request-success-rate".into(), Some(98.5)),
+                ("x".into(), None),
+            ],
         };
         let line = s.line(2);
         assert!(line.contains(" 40%"), "{line}");
@@ -261,7 +270,10 @@ mod tests {
         ]);
         let rows: Vec<&str> = t.lines().collect();
         assert_eq!(rows.len(), 3);
-        assert!(rows[1].contains("20→40→60") && rows[1].contains("71s"), "{t}");
+        assert!(
+            rows[1].contains("20→40→60") && rows[1].contains("71s"),
+            "{t}"
+        );
         assert!(rows[2].contains("Failed") && rows[2].contains(" - "), "{t}");
     }
 }

@@ -29,7 +29,11 @@ impl Message {
         let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
         let fields = a["fields"]
             .as_array()
-            .map(|fs| fs.iter().map(|f| (s(&f["title"]), s(&f["value"]))).collect())
+            .map(|fs| {
+                fs.iter()
+                    .map(|f| (s(&f["title"]), s(&f["value"])))
+                    .collect()
+            })
             .unwrap_or_default();
         let text = if a.is_null() {
             body.to_string()
@@ -134,7 +138,10 @@ mod tests {
         let m = Message::parse(&body);
         assert_eq!(m.author, "backend.apps");
         assert_eq!(m.color, "danger");
-        assert_eq!(m.fields, vec![("Target".into(), "Deployment/backend.apps".into())]);
+        assert_eq!(
+            m.fields,
+            vec![("Target".into(), "Deployment/backend.apps".into())]
+        );
         assert!(m.render().starts_with("✗ backend.apps: Failed checks"));
     }
 
@@ -149,7 +156,12 @@ mod tests {
             .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(r.messages()[0].text, "hi");
-        let bad = reqwest::Client::new().post(r.url()).body("{").send().await.unwrap();
+        let bad = reqwest::Client::new()
+            .post(r.url())
+            .body("{")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(bad.status(), 400);
         assert_eq!(r.messages().len(), 1);
     }
