@@ -166,14 +166,27 @@ fn render_values(dir: &Path, visiting: &mut Vec<PathBuf>) -> Result<Vec<Value>, 
     }
     if let Some(ns) = &k.namespace {
         for o in objects.iter_mut() {
+            // kustomize moves ServiceAccount subjects that have no namespace or the binding's old
+            // one along with the binding (checked against kubectl kustomize in tests/gitops.rs);
+            // others it treats by rules this renderer does not copy, so those are refused.
             if matches!(kind_of(o), "RoleBinding" | "ClusterRoleBinding") {
-                return Err(invalid(
-                    &file,
-                    format!(
-                        "namespace: {}: kustomize also rewrites the subjects of bindings, which serin's renderer does not; set the namespace in the binding itself",
-                        id_of(o)
-                    ),
-                ));
+                let old = o["metadata"]["namespace"].clone();
+                if let Some(subjects) = o["subjects"].as_array_mut() {
+                    for subject in subjects {
+                        let moves = subject.get("namespace").is_none_or(|n| *n == old);
+                        if subject["kind"] == "ServiceAccount" && moves {
+                            subject["namespace"] = serde_json::Value::from(ns.clone());
+                        } else if subject.get("namespace").is_some() {
+                            return Err(invalid(
+                                &file,
+                                format!(
+                                    "namespace: {}: a subject in another namespace; kustomize may rewrite it by rules serin's renderer does not copy",
+                                    id_of(o)
+                                ),
+                            ));
+                        }
+                    }
+                }
             }
             set_object_namespace(o, ns);
         }

@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod api;
 pub mod controller;
+pub mod demo;
 pub mod gitops;
 pub mod hooks;
 pub mod loadtester;

@@ -26,6 +26,16 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
+    /// See serin work: a sandbox, a GitOps release promoted and a faulty one rolled back
+    /// (set-up included; about three minutes after the first set-up).
+    Demo {
+        /// Leave the sandbox running at the end and print how to explore it.
+        #[arg(long)]
+        keep: bool,
+        /// The GitOps example to apply (a copy is edited, never the original).
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/gitops"))]
+        gitops: PathBuf,
+    },
     /// Run the controller against the cluster of the kubeconfig (or in-cluster).
     Controller(Box<ControllerArgs>),
     /// A flagger-loadtester compatible webhook server: gates, `cmd`/`bash`/`helm`/`kubectl` tasks.
@@ -235,6 +245,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut out = std::io::stdout().lock();
             let problems = serin::api::lint::run(&files, &mut out)?;
             Ok(if problems == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Demo { keep, gitops } => {
+            if let Err(missing) = serin::sandbox::locate() {
+                eprintln!("{missing}\nrunning `serin sandbox setup` first (once per machine)");
+                serin::sandbox::setup::run()?;
+            }
+            let ok =
+                runtime()?.block_on(serin::demo::run(serin::demo::DemoOptions { keep, gitops }))?;
+            Ok(if ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

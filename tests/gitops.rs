@@ -69,8 +69,13 @@ fn sorted(mut vs: Vec<Value>) -> Vec<Value> {
 /// The renderer agrees with kustomize itself (kubectl's, v5 here) on every app of the example.
 #[test]
 fn the_renderer_agrees_with_kubectl_kustomize_on_the_example() {
-    for app in APPS {
-        let dir = example().join("apps").join(app);
+    let apps = example().join("apps");
+    let dirs = APPS
+        .iter()
+        .map(|a| apps.join(a))
+        .chain([apps.join("loadtester"), apps.clone()]);
+    for dir in dirs {
+        let app = dir.display().to_string();
         let out = Command::new("kubectl")
             .arg("kustomize")
             .arg(&dir)

@@ -224,10 +224,10 @@ fn what_the_renderer_cannot_do_is_refused_by_name() {
                 ),
                 (
                     "k/rb.yaml",
-                    "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: x}\n",
+                    "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: x}\nsubjects: [{kind: ServiceAccount, name: x, namespace: b}]\n",
                 ),
             ],
-            "rewrites the subjects",
+            "a subject in another namespace",
         ),
         (
             &[

@@ -363,6 +363,17 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Starts a program beside the control plane (the demo's controller and load tester). It is
+    /// supervised like the others: its death shows in [`Sandbox::died`], and it stops with them.
+    pub fn spawn_service(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+    ) -> Result<(), Error> {
+        self.spawn(name, program, args)
+    }
+
     fn spawn(&mut self, name: &str, program: &Path, args: &[String]) -> Result<(), Error> {
         let died = self.died.clone();
         let child = Supervised::spawn(
