@@ -616,7 +616,7 @@ mod tests {
         let good = release("6.0.1", "Succeeded", "podinfo:6.0.1");
         let bad = release("6.0.2", "Failed", "podinfo:6.0.1");
         assert!(story_ok(&[good.clone(), bad.clone()], "6.0.0"));
-        assert!(!story_ok(&[good.clone()], "6.0.0"));
+        assert!(!story_ok(std::slice::from_ref(&good), "6.0.0"));
         assert!(!story_ok(
             &[release("6.0.1", "Failed", "podinfo:6.0.0"), bad.clone()],
             "6.0.0"
