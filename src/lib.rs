@@ -4,6 +4,7 @@
 //! sandbox demo drive exactly the code the controller runs.
 
 pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod hooks;
 pub mod metrics;
