@@ -36,10 +36,14 @@ struct Run {
 
 /// Runs `serin ARGS --kubeconfig <sandbox> -n <ns>` to completion.
 async fn serin(w: &World, args: &[&str]) -> Run {
+    serin_with(w, w.env.kubeconfig_path(), args).await
+}
+
+async fn serin_with(w: &World, kubeconfig: &std::path::Path, args: &[&str]) -> Run {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_serin"))
         .args(args)
         .arg("--kubeconfig")
-        .arg(w.env.kubeconfig_path())
+        .arg(kubeconfig)
         .args(["-n", &w.ns])
         .kill_on_drop(true)
         .output()
@@ -220,8 +224,16 @@ async fn abort_rolls_back_at_once_and_leaves_the_primary_alone() {
         .await;
     let watcher = watch_status(&w, "podinfo");
     w.wait_weight("podinfo", 10).await;
-    let a = serin(&w, &["abort", "podinfo"]).await;
+    // The kubeconfig's user entry is only a label: who asked is what the API server says.
+    let relabelled = w.env.logs_dir().join(format!("kubeconfig-{}", w.ns));
+    let text = std::fs::read_to_string(w.env.kubeconfig_path()).unwrap();
+    let text = text
+        .replace("name: admin", "name: some-label")
+        .replace("user: admin", "user: some-label");
+    std::fs::write(&relabelled, text).unwrap();
+    let a = serin_with(&w, &relabelled, &["abort", "podinfo"]).await;
     assert_eq!(a.code, 0, "{}{}", a.stdout, a.stderr);
+    assert!(a.stdout.contains("by admin (TokenReview)"), "{}", a.stdout);
     assert!(
         a.stdout
             .contains(&text::rolling_back_requested(&q, "admin")),
@@ -259,6 +271,13 @@ async fn abort_rolls_back_at_once_and_leaves_the_primary_alone() {
     assert!(watched.stdout.contains("Failed"), "{}", watched.stdout);
     let st = serin(&w, &["status", "podinfo"]).await;
     assert_eq!(st.code, 1, "{}", st.stdout);
+    let missing = serin(&w, &["status", "no-such-canary"]).await;
+    assert_eq!(missing.code, 3, "{}{}", missing.stdout, missing.stderr);
+    assert!(
+        missing.stderr.contains("no-such-canary"),
+        "{}",
+        missing.stderr
+    );
     // The rejected revision is not analysed again by itself.
     tokio::time::sleep(Duration::from_secs(12)).await;
     let c = w.canary("podinfo").await;
