@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams};
 
-use super::{Session, age, event_time};
+use super::{Session, age, event_order};
 use crate::api::Canary;
 use crate::controller::state::to_chrono;
 
@@ -41,16 +41,16 @@ pub fn table(
     all_namespaces: bool,
     now: DateTime<Utc>,
 ) -> String {
-    type Newest = (Option<DateTime<Utc>>, String);
+    type Newest = ((Option<DateTime<Utc>>, u64), String);
     let mut newest: HashMap<(String, String), Newest> = HashMap::new();
     for e in events {
         let key = (
             e.involved_object.namespace.clone().unwrap_or_default(),
             e.involved_object.name.clone().unwrap_or_default(),
         );
-        let t = event_time(e);
+        let t = event_order(e);
         let msg = e.message.clone().unwrap_or_default();
-        let entry = newest.entry(key).or_insert((None, String::new()));
+        let entry = newest.entry(key).or_insert(((None, 0), String::new()));
         if entry.1.is_empty() || t >= entry.0 {
             *entry = (t, msg);
         }
@@ -146,7 +146,15 @@ mod tests {
     }
 
     fn event(ns: &str, name: &str, at: &str, msg: &str) -> Event {
+        event_rv(ns, name, at, msg, "1")
+    }
+
+    fn event_rv(ns: &str, name: &str, at: &str, msg: &str, rv: &str) -> Event {
         Event {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
             involved_object: ObjectReference {
                 kind: Some("Canary".into()),
                 namespace: Some(ns.into()),
@@ -211,6 +219,33 @@ mod tests {
         );
         let one_ns = table(&canaries[..1], &events, false, now());
         assert!(one_ns.starts_with("NAME   PHASE"), "{one_ns}");
+    }
+
+    #[test]
+    fn within_one_second_the_later_write_is_the_newest_event() {
+        let canaries = [canary("a", "web", json!({"phase": "Initialized"}))];
+        let at = "2026-01-01T00:59:00Z";
+        let events = [
+            event_rv("a", "web", at, "Initialization done! web.a", "120"),
+            event_rv(
+                "a",
+                "web",
+                at,
+                "all the metrics providers are available!",
+                "119",
+            ),
+        ];
+        for order in [[0, 1], [1, 0]] {
+            let evs = [events[order[0]].clone(), events[order[1]].clone()];
+            let out = table(&canaries, &evs, false, now());
+            assert!(
+                out.lines()
+                    .nth(1)
+                    .unwrap()
+                    .ends_with("Initialization done! web.a"),
+                "{out}"
+            );
+        }
     }
 
     #[test]

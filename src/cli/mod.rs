@@ -92,9 +92,21 @@ impl Session {
             "involvedObject.kind=Canary,involvedObject.name={name}"
         ));
         let mut events = api.list(&lp).await?.items;
-        events.sort_by_key(event_time);
+        events.sort_by_key(event_order);
         Ok(events)
     }
+}
+
+/// Order of Events: by when they last happened, then, within the same second (timestamps have
+/// second precision), by the order the API server stored them.
+pub fn event_order(e: &Event) -> (Option<chrono::DateTime<chrono::Utc>>, u64) {
+    let rv = e
+        .metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (event_time(e), rv)
 }
 
 /// When an Event last happened (lastTimestamp, else eventTime, else firstTimestamp).
