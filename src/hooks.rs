@@ -1,11 +1,15 @@
 //! Webhook calls and their payloads (flagger-compat.md §6.1).
 //!
-//! This is the first cut the rollout engine needs: one POST per hook with Flagger's payload, the
-//! per-hook timeout, `disableTLS`, and success meaning a status of at most 202. Retries with
-//! backoff, event webhooks and the gate bookkeeping come with the webhooks issue.
+//! One call is a POST of Flagger's JSON payload; a status of at most 202 is success. `retries`
+//! repeats an attempt that could succeed next time (no answer, 5xx except 501, 429) with
+//! go-retryablehttp's backoff (1 s doubling up to 30 s, or the server's `Retry-After`). Unlike
+//! Flagger, a call is bounded: no attempt starts more than [`RetryPolicy::budget`] after the first
+//! one and at most [`RetryPolicy::max_retries`] retries are made, so a gate, a pre-rollout check
+//! or a rollback check can hold one reconcile for at most the budget plus one timeout. And the
+//! response body survives the last retry, so the "Halt ... failed <err>" Event shows why.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -22,59 +26,272 @@ pub struct Payload {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// Calls one webhook. `Ok` on a status up to 202; `Err` carries the trimmed response body (or the
-/// transport error), which ends up in the "Halt ... failed <err>" event.
+/// The payload for `hook`: the canary's fields with the hook's own metadata.
+pub fn hook_payload(base: &Payload, hook: &CanaryWebhook) -> Payload {
+    Payload {
+        metadata: hook.metadata.clone(),
+        ..base.clone()
+    }
+}
+
+/// The payload of an `event` hook: the hook's metadata under `eventMessage`, `eventType`
+/// (`Normal`/`Warning`) and `timestamp` (Unix milliseconds as a string), which the user's keys
+/// cannot override.
+pub fn event_payload(
+    base: &Payload,
+    hook: &CanaryWebhook,
+    message: &str,
+    warning: bool,
+    unix_ms: i64,
+) -> Payload {
+    let mut metadata = hook.metadata.clone();
+    metadata.insert("eventMessage".into(), message.into());
+    metadata.insert(
+        "eventType".into(),
+        if warning { "Warning" } else { "Normal" }.into(),
+    );
+    metadata.insert("timestamp".into(), unix_ms.to_string());
+    Payload {
+        metadata,
+        ..base.clone()
+    }
+}
+
+/// How retries are paced and bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// First wait; it doubles per retry (go-retryablehttp's `RetryWaitMin`).
+    pub wait_min: Duration,
+    /// Longest wait, also for a server's `Retry-After` (`RetryWaitMax`).
+    pub wait_max: Duration,
+    /// No attempt starts later than this after the first one.
+    pub budget: Duration,
+    /// `retries` above this are treated as this.
+    pub max_retries: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            wait_min: Duration::from_secs(1),
+            wait_max: Duration::from_secs(30),
+            budget: Duration::from_secs(120),
+            max_retries: 10,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `retry` (0-based): `wait_min * 2^retry`, or the server's
+    /// `Retry-After`, at most `wait_max`.
+    pub fn backoff(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        let wait = match retry_after {
+            Some(d) => d,
+            None => self
+                .wait_min
+                .checked_mul(1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX))
+                .unwrap_or(self.wait_max),
+        };
+        wait.min(self.wait_max)
+    }
+}
+
+/// How a call ended, for `serin_webhook_calls_total{outcome}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered with a status of at most 202.
+    Success,
+    /// Answered with another status.
+    Failure,
+    /// No answer: connection refused, timeout, TLS, a malformed URL.
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// A failed call: the text goes into Flagger's "... failed <err>" Events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallError {
+    pub outcome: Outcome,
+    pub message: String,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Why an attempt got no answer, as far as retrying is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// The request could not be built (a malformed URL): retrying cannot help.
+    Invalid,
+    /// Too many redirects.
+    Redirects,
+    /// The server's certificate was refused: retrying cannot help.
+    Certificate,
+    /// Connection refused or reset, DNS, timeout: may work next time.
+    Transient,
+}
+
+/// What one attempt got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    Answered {
+        status: u16,
+        body: String,
+        retry_after: Option<Duration>,
+    },
+    NoAnswer {
+        kind: Transport,
+        message: String,
+    },
+}
+
+impl Attempt {
+    fn succeeded(&self) -> bool {
+        matches!(self, Attempt::Answered { status, .. } if (200..=202).contains(status))
+    }
+
+    /// go-retryablehttp's default policy: no answer (unless it cannot get better), 5xx other
+    /// than 501, and 429.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Attempt::Answered { status, .. } => {
+                *status == 429 || (*status >= 500 && *status != 501)
+            }
+            Attempt::NoAnswer { kind, .. } => *kind == Transport::Transient,
+        }
+    }
+}
+
+/// The longest part of a response body that goes into an Event.
+const BODY_LIMIT: usize = 512;
+
+/// The error text of a final attempt: the trimmed body, or the status when the body is empty.
+fn error_of(attempt: Attempt, attempts: u32) -> CallError {
+    let (outcome, mut message) = match attempt {
+        Attempt::Answered { status, body, .. } => {
+            let body = body.trim();
+            let text = if body.is_empty() {
+                let reason = reqwest::StatusCode::from_u16(status)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("");
+                format!("{status} {reason}").trim().to_string()
+            } else {
+                body.chars().take(BODY_LIMIT).collect()
+            };
+            (Outcome::Failure, text)
+        }
+        Attempt::NoAnswer { message, .. } => (Outcome::Error, message),
+    };
+    if attempts > 1 {
+        message.push_str(&format!(" (giving up after {attempts} attempts)"));
+    }
+    CallError { outcome, message }
+}
+
+/// Calls one webhook with its timeout, TLS setting and retries. `Ok` on a status up to 202.
 pub async fn call(
     http: &reqwest::Client,
     insecure: &reqwest::Client,
     hook: &CanaryWebhook,
     payload: &Payload,
-) -> Result<(), String> {
-    let client = if hook.disable_tls() { insecure } else { http };
-    let body = Payload {
-        metadata: hook.metadata.clone(),
-        ..payload.clone()
-    };
-    let timeout: Duration = hook.timeout();
-    let resp = client
-        .post(&hook.url)
-        .timeout(timeout)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| transport_error(&hook.url, &e))?;
-    let status = resp.status();
-    if status.as_u16() <= 202 && status.is_success() {
-        return Ok(());
-    }
-    let text = resp.text().await.unwrap_or_default();
-    let text = text.trim();
-    Err(if text.is_empty() {
-        format!(
-            "{} {}",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("")
-        )
-        .trim()
-        .to_string()
-    } else {
-        text.chars().take(512).collect()
-    })
+) -> Result<(), CallError> {
+    call_with(http, insecure, hook, payload, RetryPolicy::default()).await
 }
 
-fn transport_error(url: &str, e: &reqwest::Error) -> String {
+pub async fn call_with(
+    http: &reqwest::Client,
+    insecure: &reqwest::Client,
+    hook: &CanaryWebhook,
+    payload: &Payload,
+    policy: RetryPolicy,
+) -> Result<(), CallError> {
+    let client = if hook.disable_tls() { insecure } else { http };
+    let retries = (hook.retries().max(0) as u32).min(policy.max_retries);
+    let start = Instant::now();
+    let mut attempts = 0;
+    loop {
+        let attempt = attempt(client, &hook.url, hook.timeout(), payload).await;
+        attempts += 1;
+        if attempt.succeeded() {
+            return Ok(());
+        }
+        if !attempt.retryable() || attempts > retries {
+            return Err(error_of(attempt, attempts));
+        }
+        let retry_after = match &attempt {
+            Attempt::Answered { retry_after, .. } => *retry_after,
+            Attempt::NoAnswer { .. } => None,
+        };
+        let wait = policy.backoff(attempts - 1, retry_after);
+        if start.elapsed() + wait > policy.budget {
+            return Err(error_of(attempt, attempts));
+        }
+        tracing::debug!(url = %hook.url, attempt = attempts, "webhook retry in {wait:?}");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn attempt(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+    payload: &Payload,
+) -> Attempt {
+    let resp = match client.post(url).timeout(timeout).json(payload).send().await {
+        Ok(r) => r,
+        Err(e) => return no_answer(url, &e),
+    };
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    // A body cut off by the timeout still tells the status.
+    let body = resp.text().await.unwrap_or_default();
+    Attempt::Answered {
+        status,
+        body,
+        retry_after,
+    }
+}
+
+fn no_answer(url: &str, e: &reqwest::Error) -> Attempt {
     use std::error::Error as _;
-    let mut out = format!("POST {url}: {e}");
+    let mut message = format!("POST {url}: {e}");
     let mut src = e.source();
     while let Some(s) = src {
         let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
+        if !message.contains(&t) {
+            message.push_str(": ");
+            message.push_str(&t);
         }
         src = s.source();
     }
-    out
+    let kind = if e.is_builder() {
+        Transport::Invalid
+    } else if e.is_redirect() {
+        Transport::Redirects
+    } else if message.to_ascii_lowercase().contains("certificate") {
+        Transport::Certificate
+    } else {
+        Transport::Transient
+    };
+    Attempt::NoAnswer { kind, message }
 }
 
 /// Flagger's webhook checksum: a hash of the tracked configs and the last applied spec, so a
@@ -85,3 +302,6 @@ pub fn checksum(last_applied: Option<&str>, tracked: &BTreeMap<String, String>) 
     let digest = Sha256::digest(json.to_string().as_bytes());
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests;

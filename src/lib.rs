@@ -3,10 +3,13 @@
 //! The crate is one library with a thin binary on top (`src/main.rs`), so that the tests and the
 //! sandbox demo drive exactly the code the controller runs.
 
+pub mod alerts;
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod gitops;
 pub mod hooks;
+pub mod loadtester;
 pub mod metrics;
 pub mod rollout;
 pub mod router;

@@ -27,7 +27,10 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// Run the controller against the cluster of the kubeconfig (or in-cluster).
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
+    /// A flagger-loadtester compatible webhook server: gates, `cmd`/`bash`/`helm`/`kubectl` tasks.
+    #[command(long_about = LOADTESTER_ABOUT)]
+    Loadtester(LoadtesterArgs),
     /// The local control plane: a real API server, controller manager, etcd and Prometheus.
     Sandbox {
         #[command(subcommand)]
@@ -99,7 +102,142 @@ struct ControllerArgs {
     log_level: String,
     #[arg(long, value_enum, default_value = "text")]
     log_format: serin::telemetry::LogFormat,
+    #[command(flatten)]
+    leader: LeaderArgs,
+    /// Alerts: the global notifier and the cluster name (boxed: it is large).
+    #[command(flatten)]
+    alerts: Box<serin::alerts::GlobalArgs>,
 }
+
+/// Leader election (several replicas, one writes).
+#[derive(clap::Args)]
+struct LeaderArgs {
+    /// Run only while holding a coordination.k8s.io/v1 Lease; otherwise stand by.
+    #[arg(long)]
+    leader_elect: bool,
+    /// How long others wait after the last renewal they saw before taking the Lease over.
+    #[arg(long, default_value = "15s", value_parser = serin::controller::leader::parse_duration)]
+    leader_elect_lease_duration: std::time::Duration,
+    /// How long the leader keeps writing without a successful renewal (below the lease duration).
+    #[arg(long, default_value = "10s", value_parser = serin::controller::leader::parse_duration)]
+    leader_elect_renew_deadline: std::time::Duration,
+    /// Pause between attempts to acquire or renew the Lease.
+    #[arg(long, default_value = "2s", value_parser = serin::controller::leader::parse_duration)]
+    leader_elect_retry_period: std::time::Duration,
+    /// Namespace of the Lease; default: $POD_NAMESPACE, the pod's namespace, or `default`.
+    #[arg(long)]
+    leader_elect_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(long, default_value = "serin-leader")]
+    leader_elect_lease_name: String,
+}
+
+impl LeaderArgs {
+    /// The holder identity is $POD_NAME, else hostname_pid.
+    fn options(self) -> Option<serin::controller::leader::LeaderOptions> {
+        use serin::controller::leader;
+        self.leader_elect.then(|| leader::LeaderOptions {
+            namespace: self
+                .leader_elect_namespace
+                .unwrap_or_else(leader::default_namespace),
+            name: self.leader_elect_lease_name,
+            identity: leader::default_identity(),
+            lease_duration: self.leader_elect_lease_duration,
+            renew_deadline: self.leader_elect_renew_deadline,
+            retry_period: self.leader_elect_retry_period,
+        })
+    }
+}
+
+// ---- serin loadtester (issue 4 §2) ----
+const LOADTESTER_ABOUT: &str =
+    "A flagger-loadtester compatible webhook server: /gate/*, /rollback/* \
+and tasks on / (cmd, bash, helm, kubectl).
+
+Gate state: with an API server (in-cluster, or --kubeconfig given) open gates are kept in the \
+ConfigMap --state-configmap of the load tester's namespace and survive a restart. Without one they \
+are kept in memory only, as in Flagger, and are closed again after a restart.";
+
+#[derive(clap::Args)]
+struct LoadtesterArgs {
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    address: std::net::IpAddr,
+    /// Timeout of each command (Go duration: 1h, 90s, 1m30s).
+    #[arg(long, default_value = "1h", value_parser = serin::api::parse_go_duration)]
+    timeout: std::time::Duration,
+    /// Run tasks only for payload namespaces matching this regular expression (403 otherwise).
+    #[arg(long)]
+    namespace_regexp: Option<regex::Regex>,
+    /// Kubeconfig for storing gate state; default: in-cluster when running in a pod, else no API
+    /// server (gates in memory only, lost on restart).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace of the gate ConfigMap; default: $POD_NAMESPACE, else the in-cluster or
+    /// kubeconfig namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Name of the ConfigMap holding the open gates.
+    #[arg(long, default_value = "serin-loadtester-gates")]
+    state_configmap: String,
+    /// debug, info, warn or error.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: serin::telemetry::LogFormat,
+}
+
+async fn loadtester(args: LoadtesterArgs) -> anyhow::Result<()> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            Some(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)
+        }
+        None => kube::Config::incluster().ok(),
+    };
+    let gates = match config {
+        Some(config) => {
+            let namespace = args
+                .namespace
+                .clone()
+                .or_else(|| {
+                    std::env::var("POD_NAMESPACE")
+                        .ok()
+                        .filter(|s| !s.is_empty())
+                })
+                .unwrap_or_else(|| config.default_namespace.clone());
+            let client = kube::Client::try_from(config)?;
+            serin::loadtester::Gates::in_config_map(client, &namespace, &args.state_configmap)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot read or create ConfigMap {namespace}/{} for the gate state: {e} \
+                         (the load tester's service account needs get, create and patch on configmaps)",
+                        args.state_configmap
+                    )
+                })?
+        }
+        None => {
+            tracing::warn!(
+                "no API server (not in a cluster and no --kubeconfig): gates are kept in memory \
+                 and do not survive a restart"
+            );
+            serin::loadtester::Gates::in_memory()
+        }
+    };
+    let opts = serin::loadtester::Options {
+        timeout: args.timeout,
+        namespace_regexp: args.namespace_regexp,
+    };
+    let lt = serin::loadtester::LoadTester::new(opts, gates);
+    let addr = std::net::SocketAddr::new(args.address, args.port);
+    serin::loadtester::run(addr, lt, shutdown_signal()).await
+}
+// ---- end serin loadtester ----
 
 #[derive(Subcommand)]
 enum SandboxCommand {
@@ -146,7 +284,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Controller(args) => {
             serin::telemetry::init_logging(&args.log_level, args.log_format);
-            runtime()?.block_on(controller(args))?;
+            runtime()?.block_on(controller(*args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Loadtester(args) => {
+            serin::telemetry::init_logging(&args.log_level, args.log_format);
+            runtime()?.block_on(loadtester(args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sandbox { command } => match command {
@@ -219,29 +362,35 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         }
         None => kube::Config::infer().await?,
     };
-    let client = kube::Client::try_from(config)?;
     let opts = serin::controller::Options {
         namespace: args.namespace,
         metrics_server: args.metrics_server,
         concurrency: args.concurrency,
         listen: Some(args.listen),
+        leader: args.leader.options(),
+        alerts: *args.alerts,
     };
-    serin::controller::run(client, opts, shutdown_signal()).await
+    serin::controller::run_with_config(config, opts, shutdown_signal()).await
 }
 
-/// Resolves on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on SIGTERM (how Kubernetes stops a pod) or Ctrl-C. The SIGTERM handler is installed
+/// at once, not at the first poll: `/healthz` answers before the controller starts, and a SIGTERM
+/// in between must still stop it cleanly.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        let term = async {
+            match term {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
 

@@ -14,6 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+pub mod ops;
+
 /// Log output format of `--log-format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -79,6 +81,37 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+// ---- webhooks (serin_webhook_calls_total) ----
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// The hook type (`confirm-rollout`, ..., `event`).
+    pub r#type: String,
+    /// success (status ≤ 202), failure (another status), error (no answer).
+    pub outcome: String,
+}
+
+fn register_webhook_calls(registry: &mut Registry) -> Family<WebhookLabels, Counter> {
+    let calls = Family::<WebhookLabels, Counter>::default();
+    registry.register(
+        "serin_webhook_calls",
+        "Webhook calls by hook type and outcome (success, failure, error)",
+        calls.clone(),
+    );
+    calls
+}
+
+// ---- end webhooks ----
+// ---- alerts: `serin_alert_deliveries_total{provider, outcome}` ----
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertDeliveryLabels {
+    /// slack | msteams | discord | rocket | gchat
+    pub provider: String,
+    /// success | failure
+    pub outcome: String,
+}
+// ---- end alerts ----
+
 /// Flagger's metrics plus serin's own.
 pub struct Metrics {
     registry: Registry,
@@ -91,6 +124,11 @@ pub struct Metrics {
     pub failures: Family<OutcomeLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub reconciles: Family<ResultLabels, Counter>,
+    /// serin's operational metrics and health (leader election, API errors, caches).
+    pub ops: ops::OpsMetrics,
+    pub webhook_calls: Family<WebhookLabels, Counter>,
+    /// alerts
+    pub alert_deliveries: Family<AlertDeliveryLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -173,8 +211,20 @@ impl Metrics {
             "Reconciles by result (ok, error)",
             reconciles.clone(),
         );
+        let ops = ops::OpsMetrics::register(&mut registry);
+        let webhook_calls = register_webhook_calls(&mut registry);
+        // ---- alerts ----
+        let alert_deliveries = Family::<AlertDeliveryLabels, Counter>::default();
+        registry.register(
+            "serin_alert_deliveries",
+            "Alert deliveries to chat services by provider type and outcome (success, failure)",
+            alert_deliveries.clone(),
+        );
+        // ---- end alerts ----
         Metrics {
+            ops,
             registry,
+            webhook_calls,
             canary_total,
             canary_status,
             canary_weight,
@@ -184,6 +234,7 @@ impl Metrics {
             failures,
             reconcile_duration,
             reconciles,
+            alert_deliveries,
         }
     }
 
@@ -197,6 +248,7 @@ impl Metrics {
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until the future is dropped.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let health = metrics.clone();
     let app = Router::new()
         .route(
             "/metrics",
@@ -211,8 +263,18 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
             }),
         )
         .route("/healthz", get(|| async { (StatusCode::OK, "OK") }))
-        .route("/readyz", get(|| async { (StatusCode::OK, "OK") }));
+        .route(
+            "/readyz",
+            get(move || {
+                let (code, body) = health.ops.readiness();
+                async move { (code, body) }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    // The bound address, not the requested one: `--listen 127.0.0.1:0` picks a free port.
+    if let Ok(bound) = listener.local_addr() {
+        tracing::info!("serving /metrics, /healthz and /readyz on {bound}");
+    }
     axum::serve(listener, app).await
 }
 

@@ -594,6 +594,9 @@ pub struct RunProgress {
     /// The last request from `serin promote|abort|pause|resume|retry` that serin handled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<HandledRequest>,
+    /// The last gate asked in this run and its answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateRecord>,
 }
 
 /// `status["serin.dev/progress"].request`: a person's request and serin's answer.
@@ -607,6 +610,18 @@ pub struct HandledRequest {
     /// False when the request did not apply in the canary's phase (the message says why).
     pub accepted: bool,
     pub message: String,
+}
+
+/// A gate's last answer (`status["serin.dev/progress"].gate`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateRecord {
+    /// confirm-rollout, confirm-traffic-increase or confirm-promotion.
+    #[serde(rename = "type")]
+    pub type_: HookType,
+    /// The webhook that answered non-2xx; absent once the gate opened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<String>,
 }
 
 fn empty_phase_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CanaryPhase>, D::Error> {

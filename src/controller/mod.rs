@@ -3,10 +3,15 @@
 //! Secret triggers a reconcile of that Canary at once, and the rollout core's requeue time paces
 //! the analysis. Reads come from the caches; writes happen only when the desired state differs.
 
+pub mod api_layer;
 pub mod autoscaler;
 mod events;
+pub mod leader;
 mod reconcile;
+mod start;
 pub mod state;
+
+pub use start::run_with_config;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,6 +49,10 @@ pub struct Options {
     pub concurrency: u16,
     /// Where `/metrics` and `/healthz` listen; `None` serves nothing.
     pub listen: Option<SocketAddr>,
+    /// `--leader-elect`: only the holder of this Lease runs the controller.
+    pub leader: Option<leader::LeaderOptions>,
+    /// The global notifier and cluster name (`--slack-url`, `--msteams-url`, `--cluster-name`, ...).
+    pub alerts: crate::alerts::GlobalArgs,
 }
 
 impl Default for Options {
@@ -53,6 +62,8 @@ impl Default for Options {
             metrics_server: "http://prometheus:9090".into(),
             concurrency: 16,
             listen: None,
+            leader: None,
+            alerts: Default::default(),
         }
     }
 }
@@ -89,6 +100,8 @@ pub struct Ctx {
     pub written: std::sync::Mutex<HashMap<String, u64>>,
     /// HPAs, for `spec.autoscalerRef`.
     pub autoscalers: autoscaler::Autoscalers,
+    /// Chat alerts.
+    pub alerter: crate::alerts::Alerter,
 }
 
 impl Ctx {
@@ -176,6 +189,16 @@ pub async fn run(
     opts: Options,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
+    run_with(client, opts, Arc::new(Metrics::new()), shutdown).await
+}
+
+/// [`run`] with the metrics registry the caller serves.
+pub async fn run_with(
+    client: Client,
+    opts: Options,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
     check_crds(&client).await?;
     let ns = opts.namespace.clone();
     let ns = ns.as_deref();
@@ -243,9 +266,9 @@ pub async fn run(
         .danger_accept_invalid_certs(true)
         .build()
         .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
-    let metrics = Arc::new(Metrics::new());
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "serin".into());
     let recorder = events::EventRecorder::new(client.clone(), instance);
+    let alerter = crate::alerts::Alerter::new(&opts.alerts, http.clone(), metrics.clone());
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         opts: opts.clone(),
@@ -270,9 +293,11 @@ pub async fn run(
             resource: hpa_resource.clone(),
             version: hpa_version,
         },
+        alerter,
     });
 
     let totals_task = tokio::spawn(count_canaries(canaries.clone(), metrics.clone()));
+    let synced_task = tokio::spawn(mark_synced(ctx.clone()));
     let server = opts.listen.map(|addr| {
         let m = metrics.clone();
         tokio::spawn(async move {
@@ -350,6 +375,7 @@ pub async fn run(
     }
     tpl_task.abort();
     totals_task.abort();
+    synced_task.abort();
     if let Some(s) = server {
         s.abort();
     }
@@ -361,6 +387,7 @@ pub async fn run(
 /// tick) rather than on every reconcile, where counting would cost O(canaries) each time.
 async fn count_canaries(canaries: Store<Canary>, metrics: Arc<Metrics>) {
     let mut seen = std::collections::BTreeSet::new();
+    let mut seen_phases = std::collections::BTreeSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tick.tick().await;
@@ -371,6 +398,7 @@ async fn count_canaries(canaries: Store<Canary>, metrics: Arc<Metrics>) {
                 .entry(c.metadata.namespace.clone().unwrap_or_default())
                 .or_default() += 1;
         }
+        count_phases(&canaries, &metrics, &mut seen_phases);
         for (namespace, n) in counts {
             metrics
                 .canary_total
@@ -379,6 +407,56 @@ async fn count_canaries(canaries: Store<Canary>, metrics: Arc<Metrics>) {
                 })
                 .set(n);
             seen.insert(namespace);
+        }
+    }
+}
+
+/// `serin_canaries{phase}` from the same cache pass; phases seen before and now empty drop to 0.
+fn count_phases(
+    canaries: &Store<Canary>,
+    metrics: &Metrics,
+    seen: &mut std::collections::BTreeSet<String>,
+) {
+    let mut by_phase: std::collections::BTreeMap<String, i64> =
+        seen.iter().map(|p| (p.clone(), 0)).collect();
+    for c in canaries.state() {
+        let phase = c
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "Unknown".into());
+        *by_phase.entry(phase).or_default() += 1;
+    }
+    for (phase, n) in by_phase {
+        metrics
+            .ops
+            .canaries
+            .get_or_create(&crate::telemetry::ops::PhaseLabels {
+                phase: phase.clone(),
+            })
+            .set(n);
+        seen.insert(phase);
+    }
+}
+
+/// `/readyz` turns ready once every cache has listed. Polled with a timeout: a store's readiness
+/// is a oneshot that wakes only its latest waiter, so a waiter that reconciles overtake could
+/// otherwise sleep forever.
+async fn mark_synced(ctx: Arc<Ctx>) {
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), ctx.caches_ready()).await {
+            Ok(true) => {
+                ctx.metrics
+                    .ops
+                    .health
+                    .caches_synced
+                    .store(true, std::sync::atomic::Ordering::Release);
+                info!("caches synced: ready");
+                return;
+            }
+            Ok(false) => return,
+            Err(_) => {}
         }
     }
 }

@@ -25,17 +25,15 @@ use super::autoscaler;
 use super::state::{self, VALID_CONDITION};
 use super::{Ctx, Error};
 use crate::api::{
-    self, Canary, CanaryMetric, CanaryWebhook, HookType, MetricCheckStatus, MetricProviderType,
-    validate_canary,
+    self, Canary, CanaryMetric, MetricCheckStatus, MetricProviderType, validate_canary,
 };
-use crate::hooks::{self, Payload};
 use crate::metrics::prometheus::{Prometheus, ProviderConfig};
 use crate::metrics::{
     self as m, Check, MetricKind, QueryOutcome, TemplateModel, builtin_query, render, verdict,
 };
 use crate::rollout::{
-    self, Action as PlanAction, Decision, EventType, Gate, Need, Observation, Outcome, Phase, Plan,
-    Progress, Readiness, RollbackSignal, Scale, messages as msg,
+    self, Action as PlanAction, Decision, EventType, Need, Observation, Outcome, Phase, Plan,
+    Progress, Readiness, Scale, messages as msg,
 };
 use crate::router::{self, RouterInputs};
 use crate::telemetry::{MetricLabels, NameNs, OutcomeLabels, WorkloadNs};
@@ -81,6 +79,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Err
         metric_results: None,
         analysed: false,
         cookies: None,
+        event_chain: Default::default(),
     };
     let res = r.run().await;
     ctx.metrics
@@ -116,7 +115,11 @@ struct Reconcile {
     analysed: bool,
     /// Session-affinity cookies decided in this pass, for the VirtualService and the status.
     cookies: Option<router::AffinityCookies>,
+    /// The last background delivery to the event hooks; the next one waits for it.
+    event_chain: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
+
+mod webhooks;
 
 impl Reconcile {
     fn target_name(&self) -> &str {
@@ -306,15 +309,9 @@ impl Reconcile {
                         self.analysed = true;
                         obs.results.analysis = Some(self.analysis(progress).await?);
                     }
-                    Need::Gate(kind) => {
-                        obs.results.gate = Some((kind, self.gate(kind, progress).await));
-                    }
-                    Need::RollbackHooks => {
-                        obs.results.rollback = Some(self.rollback_hooks(progress).await);
-                    }
-                    Need::PreRollout => {
-                        obs.results.pre_rollout = Some(self.pre_rollout(progress).await);
-                    }
+                    Need::Gate(kind) => self.gate(kind, progress, &mut obs.results).await,
+                    Need::RollbackHooks => self.rollback_hooks(progress, &mut obs.results).await,
+                    Need::PreRollout => self.pre_rollout(progress, &mut obs.results).await,
                 },
             }
         }
@@ -348,98 +345,10 @@ impl Reconcile {
 
     // ---- checks ----
 
-    fn webhooks(&self, kind: HookType) -> Vec<CanaryWebhook> {
-        self.canary
-            .spec
-            .analysis()
-            .map(|a| {
-                a.webhooks
-                    .iter()
-                    .filter(|w| match w.hook_type() {
-                        HookType::Unset => kind == HookType::Rollout,
-                        t => t == kind,
-                    })
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn payload(&self, progress: &Progress, phase: Option<Phase>) -> Payload {
-        Payload {
-            name: self.name.clone(),
-            namespace: self.ns.clone(),
-            phase: phase
-                .or(progress.phase)
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_default(),
-            checksum: hooks::checksum(
-                progress.last_applied_spec.as_deref(),
-                &progress.tracked_configs,
-            ),
-            metadata: BTreeMap::new(),
-        }
-    }
-
-    async fn call(&self, hook: &CanaryWebhook, payload: &Payload) -> Result<(), String> {
-        hooks::call(&self.ctx.http, &self.ctx.http_insecure, hook, payload).await
-    }
-
-    async fn gate(&self, kind: HookType, progress: &Progress) -> Gate {
-        let payload = self.payload(progress, None);
-        for hook in self.webhooks(kind) {
-            if self.call(&hook, &payload).await.is_err() {
-                return Gate::Closed { hook: hook.name };
-            }
-        }
-        Gate::Open
-    }
-
-    async fn rollback_hooks(&self, progress: &Progress) -> RollbackSignal {
-        let payload = self.payload(progress, None);
-        for hook in self.webhooks(HookType::Rollback) {
-            if self.call(&hook, &payload).await.is_ok() {
-                return RollbackSignal::Requested { hook: hook.name };
-            }
-        }
-        RollbackSignal::None
-    }
-
-    async fn pre_rollout(&self, progress: &Progress) -> Result<(), String> {
-        let payload = self.payload(progress, Some(Phase::Progressing));
-        for hook in self.webhooks(HookType::PreRollout) {
-            if let Err(e) = self.call(&hook, &payload).await {
-                return Err(msg::halt_pre_rollout(&self.qualified(), &hook.name, &e));
-            }
-        }
-        Ok(())
-    }
-
-    async fn post_rollout(&self, phase: Phase, progress: &Progress) {
-        let payload = self.payload(progress, Some(phase));
-        for hook in self.webhooks(HookType::PostRollout) {
-            let (kind, text) = match self.call(&hook, &payload).await {
-                Ok(()) => (KubeEventType::Normal, msg::post_rollout_passed(&hook.name)),
-                Err(e) => (
-                    KubeEventType::Warning,
-                    msg::post_rollout_failed(&hook.name, &e),
-                ),
-            };
-            self.publish(kind, text).await;
-        }
-    }
-
     /// Rollout webhooks, then the metrics in spec order; the first failure ends the analysis.
     async fn analysis(&mut self, progress: &Progress) -> Result<Result<(), String>, Hold> {
-        let payload = self.payload(progress, Some(Phase::Progressing));
-        for hook in self.webhooks(HookType::Rollout) {
-            if let Err(e) = self.call(&hook, &payload).await {
-                return Ok(Err(msg::halt_external_check(
-                    &self.qualified(),
-                    &hook.name,
-                    &e,
-                )));
-            }
+        if let Err(text) = self.rollout_hooks(progress).await {
+            return Ok(Err(text));
         }
         let metrics = self
             .canary
@@ -453,7 +362,13 @@ impl Reconcile {
         for (i, metric) in metrics.iter().enumerate() {
             let (check, provider) = self.resolve(i, metric)?;
             let prom = self.provider(i, &provider).await?;
+            let asked = Instant::now();
             let outcome = prom.query(&check.query).await;
+            self.ctx
+                .metrics
+                .ops
+                .prometheus_query_duration
+                .observe(asked.elapsed().as_secs_f64());
             let mut status = MetricCheckStatus {
                 name: check.name.clone(),
                 value: None,
@@ -1054,6 +969,7 @@ impl Reconcile {
         {
             warn!(canary = %self.qualified(), "publishing an event: {e}");
         }
+        self.send_event_hooks(warning, &text);
     }
 
     async fn record(&self, plan: &Plan, settings: &rollout::Settings) {
@@ -1064,10 +980,7 @@ impl Reconcile {
             };
             self.publish(kind, e.message.clone()).await;
         }
-        for a in &plan.alerts {
-            // The notifiers come with the alerting issue; until then alerts are logged.
-            info!(canary = %self.qualified(), severity = ?a.severity, "alert: {}", a.message);
-        }
+        self.send_alerts(plan, settings).await;
         let labels = NameNs {
             name: self.target_name().to_string(),
             namespace: self.ns.clone(),
@@ -1092,6 +1005,27 @@ impl Reconcile {
                     analysis_status: status.into(),
                 })
                 .inc();
+        }
+    }
+
+    /// Hands the plan's alerts to the notifiers; what only the user can fix (a missing provider or
+    /// secret) becomes a Warning Event. Delivery runs in the background.
+    async fn send_alerts(&self, plan: &Plan, settings: &rollout::Settings) {
+        for a in &plan.alerts {
+            let problems = self
+                .ctx
+                .alerter
+                .dispatch(
+                    &self.ctx.client,
+                    &self.ctx.secrets,
+                    &self.canary,
+                    settings,
+                    a,
+                )
+                .await;
+            for p in problems {
+                self.publish(KubeEventType::Warning, p).await;
+            }
         }
     }
 

@@ -7,13 +7,18 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{Canary, CanaryCondition, CanaryStatus, HandledRequest, HookType, RunProgress};
-use crate::rollout::{self, Phase, Progress, Settings};
+use crate::api::{
+    Canary, CanaryCondition, CanaryStatus, GateRecord, HandledRequest, HookType, RunProgress,
+};
+use crate::rollout::{self, GateState, Phase, Progress, Settings, messages as msg};
 
 /// Condition type of serin's own verdict on the spec and its references (a missing template, an
 /// unknown provider, a broken query): `False` names the field and the fix.
 pub const VALID_CONDITION: &str = "serin.dev/Valid";
 pub const PROMOTED_CONDITION: &str = "Promoted";
+/// Condition type of the last gate asked in the current run: `False` while a confirm-* webhook
+/// holds the canary, `True` once it answered 2xx.
+pub const GATE_CONDITION: &str = "serin.dev/Gate";
 
 pub fn to_chrono(t: &Time) -> DateTime<Utc> {
     DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
@@ -70,6 +75,12 @@ pub fn settings(canary: &Canary) -> Settings {
             canary.spec.progress_deadline_seconds().max(1) as u64
         ),
         hooks,
+        muted_hooks: analysis
+            .webhooks
+            .iter()
+            .filter(|w| w.mute_alert())
+            .map(|w| w.name.clone())
+            .collect(),
     }
 }
 
@@ -102,6 +113,10 @@ pub fn progress(status: Option<&CanaryStatus>) -> Progress {
                 message: r.message.clone(),
             }),
         },
+        gate: run.gate.map(|g| GateState {
+            kind: g.type_,
+            closed_by: g.closed_by,
+        }),
     }
 }
 
@@ -136,6 +151,10 @@ pub fn status(
             accepted: r.accepted,
             message: r.message.clone(),
         }),
+        gate: p.gate.as_ref().map(|g| GateRecord {
+            type_: g.kind,
+            closed_by: g.closed_by.clone(),
+        }),
     };
     s.serin_progress = (run != RunProgress::default()).then_some(run);
 
@@ -167,6 +186,21 @@ pub fn status(
         &message,
         now,
     ));
+    if let Some(g) = &p.gate {
+        let (st, message) = match &g.closed_by {
+            Some(hook) => ("False", msg::gate_condition_closed(g.kind, hook)),
+            None => ("True", msg::gate_condition_open(g.kind)),
+        };
+        let reason = msg::gate_condition_reason(g.kind, g.closed_by.is_none());
+        conditions.push(condition(
+            &s.conditions,
+            GATE_CONDITION,
+            st,
+            &reason,
+            &message,
+            now,
+        ));
+    }
     s.conditions = conditions;
     s
 }
@@ -246,6 +280,10 @@ mod tests {
                     message: "Paused".into(),
                 }),
             },
+            gate: Some(GateState {
+                kind: HookType::ConfirmPromotion,
+                closed_by: Some("approve".into()),
+            }),
         };
         let s = status(None, &p, "Deployment", Ok(()), now());
         assert_eq!(progress(Some(&s)), p);
@@ -259,6 +297,13 @@ mod tests {
         assert_eq!(json["conditions"][0]["status"], "Unknown");
         assert_eq!(json["conditions"][0]["reason"], "Progressing");
         assert_eq!(json["conditions"][1]["type"], "serin.dev/Valid");
+        assert_eq!(
+            json["serin.dev/progress"]["gate"],
+            serde_json::json!({"type": "confirm-promotion", "closedBy": "approve"})
+        );
+        assert_eq!(json["conditions"][2]["type"], "serin.dev/Gate");
+        assert_eq!(json["conditions"][2]["status"], "False");
+        assert_eq!(json["conditions"][2]["reason"], "ConfirmPromotionClosed");
     }
 
     #[test]
@@ -292,5 +337,47 @@ mod tests {
             c.last_transition_time,
             first.conditions[1].last_transition_time
         );
+    }
+
+    #[test]
+    fn the_gate_condition_follows_the_last_gate() {
+        let mut p = Progress {
+            phase: Some(Phase::Progressing),
+            ..Default::default()
+        };
+        let none = status(None, &p, "Deployment", Ok(()), now());
+        assert!(none.conditions.iter().all(|c| c.type_ != GATE_CONDITION));
+        p.gate = Some(GateState {
+            kind: HookType::ConfirmTrafficIncrease,
+            closed_by: Some("approve".into()),
+        });
+        let closed = status(Some(&none), &p, "Deployment", Ok(()), now());
+        let c = closed
+            .conditions
+            .iter()
+            .find(|c| c.type_ == GATE_CONDITION)
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ConfirmTrafficIncreaseClosed")
+        );
+        assert!(c.message.as_deref().unwrap().contains("webhook approve"));
+        p.gate = Some(GateState {
+            kind: HookType::ConfirmTrafficIncrease,
+            closed_by: None,
+        });
+        let later = now() + chrono::Duration::seconds(30);
+        let open = status(Some(&closed), &p, "Deployment", Ok(()), later);
+        let c = open
+            .conditions
+            .iter()
+            .find(|c| c.type_ == GATE_CONDITION)
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "ConfirmTrafficIncreaseOpen")
+        );
+        assert_eq!(c.last_transition_time, Some(to_time(later)));
+        assert_eq!(progress(Some(&open)).gate, p.gate);
     }
 }

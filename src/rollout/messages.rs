@@ -126,6 +126,40 @@ pub fn confirm_passed(kind: &str, hook: &str) -> String {
     format!("{kind} check {hook} passed")
 }
 
+/// "Confirm-rollout check <hook> passed" and its two siblings.
+pub fn gate_passed(kind: crate::api::HookType, hook: &str) -> String {
+    confirm_passed(&capitalized(kind.as_str()), hook)
+}
+
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(first) => first.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+// The `serin.dev/Gate` condition (serin's own; Flagger shows gates only in Events).
+/// Reason of the condition: `ConfirmTrafficIncreaseClosed`, `ConfirmPromotionOpen`, ...
+pub fn gate_condition_reason(kind: crate::api::HookType, open: bool) -> String {
+    let camel: String = kind.as_str().split('-').map(capitalized).collect();
+    format!("{camel}{}", if open { "Open" } else { "Closed" })
+}
+
+pub fn gate_condition_closed(kind: crate::api::HookType, hook: &str) -> String {
+    format!(
+        "The {} gate is closed: webhook {hook} did not answer 2xx; it is asked again at every interval.",
+        kind.as_str()
+    )
+}
+
+pub fn gate_condition_open(kind: crate::api::HookType) -> String {
+    format!(
+        "The {} gate is open: its webhooks answered 2xx.",
+        kind.as_str()
+    )
+}
+
 /// Success-rate halt; Flagger prints the value with two decimals and the bound as given.
 pub fn halt_success_rate(canary: &str, value: f64, op: char, bound: f64) -> String {
     format!(

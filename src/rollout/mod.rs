@@ -84,6 +84,8 @@ pub struct Settings {
     pub progress_deadline: Duration,
     /// Webhook kinds that have at least one hook configured.
     pub hooks: Vec<HookType>,
+    /// Names of the hooks with `muteAlert`: a gate they close sends no waiting alert.
+    pub muted_hooks: Vec<String>,
 }
 
 impl Settings {
@@ -113,6 +115,17 @@ pub struct Progress {
     pub primary_waiting_since: Option<Time>,
     /// People's requests: paused or not, and the last one handled (see [`request`]).
     pub requests: RequestState,
+    /// The last gate asked in this run and its answer; tells the waiting Event once, shows in
+    /// the `serin.dev/Gate` condition, and marks that the run got past its first step (#1248).
+    pub gate: Option<GateState>,
+}
+
+/// A gate's last answer: `closed_by` names the hook that answered non-2xx, `None` once all of
+/// its hooks answered 2xx.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GateState {
+    pub kind: HookType,
+    pub closed_by: Option<String>,
 }
 
 /// Readiness of a Deployment as the shell computed it from the watch cache.
@@ -148,6 +161,10 @@ pub struct CheckResults {
     pub pre_rollout: Option<Result<(), String>>,
     /// Rollout hooks then metrics, in Flagger's order: `Err` carries the first failure's text.
     pub analysis: Option<Result<(), String>>,
+    /// Hooks that answered without holding anything up, in call order: gate and pre-rollout
+    /// hooks that passed, rollback hooks that did not signal. The decision tells them in Events
+    /// at Flagger's place in the story.
+    pub answered: Vec<(HookType, String)>,
 }
 
 /// What the shell saw this time.
@@ -445,13 +462,72 @@ impl Draft<'_> {
             || p.tracked_configs != self.o.configs
     }
 
-    fn gate(&self, kind: HookType) -> Result<Gate, Need> {
+    /// Asks a gate. A closed gate tells its waiting Event, and its alert unless the closing hook
+    /// has `muteAlert`, once per closing hook rather than every interval; either answer is kept
+    /// in `progress.gate` for the `serin.dev/Gate` condition.
+    fn gate(&mut self, kind: HookType) -> Result<Gate, Need> {
         if !self.s.has(kind) {
             return Ok(Gate::Open);
         }
-        match &self.o.results.gate {
-            Some((k, g)) if *k == kind => Ok(g.clone()),
-            _ => Err(Need::Gate(kind)),
+        let gate = match &self.o.results.gate {
+            Some((k, g)) if *k == kind => g.clone(),
+            _ => return Err(Need::Gate(kind)),
+        };
+        self.tell_answered(kind);
+        let state = GateState {
+            kind,
+            closed_by: match &gate {
+                Gate::Closed { hook } => Some(hook.clone()),
+                Gate::Open => None,
+            },
+        };
+        if let Gate::Closed { hook } = &gate
+            && self.plan.progress.gate.as_ref() != Some(&state)
+        {
+            let canary = &self.s.canary;
+            let (text, alert) = match kind {
+                HookType::ConfirmRollout => (
+                    msg::halt_waiting_approval(canary, hook),
+                    msg::ALERT_WAITING_APPROVAL,
+                ),
+                HookType::ConfirmTrafficIncrease => (
+                    msg::halt_waiting_traffic_increase(canary, hook),
+                    msg::ALERT_WAITING_TRAFFIC,
+                ),
+                _ => (
+                    msg::halt_waiting_promotion(canary, hook),
+                    msg::ALERT_WAITING_PROMOTION,
+                ),
+            };
+            self.warn(text);
+            if !self.s.muted_hooks.contains(hook) {
+                self.alert(Severity::Warn, alert, false);
+            }
+        }
+        self.p().gate = Some(state);
+        Ok(gate)
+    }
+
+    /// Flagger's per-hook Events for the hooks of `kind` that answered without holding anything up.
+    fn tell_answered(&mut self, kind: HookType) {
+        let hooks: Vec<String> = self
+            .o
+            .results
+            .answered
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, h)| h.clone())
+            .collect();
+        for hook in hooks {
+            let text = match kind {
+                HookType::PreRollout => msg::pre_rollout_passed(&hook),
+                HookType::Rollback => msg::rollback_not_signaling(&hook),
+                HookType::ConfirmRollout
+                | HookType::ConfirmTrafficIncrease
+                | HookType::ConfirmPromotion => msg::gate_passed(kind, &hook),
+                _ => continue,
+            };
+            self.info(text);
         }
     }
 
@@ -567,12 +643,10 @@ impl Draft<'_> {
             return Ok(());
         }
         match self.gate(HookType::ConfirmRollout)? {
-            Gate::Closed { hook } => {
+            Gate::Closed { .. } => {
                 self.plan.scale = if serving { Scale::Keep } else { Scale::Zero };
                 self.set_phase(Phase::Waiting);
                 self.consume_step();
-                self.warn(msg::halt_waiting_approval(&self.s.canary, &hook));
-                self.alert(Severity::Warn, msg::ALERT_WAITING_APPROVAL, false);
                 Ok(())
             }
             Gate::Open => {
@@ -593,16 +667,14 @@ impl Draft<'_> {
                     Phase::Failed
                 };
             self.set_phase(back);
+            self.p().gate = None;
             return Ok(());
         }
         if !self.due() {
             return Ok(());
         }
         match self.gate(HookType::ConfirmRollout)? {
-            Gate::Closed { hook } => {
-                self.consume_step();
-                self.warn(msg::halt_waiting_approval(&self.s.canary, &hook));
-            }
+            Gate::Closed { .. } => self.consume_step(),
             Gate::Open => self.start_run(),
         }
         Ok(())
@@ -610,7 +682,10 @@ impl Draft<'_> {
 
     /// A new revision is taken up: the canary scales up and the run starts at weight 0.
     fn start_run(&mut self) {
+        let confirmed = self.plan.progress.gate.clone();
         self.reset_run();
+        // The confirm-rollout gate that let this run start stays visible.
+        self.p().gate = confirmed.filter(|g| g.kind == HookType::ConfirmRollout);
         self.plan.scale = Scale::Up;
         self.info(msg::new_revision_scaling_up(&self.s.target));
         self.alert(Severity::Info, msg::ALERT_NEW_REVISION, true);
@@ -628,6 +703,7 @@ impl Draft<'_> {
         p.last_step_time = None;
         p.canary_waiting_since = Some(now);
         p.primary_waiting_since = None;
+        p.gate = None;
         self.set_phase(Phase::Progressing);
     }
 
@@ -715,13 +791,16 @@ impl Draft<'_> {
             return Ok(());
         }
         if self.s.has(HookType::Rollback) {
-            match &self.o.results.rollback {
+            let signal = self.o.results.rollback.clone();
+            match signal {
                 None => return Err(Need::RollbackHooks),
-                Some(RollbackSignal::Requested { .. }) => {
+                Some(RollbackSignal::Requested { hook }) => {
+                    self.tell_answered(HookType::Rollback);
+                    self.warn(msg::rollback_check_passed(&hook));
                     self.rollback(Cause::Webhook);
                     return Ok(());
                 }
-                Some(RollbackSignal::None) => {}
+                Some(RollbackSignal::None) => self.tell_answered(HookType::Rollback),
             }
         }
         if self.plan.progress.failed_checks >= self.s.threshold {
@@ -731,21 +810,32 @@ impl Draft<'_> {
         let p = &self.plan.progress;
         let first_step =
             p.canary_weight == 0 && p.iterations == 0 && !(self.s.mirror && p.mirrored);
-        if first_step {
+        // A gate asked at the first step means the analysis already started and its pre-rollout
+        // hooks passed: a closed gate at weight 0 does not replay them (Flagger #1248).
+        let started = p
+            .gate
+            .as_ref()
+            .is_some_and(|g| g.kind != HookType::ConfirmRollout);
+        if first_step && !started {
+            self.info(msg::starting_analysis(&self.s.target));
             if self.s.has(HookType::PreRollout) {
                 match &self.o.results.pre_rollout {
                     None => return Err(Need::PreRollout),
                     Some(Err(text)) => {
                         let text = text.clone();
+                        self.tell_answered(HookType::PreRollout);
                         self.consume_step();
-                        self.info(msg::starting_analysis(&self.s.target));
+                        // Flagger sends no alert here (#1663); the first failure of a run does.
+                        if self.plan.progress.failed_checks == 0 {
+                            self.alert(Severity::Error, text.clone(), false);
+                        }
                         self.fail_check(text);
                         return Ok(());
                     }
-                    Some(Ok(())) => {}
+                    Some(Ok(())) => self.tell_answered(HookType::PreRollout),
                 }
             }
-        } else {
+        } else if !first_step {
             match &self.o.results.analysis {
                 None => return Err(Need::Analysis),
                 Some(Err(text)) => {
@@ -759,16 +849,9 @@ impl Draft<'_> {
         }
         // Gates are asked before the step is consumed, so a missing answer repeats nothing.
         match self.s.strategy {
-            Strategy::Canary => self.step_canary(first_step),
-            Strategy::ABTesting => self.step_ab(first_step),
-            Strategy::BlueGreen => self.step_blue_green(first_step),
-        }
-    }
-
-    fn begin_step(&mut self, first_step: bool) {
-        self.consume_step();
-        if first_step {
-            self.info(msg::starting_analysis(&self.s.target));
+            Strategy::Canary => self.step_canary(),
+            Strategy::ABTesting => self.step_ab(),
+            Strategy::BlueGreen => self.step_blue_green(),
         }
     }
 
@@ -780,20 +863,18 @@ impl Draft<'_> {
         }
     }
 
-    fn step_canary(&mut self, first_step: bool) -> Flow {
+    fn step_canary(&mut self) -> Flow {
         let max = max_weight(self.s.max_weight, &self.s.step_weights);
         let weight = self.plan.progress.canary_weight;
         if weight < max {
             let mirroring_step = self.s.mirror && weight == 0 && !self.plan.progress.mirrored;
             if !mirroring_step
-                && let Gate::Closed { hook } = self.gate(HookType::ConfirmTrafficIncrease)?
+                && let Gate::Closed { .. } = self.gate(HookType::ConfirmTrafficIncrease)?
             {
                 self.consume_step();
-                self.warn(msg::halt_waiting_traffic_increase(&self.s.canary, &hook));
-                self.alert(Severity::Warn, msg::ALERT_WAITING_TRAFFIC, false);
                 return Ok(());
             }
-            self.begin_step(first_step);
+            self.consume_step();
             self.set_phase(Phase::Progressing);
             if mirroring_step {
                 self.p().mirrored = true;
@@ -808,12 +889,12 @@ impl Draft<'_> {
             self.info(msg::advance_canary_weight(&self.s.canary, w));
             return Ok(());
         }
-        self.promote_gate(first_step)
+        self.promote_gate()
     }
 
-    fn step_ab(&mut self, first_step: bool) -> Flow {
+    fn step_ab(&mut self) -> Flow {
         if self.plan.progress.iterations < self.s.iterations {
-            self.begin_step(first_step);
+            self.consume_step();
             let p = self.p();
             p.canary_weight = 100;
             p.iterations += 1;
@@ -821,14 +902,14 @@ impl Draft<'_> {
             self.info(msg::advance_iteration(&self.s.canary, i, n));
             return Ok(());
         }
-        self.promote_gate(first_step)
+        self.promote_gate()
     }
 
-    fn step_blue_green(&mut self, first_step: bool) -> Flow {
+    fn step_blue_green(&mut self) -> Flow {
         let n = self.s.iterations;
         let i = self.plan.progress.iterations;
         if i < n {
-            self.begin_step(first_step);
+            self.consume_step();
             let mirror = self.s.mirror;
             let p = self.p();
             p.iterations += 1;
@@ -838,11 +919,11 @@ impl Draft<'_> {
             return Ok(());
         }
         if i == n {
-            if let Gate::Closed { hook } = self.gate(HookType::ConfirmPromotion)? {
-                self.wait_promotion(hook);
+            if let Gate::Closed { .. } = self.gate(HookType::ConfirmPromotion)? {
+                self.wait_promotion();
                 return Ok(());
             }
-            self.begin_step(first_step);
+            self.consume_step();
             self.set_phase(Phase::Progressing);
             let text = if self.plan.progress.mirrored {
                 msg::STOP_MIRRORING_ROUTE_TO_CANARY
@@ -857,27 +938,23 @@ impl Draft<'_> {
             return Ok(());
         }
         // The analysis passed with all traffic on the canary: promote.
-        self.begin_step(first_step);
+        self.consume_step();
         self.promote();
         Ok(())
     }
 
-    fn promote_gate(&mut self, first_step: bool) -> Flow {
-        if let Gate::Closed { hook } = self.gate(HookType::ConfirmPromotion)? {
-            self.wait_promotion(hook);
+    fn promote_gate(&mut self) -> Flow {
+        if let Gate::Closed { .. } = self.gate(HookType::ConfirmPromotion)? {
+            self.wait_promotion();
             return Ok(());
         }
-        self.begin_step(first_step);
+        self.consume_step();
         self.promote();
         Ok(())
     }
 
-    fn wait_promotion(&mut self, hook: String) {
+    fn wait_promotion(&mut self) {
         self.consume_step();
-        self.warn(msg::halt_waiting_promotion(&self.s.canary, &hook));
-        if self.phase() != Some(Phase::WaitingPromotion) {
-            self.alert(Severity::Warn, msg::ALERT_WAITING_PROMOTION, false);
-        }
         self.set_phase(Phase::WaitingPromotion);
     }
 

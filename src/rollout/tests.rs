@@ -32,6 +32,7 @@ fn settings() -> Settings {
         suspend: false,
         progress_deadline: Duration::from_secs(600),
         hooks: vec![],
+        muted_hooks: vec![],
     }
 }
 
@@ -907,3 +908,5 @@ proptest! {
         }
     }
 }
+
+mod hooks;

@@ -31,6 +31,7 @@ fn settings() -> Settings {
         suspend: false,
         progress_deadline: Duration::from_secs(600),
         hooks: vec![],
+        muted_hooks: vec![],
     }
 }
 

@@ -1,0 +1,124 @@
+//! serin's own operational metrics (beside Flagger's) and the state behind `/readyz`.
+//!
+//! Names are fixed in advance so that dashboards and other parts can rely on them:
+//! `serin_reconcile_duration_seconds` (registered with Flagger's block), `serin_api_errors_total`,
+//! `serin_prometheus_query_duration_seconds`, `serin_canaries{phase}` and `serin_leader`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::http::StatusCode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiErrorLabels {
+    /// Kubernetes verb: get, list, watch, create, update, patch, delete, deletecollection.
+    pub verb: String,
+    /// Plural resource name (`canaries`, `deployments`, ...), without subresource.
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: String,
+}
+
+/// Shared by the controller, the leader elector and the HTTP server.
+#[derive(Clone)]
+pub struct OpsMetrics {
+    pub api_errors: Family<ApiErrorLabels, Counter>,
+    pub prometheus_query_duration: Histogram,
+    pub canaries: Family<PhaseLabels, Gauge>,
+    pub leader: Gauge,
+    pub health: Arc<Health>,
+}
+
+impl OpsMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let api_errors = Family::<ApiErrorLabels, Counter>::default();
+        // prometheus-client appends `_total` to counters.
+        registry.register(
+            "serin_api_errors",
+            "Kubernetes API requests that failed (transport error or HTTP status >= 400, except 404 on get and delete)",
+            api_errors.clone(),
+        );
+        let prometheus_query_duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        registry.register(
+            "serin_prometheus_query_duration_seconds",
+            "Time one Prometheus query of a canary analysis took",
+            prometheus_query_duration.clone(),
+        );
+        let canaries = Family::<PhaseLabels, Gauge>::default();
+        registry.register(
+            "serin_canaries",
+            "Canaries by status phase (Unknown: no phase yet)",
+            canaries.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "serin_leader",
+            "1 while this process holds the leader Lease (or runs without leader election), else 0",
+            leader.clone(),
+        );
+        OpsMetrics {
+            api_errors,
+            prometheus_query_duration,
+            canaries,
+            leader,
+            health: Arc::new(Health::default()),
+        }
+    }
+
+    /// `/readyz`: a controller is ready once its caches have listed everything; a standby (leader
+    /// election on, Lease held by another process) runs no caches and answers ready, since it is
+    /// healthy and able to take over (controller-runtime does the same), and a 2-replica
+    /// Deployment's rolling update would otherwise never finish.
+    pub fn readiness(&self) -> (StatusCode, &'static str) {
+        let h = &self.health;
+        if h.leader_elect.load(Ordering::Acquire) && !h.leading.load(Ordering::Acquire) {
+            return (StatusCode::OK, "OK (standby: waiting for the leader Lease)");
+        }
+        if h.caches_synced.load(Ordering::Acquire) {
+            (StatusCode::OK, "OK")
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet")
+        }
+    }
+}
+
+/// What `/readyz` depends on.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub leader_elect: AtomicBool,
+    pub leading: AtomicBool,
+    pub caches_synced: AtomicBool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_follows_caches_and_leadership() {
+        let mut r = Registry::default();
+        let ops = OpsMetrics::register(&mut r);
+        assert_eq!(ops.readiness().0, StatusCode::SERVICE_UNAVAILABLE);
+        ops.health.caches_synced.store(true, Ordering::Release);
+        assert_eq!(ops.readiness().0, StatusCode::OK);
+
+        let ops = OpsMetrics::register(&mut Registry::default());
+        ops.health.leader_elect.store(true, Ordering::Release);
+        let (code, body) = ops.readiness();
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("standby"));
+        ops.health.leading.store(true, Ordering::Release);
+        assert_eq!(ops.readiness().0, StatusCode::SERVICE_UNAVAILABLE);
+        ops.health.caches_synced.store(true, Ordering::Release);
+        assert_eq!(ops.readiness(), (StatusCode::OK, "OK"));
+    }
+}
