@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod demo;
 pub mod gitops;

@@ -46,6 +46,48 @@ enum Command {
         #[command(subcommand)]
         command: SandboxCommand,
     },
+    // ---- the CLI for people (serin::cli) ----
+    /// List canaries: phase, weight, failed checks, age and the newest Event.
+    Get {
+        /// Canaries of all namespaces.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[command(flatten)]
+        cluster: serin::cli::ClusterArgs,
+    },
+    /// One canary: weight and step, metrics against their ranges, latest Events. Exit code 0
+    /// when promoted (Succeeded, or Initialized), 1 when Failed, 2 otherwise, 3 on errors.
+    Status {
+        name: String,
+        /// Redraw on every change until the canary is promoted (exit 0) or failed (exit 1).
+        #[arg(short, long)]
+        watch: bool,
+        /// With --watch: give up after this many seconds (exit 2).
+        #[arg(long)]
+        timeout: Option<u64>,
+        #[command(flatten)]
+        cluster: serin::cli::ClusterArgs,
+    },
+    /// Skip the rest of the analysis and promote now.
+    Promote(RequestArgs),
+    /// Roll back now.
+    Abort(RequestArgs),
+    /// Hold the canary where it is (survives re-applies) until `serin resume`.
+    Pause(RequestArgs),
+    /// Lift a pause.
+    Resume(RequestArgs),
+    /// Analyse the same revision again after a failed run.
+    Retry(RequestArgs),
+}
+
+#[derive(clap::Args)]
+struct RequestArgs {
+    name: String,
+    /// Seconds to wait for the controller's answer.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    #[command(flatten)]
+    cluster: serin::cli::ClusterArgs,
 }
 
 #[derive(clap::Args)]
@@ -292,7 +334,46 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Command::Get {
+            all_namespaces,
+            cluster,
+        } => runtime()?.block_on(async {
+            let s = serin::cli::connect(&cluster).await?;
+            print!("{}", serin::cli::get::run(&s, all_namespaces).await?);
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Status {
+            name,
+            watch,
+            timeout,
+            cluster,
+        } => {
+            let res = runtime()?.block_on(async {
+                let s = serin::cli::connect(&cluster).await?;
+                let timeout = timeout.map(std::time::Duration::from_secs);
+                serin::cli::status::run(&s, &name, watch, timeout).await
+            });
+            // Errors exit 3, so that CI can tell them from a failed canary (1).
+            Ok(ExitCode::from(res.unwrap_or_else(|e| {
+                eprintln!("serin: {e:#}");
+                3
+            })))
+        }
+        Command::Promote(a) => request(a, serin::rollout::Verb::Promote),
+        Command::Abort(a) => request(a, serin::rollout::Verb::Abort),
+        Command::Pause(a) => request(a, serin::rollout::Verb::Pause),
+        Command::Resume(a) => request(a, serin::rollout::Verb::Resume),
+        Command::Retry(a) => request(a, serin::rollout::Verb::Retry),
     }
+}
+
+fn request(a: RequestArgs, verb: serin::rollout::Verb) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let s = serin::cli::connect(&a.cluster).await?;
+        let timeout = std::time::Duration::from_secs(a.timeout);
+        let code = serin::cli::request(&s, &a.name, verb, timeout).await?;
+        Ok(ExitCode::from(code))
+    })
 }
 
 async fn controller(args: ControllerArgs) -> anyhow::Result<()> {

@@ -588,9 +588,28 @@ pub struct RunProgress {
     /// Traffic is mirrored to the canary.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mirrored: bool,
+    /// Who paused the canary (`serin pause`); absent when it is not paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_by: Option<String>,
+    /// The last request from `serin promote|abort|pause|resume|retry` that serin handled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<HandledRequest>,
     /// The last gate asked in this run and its answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateRecord>,
+}
+
+/// `status["serin.dev/progress"].request`: a person's request and serin's answer.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HandledRequest {
+    /// The request's `serin.dev/requested-at` annotation.
+    pub id: String,
+    pub verb: String,
+    pub by: String,
+    /// False when the request did not apply in the canary's phase (the message says why).
+    pub accepted: bool,
+    pub message: String,
 }
 
 /// A gate's last answer (`status["serin.dev/progress"].gate`).

@@ -245,6 +245,12 @@ impl Reconcile {
                     .and_then(|a| a.get(REVISION_ANNOTATION).cloned())
             }),
             results: Default::default(),
+            request: self
+                .canary
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(rollout::Request::from_annotations),
         };
         if progress.phase.is_none() {
             self.check_providers().await;

@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{Canary, CanaryCondition, CanaryStatus, GateRecord, HookType, RunProgress};
+use crate::api::{
+    Canary, CanaryCondition, CanaryStatus, GateRecord, HandledRequest, HookType, RunProgress,
+};
 use crate::rollout::{self, GateState, Phase, Progress, Settings, messages as msg};
 
 /// Condition type of serin's own verdict on the spec and its references (a missing template, an
@@ -101,6 +103,16 @@ pub fn progress(status: Option<&CanaryStatus>) -> Progress {
         last_step_time: run.last_step_time.as_ref().map(to_chrono),
         canary_waiting_since: run.canary_waiting_since.as_ref().map(to_chrono),
         primary_waiting_since: run.primary_waiting_since.as_ref().map(to_chrono),
+        requests: rollout::RequestState {
+            paused_by: run.paused_by.clone(),
+            last: run.request.as_ref().map(|r| rollout::request::Handled {
+                id: r.id.clone(),
+                verb: r.verb.clone(),
+                by: r.by.clone(),
+                accepted: r.accepted,
+                message: r.message.clone(),
+            }),
+        },
         gate: run.gate.map(|g| GateState {
             kind: g.type_,
             closed_by: g.closed_by,
@@ -131,6 +143,14 @@ pub fn status(
         canary_waiting_since: p.canary_waiting_since.map(to_time),
         primary_waiting_since: p.primary_waiting_since.map(to_time),
         mirrored: p.mirrored,
+        paused_by: p.requests.paused_by.clone(),
+        request: p.requests.last.as_ref().map(|r| HandledRequest {
+            id: r.id.clone(),
+            verb: r.verb.clone(),
+            by: r.by.clone(),
+            accepted: r.accepted,
+            message: r.message.clone(),
+        }),
         gate: p.gate.as_ref().map(|g| GateRecord {
             type_: g.kind,
             closed_by: g.closed_by.clone(),
@@ -250,6 +270,16 @@ mod tests {
             last_step_time: Some(now() - chrono::Duration::seconds(30)),
             canary_waiting_since: None,
             primary_waiting_since: Some(now()),
+            requests: rollout::RequestState {
+                paused_by: Some("alice".into()),
+                last: Some(rollout::request::Handled {
+                    id: "2026-03-01T12:00:00.000001Z".into(),
+                    verb: "pause".into(),
+                    by: "alice".into(),
+                    accepted: true,
+                    message: "Paused".into(),
+                }),
+            },
             gate: Some(GateState {
                 kind: HookType::ConfirmPromotion,
                 closed_by: Some("approve".into()),
@@ -261,6 +291,8 @@ mod tests {
         assert_eq!(json["phase"], "Progressing");
         assert_eq!(json["canaryWeight"], 30);
         assert_eq!(json["serin.dev/progress"]["mirrored"], true);
+        assert_eq!(json["serin.dev/progress"]["pausedBy"], "alice");
+        assert_eq!(json["serin.dev/progress"]["request"]["verb"], "pause");
         assert_eq!(json["conditions"][0]["type"], "Promoted");
         assert_eq!(json["conditions"][0]["status"], "Unknown");
         assert_eq!(json["conditions"][0]["reason"], "Progressing");

@@ -22,6 +22,7 @@
 //!   skipAnalysis (#515, #1444), and a primary that never becomes ready leaves the target alone.
 
 pub mod messages;
+pub mod request;
 mod weights;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+pub use request::{Request, RequestState, Verb};
 pub use weights::{max_weight, next_step_weight};
 
 use messages as msg;
@@ -111,6 +113,8 @@ pub struct Progress {
     pub canary_waiting_since: Option<Time>,
     /// Since when serin has been waiting for the primary to become ready.
     pub primary_waiting_since: Option<Time>,
+    /// People's requests: paused or not, and the last one handled (see [`request`]).
+    pub requests: RequestState,
     /// The last gate asked in this run and its answer; tells the waiting Event once, shows in
     /// the `serin.dev/Gate` condition, and marks that the run got past its first step (#1248).
     pub gate: Option<GateState>,
@@ -177,6 +181,8 @@ pub struct Observation {
     /// The revision the primary runs (serin records it on the primary when promoting).
     pub primary_revision: Option<String>,
     pub results: CheckResults,
+    /// The latest request in the Canary's annotations (handled once; see [`request`]).
+    pub request: Option<Request>,
 }
 
 /// A check the shell must run before the decision can go on.
@@ -526,6 +532,9 @@ impl Draft<'_> {
     }
 
     fn run(&mut self) -> Flow {
+        if self.handle_request() {
+            return Ok(());
+        }
         if self.s.suspend {
             if self.due() {
                 self.consume_step();
@@ -539,6 +548,9 @@ impl Draft<'_> {
             _ => {}
         }
         self.adopt_foreign_revision();
+        if self.hold_paused() {
+            return Ok(());
+        }
         if self.o.primary.is_none() {
             // Someone deleted the primary: the shell re-creates it; nothing moves until then.
             self.requeue(SHORT_RETRY);
@@ -1071,6 +1083,11 @@ impl Draft<'_> {
                 self.warn(msg::rolling_back_webhook(&canary));
                 self.alert(Severity::Warn, msg::ALERT_ROLLBACK_WEBHOOK, false);
             }
+            Cause::Requested(by) => {
+                let text = request::text::rolling_back_requested(&canary, &by);
+                self.warn(text.clone());
+                self.alert(Severity::Warn, text, false);
+            }
         }
         self.warn(msg::canary_failed(&canary));
         self.plan.scale = Scale::Zero;
@@ -1112,6 +1129,8 @@ enum Cause {
     Threshold,
     Deadline(String),
     Webhook,
+    /// A person asked (`serin abort`); names who.
+    Requested(String),
 }
 
 #[cfg(test)]

@@ -107,6 +107,7 @@ impl World {
             primary: self.primary.clone(),
             primary_revision: self.primary_revision.clone(),
             results: CheckResults::default(),
+            request: None,
         }
     }
 
