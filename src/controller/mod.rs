@@ -306,6 +306,7 @@ pub async fn run_with(
     });
 
     let totals_task = tokio::spawn(count_canaries(canaries.clone(), metrics.clone()));
+    let prune_task = tokio::spawn(prune_written(ctx.clone()));
     let synced_task = tokio::spawn(mark_synced(ctx.clone()));
     let server = opts.listen.map(|addr| {
         let m = metrics.clone();
@@ -384,12 +385,31 @@ pub async fn run_with(
     }
     tpl_task.abort();
     totals_task.abort();
+    prune_task.abort();
     synced_task.abort();
     if let Some(s) = server {
         s.abort();
     }
     info!("serin controller stopped");
     Ok(())
+}
+
+/// Forgets the status versions of deleted Canaries once a minute, so that [`Ctx::written`] stays
+/// as large as the set of Canaries rather than everything ever seen.
+async fn prune_written(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let live: std::collections::HashSet<String> = ctx
+            .canaries
+            .state()
+            .iter()
+            .filter_map(|c| c.metadata.uid.clone())
+            .collect();
+        if let Ok(mut w) = ctx.written.lock() {
+            w.retain(|uid, _| live.contains(uid));
+        }
+    }
 }
 
 /// `flagger_canary_total{namespace}`, refreshed from the cache every 10 s (Flagger's control-loop
