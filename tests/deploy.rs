@@ -7,7 +7,6 @@
 mod support;
 
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -177,38 +176,15 @@ struct RestrictedController {
 
 impl RestrictedController {
     fn spawn(env: &SharedEnv, kubeconfig: &Path) -> Self {
-        let bin = env!("CARGO_BIN_EXE_serin");
-        let help = Command::new(bin)
-            .args(["controller", "--help"])
-            .output()
-            .expect("serin controller --help");
-        let leader_elect = String::from_utf8_lossy(&help.stdout).contains("--leader-elect");
         let log = env.logs_dir().join("controller-deploy-restricted.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        let mut cmd = Command::new(bin);
+        let mut cmd = support::serin_command(&log);
         cmd.args(["controller", "--kubeconfig"])
             .arg(kubeconfig)
             .args(["--metrics-server", env.prometheus_url()])
-            .args(["--listen", "127.0.0.1:0", "--log-level", "debug"]);
-        if leader_elect {
-            cmd.arg("--leader-elect");
-        }
-        cmd.env(
-            "RUST_LOG",
-            "info,serin=debug,kube_client::client::tls=error",
-        )
-        .env("POD_NAME", "serin-restricted")
-        .env("POD_NAMESPACE", "istio-system")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+            .args(["--listen", "127.0.0.1:0", "--log-level", "debug"])
+            .arg("--leader-elect")
+            .env("POD_NAME", "serin-restricted")
+            .env("POD_NAMESPACE", "istio-system");
         let child = cmd.spawn().expect("starting serin controller");
         RestrictedController { child, log }
     }

@@ -2,9 +2,8 @@
 //! `serin controller` started with extra flags (the global notifier).
 #![allow(dead_code)]
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -112,9 +111,7 @@ impl Controller {
             l.local_addr().expect("port").port()
         };
         let log = env.logs_dir().join(format!("controller-{ns}-alerts.log"));
-        let out = std::fs::File::create(&log).expect("controller log file");
-        let err = out.try_clone().expect("controller log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_serin"));
+        let mut cmd = crate::support::serin_command(&log);
         cmd.args(["controller", "--kubeconfig"])
             .arg(env.kubeconfig_path())
             .args(["--namespace", ns, "--metrics-server", env.prometheus_url()])
@@ -122,21 +119,7 @@ impl Controller {
             .args(extra)
             // The global notifier comes from the flags only, not from the test runner's env.
             .env_remove("SLACK_URL")
-            .env_remove("MSTEAMS_URL")
-            .env(
-                "RUST_LOG",
-                "info,serin=debug,kube_client::client::tls=error",
-            )
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        // The controller dies with the test process even if the test panics before Drop runs.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+            .env_remove("MSTEAMS_URL");
         let child = cmd.spawn().expect("starting serin controller");
         Controller {
             child: Some(child),

@@ -2,9 +2,8 @@
 //! identity, their `/metrics`, and the Lease.
 #![allow(dead_code)]
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -27,9 +26,7 @@ impl Candidate {
         let log = env
             .logs_dir()
             .join(format!("controller-{ns}-{identity}.log"));
-        let out = std::fs::File::create(&log).expect("controller log file");
-        let err = out.try_clone().expect("controller log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_serin"));
+        let mut cmd = crate::support::serin_command(&log);
         cmd.args(["controller", "--kubeconfig"])
             .arg(env.kubeconfig_path())
             .args(["--namespace", ns, "--metrics-server", env.prometheus_url()])
@@ -38,20 +35,7 @@ impl Candidate {
             .args(["--leader-elect-lease-duration", "4s"])
             .args(["--leader-elect-renew-deadline", "3s"])
             .args(["--leader-elect-retry-period", "500ms"])
-            .env("POD_NAME", identity)
-            .env(
-                "RUST_LOG",
-                "info,serin=debug,kube_client::client::tls=error",
-            )
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+            .env("POD_NAME", identity);
         let child = cmd.spawn().expect("starting serin controller");
         Candidate {
             child: Some(child),

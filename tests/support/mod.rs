@@ -5,7 +5,7 @@
 pub mod corpus;
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,27 +31,11 @@ pub struct ControllerProcess {
 impl ControllerProcess {
     pub fn spawn(env: &SharedEnv, ns: &str, tag: &str) -> Self {
         let log = env.logs_dir().join(format!("controller-{ns}-{tag}.log"));
-        let out = std::fs::File::create(&log).expect("controller log file");
-        let err = out.try_clone().expect("controller log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_serin"));
+        let mut cmd = serin_command(&log);
         cmd.args(["controller", "--kubeconfig"])
             .arg(env.kubeconfig_path())
             .args(["--namespace", ns, "--metrics-server", env.prometheus_url()])
-            .args(["--listen", "127.0.0.1:0", "--log-level", "debug"])
-            .env(
-                "RUST_LOG",
-                "info,serin=debug,kube_client::client::tls=error",
-            )
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        // The controller dies with the test process even if the test panics before Drop runs.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+            .args(["--listen", "127.0.0.1:0", "--log-level", "debug"]);
         let child = cmd.spawn().expect("starting serin controller");
         ControllerProcess {
             child: Some(child),
@@ -78,6 +62,29 @@ impl Drop for ControllerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `serin` as a child of the test: output to `log`, stdin closed, serin's debug logging, and killed
+/// with the test process even if the test panics before any Drop runs. The caller adds the args.
+pub fn serin_command(log: &Path) -> Command {
+    let out = std::fs::File::create(log).expect("serin log file");
+    let err = out.try_clone().expect("serin log file");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_serin"));
+    cmd.env(
+        "RUST_LOG",
+        "info,serin=debug,kube_client::client::tls=error",
+    )
+    .stdin(Stdio::null())
+    .stdout(out)
+    .stderr(err);
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd
 }
 
 /// One test's world: namespace, mesh simulator, controller.
