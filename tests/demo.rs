@@ -6,6 +6,11 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serin::rollout::messages as msg;
+
+/// `analysis.threshold` of backend's Canary in deploy/gitops.
+const THRESHOLD: u32 = 5;
+
 fn output_so_far(path: &std::path::Path) -> String {
     let mut s = String::new();
     if let Ok(mut f) = std::fs::File::open(path) {
@@ -65,20 +70,23 @@ fn the_demo_promotes_a_release_rolls_back_a_faulty_one_and_cleans_up() {
     assert!(rows[0].contains("10→20→30→40→50"), "{summary}");
     assert!(text.contains("The good release was promoted"), "{text}");
     // What the chat got, and what kubectl describe showed.
+    assert!(text.contains(msg::ALERT_PROMOTED), "{text}");
     assert!(
-        text.contains("Canary analysis completed successfully, promotion finished."),
+        text.contains(&format!(
+            "✗ backend.prod: {}",
+            msg::alert_threshold(THRESHOLD)
+        )),
         "{text}"
     );
     assert!(
-        text.contains("✗ backend.prod: Failed checks threshold reached"),
+        text.contains(&msg::rolling_back_threshold("backend.prod", THRESHOLD)),
         "{text}"
     );
     assert!(
-        text.contains("Rolling back backend.prod failed checks threshold reached"),
-        "{text}"
-    );
-    assert!(
-        text.contains("Copying backend.prod template spec to backend-primary.prod"),
+        text.contains(&msg::copying_template(
+            "backend.prod",
+            "backend-primary.prod"
+        )),
         "{text}"
     );
 
