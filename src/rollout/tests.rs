@@ -9,11 +9,12 @@ use proptest::prelude::{
 use proptest::strategy::Strategy as _;
 use std::collections::HashMap;
 
-fn t0() -> Time {
+pub(super) fn t0() -> Time {
     Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().unwrap()
 }
 
-fn settings() -> Settings {
+/// Shared with the request tests (`rollout::request::tests`).
+pub(super) fn settings() -> Settings {
     Settings {
         canary: "podinfo.test".into(),
         target: "podinfo.test".into(),
@@ -36,7 +37,7 @@ fn settings() -> Settings {
     }
 }
 
-fn rev(s: &str) -> String {
+pub(super) fn rev(s: &str) -> String {
     format!("{REVISION_PREFIX}{s}")
 }
 

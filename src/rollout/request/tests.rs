@@ -2,38 +2,7 @@
 
 use super::super::*;
 use super::text;
-use chrono::TimeZone;
-
-fn t0() -> Time {
-    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().unwrap()
-}
-
-fn rev(s: &str) -> String {
-    format!("{REVISION_PREFIX}{s}")
-}
-
-fn settings() -> Settings {
-    Settings {
-        canary: "podinfo.test".into(),
-        target: "podinfo.test".into(),
-        primary: "podinfo-primary.test".into(),
-        kind: "Deployment".into(),
-        strategy: Strategy::Canary,
-        interval: Duration::from_secs(60),
-        threshold: 2,
-        max_weight: 50,
-        step_weight: 10,
-        step_weights: vec![],
-        step_weight_promotion: 0,
-        iterations: 0,
-        mirror: false,
-        skip_analysis: false,
-        suspend: false,
-        progress_deadline: Duration::from_secs(600),
-        hooks: vec![],
-        muted_hooks: vec![],
-    }
-}
+use crate::rollout::tests::{rev, settings, t0};
 
 /// A cluster that answers every check with `analysis` and opens every gate.
 struct World {
