@@ -469,24 +469,15 @@ fn count_phases(
     }
 }
 
-/// `/readyz` turns ready once every cache has listed. Polled with a timeout: a store's readiness
-/// is a oneshot that wakes only its latest waiter, so a waiter that reconciles overtake could
-/// otherwise sleep forever.
+/// `/readyz` turns ready once every cache has listed ([`Ctx::caches_ready`] wakes every waiter).
 async fn mark_synced(ctx: Arc<Ctx>) {
-    loop {
-        match tokio::time::timeout(Duration::from_millis(500), ctx.caches_ready()).await {
-            Ok(true) => {
-                ctx.metrics
-                    .ops
-                    .health
-                    .caches_synced
-                    .store(true, std::sync::atomic::Ordering::Release);
-                info!("caches synced: ready");
-                return;
-            }
-            Ok(false) => return,
-            Err(_) => {}
-        }
+    if ctx.caches_ready().await {
+        ctx.metrics
+            .ops
+            .health
+            .caches_synced
+            .store(true, std::sync::atomic::Ordering::Release);
+        info!("caches synced: ready");
     }
 }
 
