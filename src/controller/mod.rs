@@ -102,9 +102,8 @@ pub struct Ctx {
     pub autoscalers: autoscaler::Autoscalers,
     /// Chat alerts.
     pub alerter: crate::alerts::Alerter,
-    /// Set once every cache has listed. kube's `Store::wait_until_ready` wakes only the last of
-    /// several tasks waiting at the same time (one oneshot waker), which left a Canary's first
-    /// reconcile hanging forever when two started together; one initializer waits for all.
+    /// Set once every cache has listed: one initializer waits (see [`store_ready`]) and every
+    /// reconcile that asks meanwhile is woken with it.
     pub ready: tokio::sync::OnceCell<bool>,
 }
 
@@ -116,15 +115,32 @@ impl Ctx {
     }
 
     async fn wait_for_caches(&self) -> bool {
-        self.canaries.wait_until_ready().await.is_ok()
-            && self.deployments.wait_until_ready().await.is_ok()
-            && self.services.wait_until_ready().await.is_ok()
-            && self.config_maps.wait_until_ready().await.is_ok()
-            && self.secrets.wait_until_ready().await.is_ok()
-            && self.templates.wait_until_ready().await.is_ok()
-            && self.virtual_services.wait_until_ready().await.is_ok()
-            && self.destination_rules.wait_until_ready().await.is_ok()
-            && self.autoscalers.store.wait_until_ready().await.is_ok()
+        store_ready(&self.canaries).await
+            && store_ready(&self.deployments).await
+            && store_ready(&self.services).await
+            && store_ready(&self.config_maps).await
+            && store_ready(&self.secrets).await
+            && store_ready(&self.templates).await
+            && store_ready(&self.virtual_services).await
+            && store_ready(&self.destination_rules).await
+            && store_ready(&self.autoscalers.store).await
+    }
+}
+
+/// kube's `Store::wait_until_ready` is a oneshot behind a mutex: of several tasks waiting at once
+/// (kube's own controller machinery waits on the same stores) only the last to poll is woken.
+/// Polling again every 200 ms bounds a missed wake-up; `false` when the writer is gone.
+async fn store_ready<K>(store: &Store<K>) -> bool
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(ready) =
+            tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await
+        {
+            return ready.is_ok();
+        }
     }
 }
 
