@@ -546,28 +546,40 @@ impl Sandbox {
     /// Makes Prometheus scrape `addr` (`host:port`, path `/metrics`) as job `job`, replacing
     /// the job's previous target. Prometheus notices within about a second.
     pub fn register_scrape_target(&self, job: &str, addr: &str) -> std::io::Result<()> {
-        if let Ok(mut t) = self.targets.lock() {
+        self.update_targets(|t| {
             t.insert(job.to_string(), addr.to_string());
-        }
-        self.write_targets().map_err(std::io::Error::other)
+        })
+        .map_err(std::io::Error::other)
     }
 
     /// Stops scraping `job`.
     pub fn unregister_scrape_target(&self, job: &str) -> std::io::Result<()> {
-        if let Ok(mut t) = self.targets.lock() {
+        self.update_targets(|t| {
             t.remove(job);
-        }
-        self.write_targets().map_err(std::io::Error::other)
+        })
+        .map_err(std::io::Error::other)
     }
 
     fn write_targets(&self) -> Result<(), Error> {
-        let groups: Vec<serde_json::Value> = match self.targets.lock() {
-            Ok(t) => t
-                .iter()
-                .map(|(job, addr)| serde_json::json!({"targets": [addr], "labels": {"job": job}}))
-                .collect(),
-            Err(_) => return Err(Error::Other("scrape target list poisoned".into())),
-        };
+        self.update_targets(|_| {})
+    }
+
+    /// Changes the target list and rewrites the file under one lock: tests register targets
+    /// concurrently, and two writers sharing the temporary file name would race on its rename
+    /// (the loser's rename finds the file gone).
+    fn update_targets(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<String, String>),
+    ) -> Result<(), Error> {
+        let mut t = self
+            .targets
+            .lock()
+            .map_err(|_| Error::Other("scrape target list poisoned".into()))?;
+        change(&mut t);
+        let groups: Vec<serde_json::Value> = t
+            .iter()
+            .map(|(job, addr)| serde_json::json!({"targets": [addr], "labels": {"job": job}}))
+            .collect();
         let text = serde_json::to_string_pretty(&groups)
             .map_err(|e| Error::Other(format!("encoding scrape targets: {e}")))?;
         // Write then rename, so that Prometheus never reads half a file.
