@@ -347,3 +347,64 @@ async fn prometheus_scrapes_a_target_registered_at_runtime() {
         .unwrap();
     assert_eq!(v["data"]["result"][0]["value"][1], "1");
 }
+
+/// Tests of one binary register their targets at the same moment; every registration must
+/// succeed and Prometheus must end up with all of them (CI once lost one to a temp-file race).
+#[tokio::test]
+async fn concurrent_scrape_target_registrations_all_land() {
+    let env = shared();
+    let jobs: Vec<String> = (0..16)
+        .map(|i| format!("concurrent-{}-{i}", std::process::id()))
+        .collect();
+    let results: Vec<std::io::Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, job)| {
+                s.spawn(move || env.register_scrape_target(job, &format!("127.0.0.1:{}", 1 + i)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("panicked")))
+            })
+            .collect()
+    });
+    for (job, r) in jobs.iter().zip(&results) {
+        assert!(r.is_ok(), "registering {job}: {r:?}");
+    }
+
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/targets", env.prometheus_url());
+    eventually("Prometheus lists every registered job", LIMIT, || {
+        let (http, url, jobs) = (http.clone(), url.clone(), jobs.clone());
+        async move {
+            let v: serde_json::Value = http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            let seen: std::collections::BTreeSet<String> = v["data"]["activeTargets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t["labels"]["job"].as_str().map(str::to_string))
+                .collect();
+            let missing: Vec<&String> = jobs.iter().filter(|j| !seen.contains(*j)).collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("missing {missing:?}"))
+            }
+        }
+    })
+    .await;
+    for job in &jobs {
+        env.unregister_scrape_target(job).unwrap();
+    }
+}
