@@ -137,24 +137,83 @@ struct Ports {
     prometheus: u16,
 }
 
+const START_ATTEMPTS: u32 = 3;
+
+/// A start that failed because a program could not bind its port.
+fn is_port_clash(e: &Error) -> bool {
+    matches!(e, Error::ChildExited(exit) if exit.log_tail.contains("address already in use"))
+}
+
 /// Several free loopback ports at once (all bound together, so they differ).
+///
+/// They are picked below the kernel's ephemeral range when there is room: the kernel hands out
+/// ephemeral ports to every `bind(:0)` and outgoing connection on the machine (the test servers,
+/// the API server's clients), and one of those could take a port between this check and the
+/// program's own bind. Outside that range only another sandbox picking at random can collide.
 fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| parse_port_range(&t));
+    let mut listeners = Vec::with_capacity(n);
+    if let Some((low, _)) = range
+        && low > PICK_FLOOR + 1000
+    {
+        let span = u32::from(low - PICK_FLOOR);
+        let mut tries = 0;
+        while listeners.len() < n && tries < 200 {
+            tries += 1;
+            let r = u32::from_str_radix(&random_hex(8), 16).unwrap_or(tries);
+            let port = PICK_FLOOR + u16::try_from(r % span).unwrap_or(0);
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+                listeners.push(l);
+            }
+        }
+    }
+    while listeners.len() < n {
+        listeners.push(TcpListener::bind("127.0.0.1:0")?);
+    }
     listeners
         .iter()
         .map(|l| l.local_addr().map(|a| a.port()))
         .collect()
 }
 
+/// The lowest port [`free_ports`] picks: above the registered services people run locally.
+const PICK_FLOOR: u16 = 20000;
+
+/// `ip_local_port_range`: "32768\t60999".
+fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut it = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+    Some((it.next()??, it.next()??))
+}
+
 impl Sandbox {
     /// Starts etcd, kube-apiserver, kube-controller-manager, Prometheus and the simulated kubelet,
     /// installs the CRDs, and returns once all of it answers.
+    ///
+    /// The ports are picked before the programs bind them, so another process can take one in
+    /// between; a start that fails that way is retried on fresh ports, up to three times.
     pub async fn start(opts: SandboxOptions) -> Result<Sandbox, Error> {
         let t0 = Instant::now();
         let bins = locate()?;
         sweep_stale_temp_dirs();
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(&opts, &bins, t0).await {
+                Err(e) if attempt < START_ATTEMPTS && is_port_clash(&e) => {
+                    tracing::warn!("sandbox start attempt {attempt} lost a port ({e}); retrying");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(
+        opts: &SandboxOptions,
+        bins: &Binaries,
+        t0: Instant,
+    ) -> Result<Sandbox, Error> {
         let (dir, data_dir, temp) = prepare_dirs(opts.dir.as_deref())?;
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).map_err(io_err(format!("creating {}", logs.display())))?;
@@ -184,7 +243,7 @@ impl Sandbox {
             api_url,
             base_config,
             admin_token: random_hex(32),
-            users: opts.users,
+            users: opts.users.clone(),
             prometheus_url: format!("http://127.0.0.1:{}", ports.prometheus),
             targets: Mutex::new(BTreeMap::new()),
             started_at: t0,
@@ -196,7 +255,7 @@ impl Sandbox {
             stopped: false,
         };
         // On any error `sb` is dropped here, which tears down whatever did start.
-        sb.boot(&bins, &ports).await?;
+        sb.boot(bins, &ports).await?;
         sb.startup = t0.elapsed();
         Ok(sb)
     }
@@ -927,11 +986,44 @@ mod tests {
     }
 
     #[test]
-    fn free_ports_differ() {
+    fn free_ports_differ_and_avoid_the_ephemeral_range() {
         let p = free_ports(4).unwrap();
         let set: std::collections::HashSet<_> = p.iter().collect();
         assert_eq!(set.len(), 4);
         assert!(p.iter().all(|&x| x != 0));
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|t| parse_port_range(&t));
+        if let Some((low, _)) = range.filter(|(low, _)| *low > PICK_FLOOR + 1000) {
+            assert!(p.iter().all(|&x| (PICK_FLOOR..low).contains(&x)), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn port_range_parsing() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("1024 65535"), Some((1024, 65535)));
+        assert_eq!(parse_port_range(""), None);
+        assert_eq!(parse_port_range("x 2"), None);
+    }
+
+    #[test]
+    fn only_a_bind_failure_is_a_port_clash() {
+        let exit = |tail: &str| {
+            Error::ChildExited(ChildExit {
+                name: "prometheus".into(),
+                status: "exit status: 1".into(),
+                log_tail: tail.into(),
+                log: PathBuf::from("/x/prometheus.log"),
+            })
+        };
+        assert!(is_port_clash(&exit(
+            "err=\"listen tcp 127.0.0.1:41481: bind: address already in use\""
+        )));
+        assert!(!is_port_clash(&exit("panic: something else")));
+        assert!(!is_port_clash(&Error::Other(
+            "address already in use".into()
+        )));
     }
 
     #[test]
