@@ -41,6 +41,20 @@ pub const PACKAGES: &[&str] = &[
     "dpkg-dev",
 ];
 
+/// Debian's kubectl (1.20, with kustomize 2), installed only when no `kubectl` is on the PATH:
+/// the demo's `kubectl describe` and the tests' `kubectl apply -k` need one, and a newer kubectl
+/// the user already has is better than Debian's.
+pub const KUBECTL_PACKAGE: &str = "kubernetes-client";
+
+/// The Debian packages to have: [`PACKAGES`], plus [`KUBECTL_PACKAGE`] when there is no kubectl.
+pub fn wanted_packages(kubectl_found: bool) -> Vec<&'static str> {
+    let mut all = PACKAGES.to_vec();
+    if !kubectl_found {
+        all.push(KUBECTL_PACKAGE);
+    }
+    all
+}
+
 /// The two binaries built from source.
 pub const KUBE_BINARIES: [&str; 2] = ["kube-apiserver", "kube-controller-manager"];
 
@@ -476,9 +490,9 @@ pub fn dpkg_status_installed(status: &str) -> bool {
     status.split_whitespace().nth(2) == Some("installed")
 }
 
-fn missing_packages() -> anyhow::Result<Vec<&'static str>> {
+fn missing_packages(wanted: &[&'static str]) -> anyhow::Result<Vec<&'static str>> {
     let mut missing = Vec::new();
-    for &package in PACKAGES {
+    for &package in wanted {
         let out = capture(
             Command::new("dpkg-query").args(["-W", "-f=${Status}", package]),
             "checking installed packages",
@@ -492,11 +506,12 @@ fn missing_packages() -> anyhow::Result<Vec<&'static str>> {
 }
 
 fn install_packages(log: &mut Log) -> anyhow::Result<Outcome> {
-    let missing = missing_packages()?;
+    let wanted = wanted_packages(find_program("kubectl", &search_dirs()).is_some());
+    let missing = missing_packages(&wanted)?;
     if missing.is_empty() {
         return Ok(Outcome::Cached(format!(
             "all {} packages installed",
-            PACKAGES.len()
+            wanted.len()
         )));
     }
     let list = missing.join(" ");
@@ -520,7 +535,7 @@ fn install_packages(log: &mut Log) -> anyhow::Result<Outcome> {
         &format!("installing {list}"),
         &format!("run `apt-get install -y {list}` by hand to see the whole problem, fix it, then run this again"),
     )?;
-    let still = missing_packages()?;
+    let still = missing_packages(&missing)?;
     if !still.is_empty() {
         bail!(
             "apt-get reported success but these packages are still not installed: {}\nwhat to do: run `apt-get install -y {}` by hand and check its output",
@@ -999,6 +1014,14 @@ mod tests {
         assert!(!dpkg_status_installed("install ok unpacked"));
         assert!(!dpkg_status_installed("unknown ok not-installed"));
         assert!(!dpkg_status_installed(""));
+    }
+
+    #[test]
+    fn debians_kubectl_is_wanted_only_without_one_on_the_path() {
+        assert_eq!(wanted_packages(true), PACKAGES.to_vec());
+        let without = wanted_packages(false);
+        assert_eq!(&without[..PACKAGES.len()], PACKAGES);
+        assert_eq!(without[PACKAGES.len()..], [KUBECTL_PACKAGE]);
     }
 
     #[test]
