@@ -57,6 +57,20 @@ pub fn event_payload(
     }
 }
 
+/// Where an Event goes: the Canary's own `event` webhooks, or else the global `--event-webhook`
+/// as a hook named `events` (Flagger's `sendEventToWebhook`: the Canary's hooks override it).
+pub fn event_targets(own: Vec<CanaryWebhook>, global: Option<&str>) -> Vec<CanaryWebhook> {
+    match global {
+        Some(url) if own.is_empty() => vec![CanaryWebhook {
+            name: "events".into(),
+            type_: Some(crate::api::HookType::Event),
+            url: url.into(),
+            ..Default::default()
+        }],
+        _ => own,
+    }
+}
+
 /// How retries are paced and bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {

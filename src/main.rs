@@ -112,6 +112,10 @@ struct ControllerArgs {
     log_level: String,
     #[arg(long, value_enum, default_value = "text")]
     log_format: serin::telemetry::LogFormat,
+    /// Flagger's `-event-webhook`: every Event of a Canary that has no `event` webhook of its own
+    /// is POSTed here with Flagger's event payload.
+    #[arg(long, env = "EVENT_WEBHOOK_URL")]
+    event_webhook: Option<String>,
     #[command(flatten)]
     leader: LeaderArgs,
     /// Alerts: the global notifier and the cluster name (boxed: it is large).
@@ -392,6 +396,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         listen: Some(args.listen),
         leader: args.leader.options(),
         alerts: *args.alerts,
+        event_webhook: args.event_webhook.filter(|u| !u.trim().is_empty()),
     };
     serin::controller::run_with_config(config, opts, shutdown_signal()).await
 }

@@ -401,3 +401,75 @@ async fn a_rollback_hook_answering_2xx_rolls_back() {
         "the primary is untouched"
     );
 }
+
+/// `--event-webhook` (Flagger's `-event-webhook`): Canaries without `event` hooks send their
+/// Events there; a Canary with its own `event` hook sends them only to its own.
+#[tokio::test]
+async fn the_global_event_webhook_gets_the_events_of_canaries_without_their_own() {
+    let r = Receiver::start().await;
+    let global = r.url("global");
+    let w = World::with_controller_args("hooks-global", &["--event-webhook", &global]).await;
+    let ns = w.ns.clone();
+    let analysis = |hooks: Value| json!({"interval": "5s", "threshold": 2, "maxWeight": 50, "stepWeight": 25, "webhooks": hooks});
+    w.apply(deployment("podinfo", "podinfo:6.0.0", json!({})))
+        .await;
+    w.apply(canary("podinfo", analysis(json!([])))).await;
+    w.apply(deployment("own", "podinfo:6.0.0", json!({}))).await;
+    w.apply(canary(
+        "own",
+        analysis(json!([hook("mine", "event", r.url("own"))])),
+    ))
+    .await;
+    w.wait_phase("podinfo", "Initialized", LIMIT).await;
+    w.wait_phase("own", "Initialized", LIMIT).await;
+
+    let done = serin::rollout::messages::initialization_done(&format!("podinfo.{ns}"));
+    let got = eventually(
+        "the global hook got podinfo's initialization",
+        LIMIT,
+        || async {
+            let got = r.payloads("global");
+            if got
+                .iter()
+                .any(|p| p["metadata"]["eventMessage"] == done.as_str())
+            {
+                Ok(got)
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    )
+    .await;
+    for p in &got {
+        assert_eq!(p["name"], "podinfo", "only podinfo's Events go there: {p}");
+        assert_eq!(p["namespace"], ns.as_str());
+        assert_eq!(p["metadata"]["eventType"], "Normal", "{p}");
+        assert!(
+            p["metadata"]["timestamp"]
+                .as_str()
+                .is_some_and(|t| t.parse::<i64>().is_ok()),
+            "{p}"
+        );
+    }
+    let own_done = serin::rollout::messages::initialization_done(&format!("own.{ns}"));
+    eventually(
+        "the Canary's own hook got its initialization",
+        LIMIT,
+        || async {
+            let got = r.payloads("own");
+            if got
+                .iter()
+                .any(|p| p["metadata"]["eventMessage"] == own_done.as_str())
+            {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    )
+    .await;
+    assert!(
+        r.payloads("global").iter().all(|p| p["name"] == "podinfo"),
+        "a Canary with its own event hook does not also use the global one"
+    );
+}

@@ -53,6 +53,8 @@ pub struct Options {
     pub leader: Option<leader::LeaderOptions>,
     /// The global notifier and cluster name (`--slack-url`, `--msteams-url`, `--cluster-name`, ...).
     pub alerts: crate::alerts::GlobalArgs,
+    /// `--event-webhook`: receives the Events of Canaries without `event` webhooks.
+    pub event_webhook: Option<String>,
 }
 
 impl Default for Options {
@@ -64,6 +66,7 @@ impl Default for Options {
             listen: None,
             leader: None,
             alerts: Default::default(),
+            event_webhook: None,
         }
     }
 }

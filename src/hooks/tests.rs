@@ -90,6 +90,27 @@ fn event_metadata_merges_and_the_three_keys_win() {
 }
 
 #[test]
+fn the_global_event_webhook_is_used_only_without_the_canarys_own() {
+    let own = vec![hook(Some(HookType::Event), &[("team", "a")])];
+    // The Canary's hooks win over --event-webhook.
+    assert_eq!(
+        event_targets(own.clone(), Some("http://global/")),
+        own.clone()
+    );
+    assert_eq!(event_targets(own.clone(), None), own);
+    // Without its own, the global one under Flagger's name, with no metadata.
+    let global = event_targets(vec![], Some("http://global/"));
+    assert_eq!(global.len(), 1);
+    assert_eq!(global[0].name, "events");
+    assert_eq!(global[0].url, "http://global/");
+    assert_eq!(global[0].hook_type(), HookType::Event);
+    assert!(global[0].metadata.is_empty());
+    assert_eq!(global[0].timeout(), Duration::from_secs(10));
+    // Neither: nothing to send.
+    assert!(event_targets(vec![], None).is_empty());
+}
+
+#[test]
 fn checksum_tells_revisions_and_configs_apart() {
     let none = BTreeMap::new();
     let cfg = BTreeMap::from([("configmap/x".to_string(), "ab".to_string())]);

@@ -30,12 +30,18 @@ pub struct ControllerProcess {
 
 impl ControllerProcess {
     pub fn spawn(env: &SharedEnv, ns: &str, tag: &str) -> Self {
+        Self::spawn_with(env, ns, tag, &[])
+    }
+
+    /// With extra `serin controller` flags.
+    pub fn spawn_with(env: &SharedEnv, ns: &str, tag: &str, extra: &[&str]) -> Self {
         let log = env.logs_dir().join(format!("controller-{ns}-{tag}.log"));
         let mut cmd = serin_command(&log);
         cmd.args(["controller", "--kubeconfig"])
             .arg(env.kubeconfig_path())
             .args(["--namespace", ns, "--metrics-server", env.prometheus_url()])
-            .args(["--listen", "127.0.0.1:0", "--log-level", "debug"]);
+            .args(["--listen", "127.0.0.1:0", "--log-level", "debug"])
+            .args(extra);
         let child = cmd.spawn().expect("starting serin controller");
         ControllerProcess {
             child: Some(child),
@@ -98,6 +104,11 @@ pub struct World {
 
 impl World {
     pub async fn new(prefix: &str) -> World {
+        Self::with_controller_args(prefix, &[]).await
+    }
+
+    /// A world whose controller gets extra flags.
+    pub async fn with_controller_args(prefix: &str, extra: &[&str]) -> World {
         let env = shared();
         let ns = env.namespace(prefix).await;
         let mesh = mesh::start(
@@ -111,7 +122,7 @@ impl World {
         .expect("mesh simulator");
         env.register_scrape_target(&format!("mesh-{ns}"), &mesh.metrics_addr().to_string())
             .expect("scrape target");
-        let controller = ControllerProcess::spawn(env, &ns, "1");
+        let controller = ControllerProcess::spawn_with(env, &ns, "1", extra);
         World {
             env,
             client: env.client(),

@@ -149,7 +149,10 @@ impl Reconcile {
     /// Sends a recorded Event to the `event` hooks without waiting for them. The Events of one
     /// reconcile reach each receiver in the order they were recorded.
     pub(super) fn send_event_hooks(&self, warning: bool, message: &str) {
-        let hooks = self.webhooks(HookType::Event);
+        let hooks = hooks::event_targets(
+            self.webhooks(HookType::Event),
+            self.ctx.opts.event_webhook.as_deref(),
+        );
         if hooks.is_empty() {
             return;
         }
