@@ -10,11 +10,7 @@ use kube::api::DeleteParams;
 use serin::sandbox::{Sandbox, SandboxOptions};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    serin::sandbox::free_ports(1).unwrap()[0]
 }
 
 fn controller(sandbox: &Sandbox, listen: &str) -> Command {

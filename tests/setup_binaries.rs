@@ -4,7 +4,6 @@
 //! strings in one (the vendored kube-openapi called them null under Go ≥ 1.16). Needs the
 //! environment: fails, never skips, when setup has not run.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -95,14 +94,6 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct TempDir(PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -119,7 +110,8 @@ async fn built_api_server_stores_and_serves_a_custom_resource() {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
 
-    let (etcd_port, peer_port, api_port) = (free_port(), free_port(), free_port());
+    let ports = serin::sandbox::free_ports(3).unwrap();
+    let (etcd_port, peer_port, api_port) = (ports[0], ports[1], ports[2]);
     let etcd_url = format!("http://127.0.0.1:{etcd_port}");
     let mut etcd = Proc::start(
         "etcd",

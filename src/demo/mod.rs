@@ -480,10 +480,12 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A port for a program to bind later; see [`crate::sandbox::free_ports`] for why not `:0`.
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    crate::sandbox::free_ports(1)?
+        .first()
+        .copied()
+        .ok_or_else(|| std::io::Error::other("no free port"))
 }
 
 fn strings(args: &[&str]) -> Vec<String> {

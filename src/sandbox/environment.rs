@@ -144,13 +144,15 @@ fn is_port_clash(e: &Error) -> bool {
     matches!(e, Error::ChildExited(exit) if exit.log_tail.contains("address already in use"))
 }
 
-/// Several free loopback ports at once (all bound together, so they differ).
+/// Free loopback ports for programs that bind them later (held together while picked, so they
+/// differ).
 ///
 /// They are picked below the kernel's ephemeral range when there is room: the kernel hands out
 /// ephemeral ports to every `bind(:0)` and outgoing connection on the machine (the test servers,
 /// the API server's clients), and one of those could take a port between this check and the
-/// program's own bind. Outside that range only another sandbox picking at random can collide.
-fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+/// program's own bind. Outside that range only another caller of this function, picking at random, can
+/// collide.
+pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|t| parse_port_range(&t));

@@ -28,7 +28,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use environment::{
-    Error, Sandbox, SandboxOptions, TEMP_PREFIX, User, sandbox_crds, sweep_stale_temp_dirs,
+    Error, Sandbox, SandboxOptions, TEMP_PREFIX, User, free_ports, sandbox_crds,
+    sweep_stale_temp_dirs,
 };
 pub use process::ChildExit;
 pub use setup::{Binaries, NotSetUp, cache_dir, locate};

@@ -106,10 +106,7 @@ pub struct Controller {
 
 impl Controller {
     pub fn spawn(env: &SharedEnv, ns: &str, extra: &[&str]) -> Controller {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-            l.local_addr().expect("port").port()
-        };
+        let port = serin::sandbox::free_ports(1).expect("a free port")[0];
         let log = env.logs_dir().join(format!("controller-{ns}-alerts.log"));
         let mut cmd = crate::support::serin_command(&log);
         cmd.args(["controller", "--kubeconfig"])
