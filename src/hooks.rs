@@ -225,6 +225,16 @@ pub async fn call(
     call_with(http, insecure, hook, payload, RetryPolicy::default()).await
 }
 
+/// The shared client, and the one for `disableTLS` hooks that skips certificate checks. Built
+/// once, so that every call reuses their connection pools.
+pub fn clients() -> Result<(reqwest::Client, reqwest::Client), reqwest::Error> {
+    let http = reqwest::Client::builder().build()?;
+    let insecure = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()?;
+    Ok((http, insecure))
+}
+
 pub async fn call_with(
     http: &reqwest::Client,
     insecure: &reqwest::Client,

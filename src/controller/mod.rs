@@ -286,13 +286,8 @@ pub async fn run_with(
         .with_config(ControllerConfig::default().concurrency(opts.concurrency));
     let canaries = controller.store();
 
-    let http = reqwest::Client::builder()
-        .build()
-        .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
-    let http_insecure = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
+    let (http, http_insecure) =
+        crate::hooks::clients().map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "serin".into());
     let recorder = events::EventRecorder::new(client.clone(), instance);
     let alerter = crate::alerts::Alerter::new(&opts.alerts, http.clone(), metrics.clone());

@@ -439,3 +439,131 @@ async fn disable_tls_picks_the_insecure_client() {
     );
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
+
+/// An HTTPS receiver with a self-signed certificate (made by Debian's `openssl`, which
+/// `serin sandbox setup` installs) that answers 200 to every request and counts them.
+async fn tls_receiver() -> (String, Arc<Mutex<usize>>, std::path::PathBuf) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("serin-hooks-tls-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, cert) = (dir.join("key.der"), dir.join("cert.der"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .args(["-outform", "DER", "-out"])
+        .arg(&cert)
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .output()
+        .expect("openssl (installed by `serin sandbox setup`)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-nocrypt", "-outform", "DER", "-in"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(&key)
+        .output()
+        .expect("openssl pkcs8");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cert = rustls::pki_types::CertificateDer::from(std::fs::read(&cert).unwrap());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(std::fs::read(&key).unwrap().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(Mutex::new(0usize));
+    let count = served.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let (acceptor, count) = (acceptor.clone(), count.clone());
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake here.
+                let Ok(mut tls) = acceptor.accept(sock).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                // Headers, then the body by Content-Length.
+                loop {
+                    let Ok(n) = tls.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .and_then(|v| v.trim().parse::<usize>().ok())
+                            })
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                *count.lock().unwrap() += 1;
+                let _ = tls
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (format!("https://{addr}/"), served, dir)
+}
+
+#[tokio::test]
+async fn disable_tls_accepts_a_self_signed_receiver_that_is_refused_otherwise() {
+    let (url, served, dir) = tls_receiver().await;
+    let (http, insecure) = clients().unwrap();
+    let mut h = CanaryWebhook {
+        name: "tls".into(),
+        url,
+        timeout: Some("5s".into()),
+        ..Default::default()
+    };
+    let refused = call_with(&http, &insecure, &h, &base(), fast()).await;
+    let e = refused.expect_err("a self-signed certificate is refused without disableTLS");
+    assert_eq!(e.outcome, Outcome::Error, "{e:?}");
+    assert_eq!(*served.lock().unwrap(), 0);
+
+    h.disable_tls = Some(true);
+    assert_eq!(
+        call_with(&http, &insecure, &h, &base(), fast()).await,
+        Ok(())
+    );
+    assert_eq!(*served.lock().unwrap(), 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
