@@ -636,8 +636,7 @@ async fn skip_analysis_promotes_without_traffic_and_rolls_back_a_release_that_ne
     );
     assert_eq!(replicas_of(&t.w.deployment("podinfo").await.unwrap()), 0);
     let events = t.messages().await;
-    let prefix =
-        format!("Rolling back {c} progress deadline exceeded canary deployment {c} not ready");
+    let prefix = msg::rolling_back_deadline(&c, &msg::canary_not_ready(&c, ""));
     assert!(
         events
             .iter()

@@ -441,9 +441,8 @@ async fn a_canary_that_never_becomes_ready_is_rolled_back_at_the_deadline() {
     let c = w.wait_phase("podinfo", "Failed", LIMIT).await;
     assert_eq!(c.status.unwrap().canary_weight, Some(0));
     let events = w.events("podinfo").await;
-    let prefix = format!(
-        "Rolling back podinfo.{ns} progress deadline exceeded canary deployment podinfo.{ns} not ready"
-    );
+    let c = format!("podinfo.{ns}");
+    let prefix = msg::rolling_back_deadline(&c, &msg::canary_not_ready(&c, ""));
     assert!(
         events
             .iter()

@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
 use serde_json::{Value, json};
+use serin::rollout::messages as msg;
 use serin::sandbox::testenv::eventually;
 use support::*;
 
@@ -234,8 +235,10 @@ async fn every_hook_type_gets_flaggers_payload_and_failures_show_their_body() {
     assert_eq!(count_of(&w, "Pre-rollout check pre passed").await, 1);
 
     // The failing rollout hook: its trimmed body is in the Halt event.
-    let halt = format!(
-        "Halt podinfo.{ns} advancement external check load failed load test failed: p99 1.2s > 500ms"
+    let halt = msg::halt_external_check(
+        &format!("podinfo.{ns}"),
+        "load",
+        "load test failed: p99 1.2s > 500ms",
     );
     assert_eq!(count_of(&w, &halt).await, 1);
     assert_eq!(
@@ -261,9 +264,9 @@ async fn every_hook_type_gets_flaggers_payload_and_failures_show_their_body() {
             })
             .collect();
         let want = [
-            format!("New revision detected! Scaling up {target}"),
+            msg::new_revision_scaling_up(&target),
             halt.clone(),
-            format!("Promotion completed! Scaling down {target}"),
+            msg::promotion_completed(&target),
         ];
         if want.iter().all(|t| texts.contains(t)) {
             Ok(got)
@@ -307,7 +310,7 @@ async fn a_closed_traffic_gate_at_weight_zero_holds_without_replaying_the_start(
     let ns = w.ns.clone();
     w.apply(deployment("podinfo", "podinfo:6.0.1", json!({})))
         .await;
-    let halt = format!("Halt podinfo.{ns} advancement waiting for traffic increase approval gate");
+    let halt = msg::halt_waiting_traffic_increase(&format!("podinfo.{ns}"), "gate");
     wait_event(&w, &halt).await;
     assert_eq!(
         gate_condition(&w).await,
@@ -323,7 +326,7 @@ async fn a_closed_traffic_gate_at_weight_zero_holds_without_replaying_the_start(
         }
     })
     .await;
-    let starting = format!("Starting canary analysis for podinfo.{ns}");
+    let starting = msg::starting_analysis(&format!("podinfo.{ns}"));
     assert_eq!(count_of(&w, &starting).await, 1, "#1248: no replay");
     assert_eq!(r.payloads("pre").len(), 1, "#1248: pre-rollout ran once");
     assert_eq!(
@@ -374,7 +377,7 @@ async fn a_rollback_hook_answering_2xx_rolls_back() {
         ("Warning", "Rollback check rollback passed".to_string()),
         (
             "Warning",
-            format!("Rolling back podinfo.{ns} manual webhook invoked"),
+            msg::rolling_back_webhook(&format!("podinfo.{ns}")),
         ),
         (
             "Warning",
@@ -423,7 +426,7 @@ async fn the_global_event_webhook_gets_the_events_of_canaries_without_their_own(
     w.wait_phase("podinfo", "Initialized", LIMIT).await;
     w.wait_phase("own", "Initialized", LIMIT).await;
 
-    let done = serin::rollout::messages::initialization_done(&format!("podinfo.{ns}"));
+    let done = msg::initialization_done(&format!("podinfo.{ns}"));
     let got = eventually(
         "the global hook got podinfo's initialization",
         LIMIT,
@@ -461,7 +464,7 @@ async fn the_global_event_webhook_gets_the_events_of_canaries_without_their_own(
             "{p}"
         );
     }
-    let own_done = serin::rollout::messages::initialization_done(&format!("own.{ns}"));
+    let own_done = msg::initialization_done(&format!("own.{ns}"));
     eventually(
         "the Canary's own hook got its initialization",
         LIMIT,
