@@ -222,7 +222,17 @@ async fn the_primary_hpa_is_created_at_initialization_and_follows_the_users_hpa_
         image_of(&w.deployment("podinfo-primary").await.unwrap()),
         "podinfo:6.0.1"
     );
-    let seen = target_replicas.lock().unwrap().clone();
+    // The target is scaled to zero before Succeeded is written, but the 100 ms poller above may
+    // not have looked since (CI saw `[0, 3]` here once): wait for its next look.
+    let seen = eventually("the poller saw the target back at zero", LIMIT, || async {
+        let seen = target_replicas.lock().unwrap().clone();
+        if seen.last() == Some(&0) && seen.len() > 1 {
+            Ok(seen)
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    })
+    .await;
     assert_eq!(seen.first(), Some(&0), "{seen:?}");
     assert_eq!(
         seen.iter().find(|r| **r > 0),
