@@ -180,6 +180,7 @@ async fn get_and_status_show_the_run_and_promote_ends_it_early() {
     let took = asked.elapsed();
     // The rest of the analysis (to 50 % and the promotion step) would take 30 s and more.
     assert!(took < Duration::from_secs(25), "promotion took {took:?}");
+    weights.caught_up().await;
     let max_seen = weights.canary_weights().into_iter().max().unwrap_or(0);
     assert!(
         max_seen < 50,
@@ -327,6 +328,7 @@ async fn pause_holds_the_weight_through_a_gitops_reapply_and_resume_continues() 
         assert_eq!(status_weight(&w).await, held);
     }
     assert_eq!(vs_canary_weight(&w).await, Some(held as u32));
+    weights.caught_up().await;
     assert!(
         weights.canary_weights().iter().all(|x| *x == held as u32),
         "weights moved while paused: {:?}",

@@ -394,6 +394,7 @@ async fn a_release_through_the_applier_is_not_disturbed_by_reapplies() {
     assert_eq!(image_of(&primary), "ghcr.io/stefanprodan/podinfo:6.0.1");
 
     // Its course: the weights went up step by step once, then back to the primary.
+    weights.caught_up().await;
     assert_eq!(weights.canary_weights(), vec![0, 10, 20, 30, 40, 50, 0]);
     let target = format!("backend.{}", w.ns);
     // (Not "New revision detected!": the controller may record it twice within a few ms when a

@@ -111,6 +111,7 @@ async fn a_killed_leader_is_replaced_and_the_rollout_finishes_the_same_way() {
     let c = w.wait_phase("podinfo", "Succeeded", LIMIT).await;
     let status = c.status.unwrap();
     assert_eq!(status.failed_checks, Some(0));
+    weights.caught_up().await;
     assert_eq!(
         weights.canary_weights(),
         vec![0, 25, 50, 0],
@@ -276,6 +277,7 @@ async fn a_leader_that_loses_the_lease_stops_writing_and_exits() {
     wait_holder(&w.client, &ns, "serin-b", Duration::from_secs(20)).await;
     let c = w.wait_phase("podinfo", "Succeeded", LIMIT).await;
     assert_eq!(c.status.unwrap().failed_checks, Some(0));
+    weights.caught_up().await;
     assert_eq!(
         weights.canary_weights(),
         vec![0, 25, 50, 0],

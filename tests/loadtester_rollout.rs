@@ -168,6 +168,7 @@ async fn load_test_and_promotion_gate_through_the_loadtester() {
         "podinfo:6.0.1",
         "promoted once the gate opened"
     );
+    weights.caught_up().await;
     let canary_weights = weights.canary_weights();
     assert_eq!(
         canary_weights.first(),
@@ -233,6 +234,7 @@ async fn a_rollback_gate_opened_mid_analysis_rolls_back() {
         }
     })
     .await;
+    weights.caught_up().await;
     let all = weights.all();
     assert_eq!(all.last().map(|r| r.canary), Some(0), "{all:?}");
     assert!(

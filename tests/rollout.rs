@@ -116,6 +116,7 @@ async fn a_healthy_release_is_promoted_step_by_step() {
     );
     let target = w.deployment("podinfo").await.unwrap();
     assert_eq!(replicas_of(&target), 0, "the canary is scaled to zero");
+    weights.caught_up().await;
     assert_eq!(
         weights.canary_weights(),
         vec![0, 25, 50, 0],
@@ -195,6 +196,7 @@ async fn a_faulty_release_is_rolled_back_and_the_primary_is_untouched() {
     );
     let target = w.deployment("podinfo").await.unwrap();
     assert_eq!(replicas_of(&target), 0);
+    weights.caught_up().await;
     let all = weights.all();
     assert_eq!(
         all.last(),
@@ -312,6 +314,7 @@ async fn ab_testing_routes_matched_traffic_then_promotes() {
         w.has_event("podinfo", &msg::advance_iteration(&c, 2, 2))
             .await
     );
+    weights.caught_up().await;
     assert_eq!(
         weights.all().last(),
         Some(&Routes {
@@ -335,6 +338,7 @@ async fn blue_green_with_mirroring_mirrors_then_switches_then_promotes() {
     w.apply(deployment("podinfo", "podinfo:6.0.1", json!({})))
         .await;
     w.wait_phase("podinfo", "Succeeded", LIMIT).await;
+    weights.caught_up().await;
     let seen = weights.all();
     let mirrored = Routes {
         primary: 100,
@@ -397,6 +401,7 @@ async fn skip_analysis_promotes_without_traffic_shifting() {
         image_of(&w.deployment("podinfo-primary").await.unwrap()),
         "podinfo:6.0.1"
     );
+    weights.caught_up().await;
     assert!(
         weights.canary_weights().iter().all(|w| *w == 0),
         "{:?}",
@@ -498,6 +503,7 @@ async fn a_controller_killed_mid_analysis_resumes_to_the_same_outcome() {
     w.controller = ControllerProcess::spawn(w.env, &ns, "2");
     let c = w.wait_phase("podinfo", "Succeeded", LIMIT).await;
     assert_eq!(c.status.unwrap().failed_checks, Some(0));
+    weights.caught_up().await;
     assert_eq!(
         weights.canary_weights(),
         vec![0, 25, 50, 0],
@@ -704,6 +710,7 @@ async fn suspend_freezes_a_run_and_resume_finishes_it() {
         (still.phase, still.canary_weight),
         (frozen.phase, frozen.canary_weight)
     );
+    weights.caught_up().await;
     assert_eq!(
         weights.all().len(),
         1,

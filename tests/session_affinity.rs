@@ -154,6 +154,7 @@ async fn a_promoted_run_pins_users_then_expires_the_cookie() {
 
     let c = w.wait_phase("podinfo", "Succeeded", LIMIT).await;
     // The weighted route stepped exactly as without session affinity.
+    weights.caught_up().await;
     assert_eq!(
         weights.canary_weights(),
         vec![0, 25, 50, 0],

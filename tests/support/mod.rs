@@ -272,6 +272,7 @@ impl World {
     pub fn watch_weights(&self, vs: &str) -> WeightLog {
         let log = WeightLog::default();
         let seen = log.0.clone();
+        let polls = log.1.clone();
         let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
             "networking.istio.io",
             "v1beta1",
@@ -290,6 +291,7 @@ impl World {
                         }
                     }
                 }
+                polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
@@ -298,9 +300,26 @@ impl World {
 }
 
 #[derive(Clone, Default)]
-pub struct WeightLog(pub Arc<Mutex<Vec<Routes>>>);
+pub struct WeightLog(
+    pub Arc<Mutex<Vec<Routes>>>,
+    /// Looks finished by the poller.
+    pub Arc<std::sync::atomic::AtomicU64>,
+);
 
 impl WeightLog {
+    /// Waits until the poller has finished a look that began after this call, so that the log
+    /// holds what the API server held when the caller saw, say, the final phase. Without it a
+    /// test reading the log right after `wait_phase` can miss the last routes (the poller looks
+    /// every 100 ms). Gives up after 10 s; the caller's assertions then tell what is missing.
+    pub async fn caught_up(&self) {
+        use std::sync::atomic::Ordering;
+        let start = self.1.load(Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.1.load(Ordering::SeqCst) < start + 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn canary_weights(&self) -> Vec<u32> {
         self.0.lock().unwrap().iter().map(|r| r.canary).collect()
     }
