@@ -84,6 +84,20 @@ async fn answer(
     (StatusCode::from_u16(code).unwrap(), text)
 }
 
+/// Waits until the event hook on `path` has received `message`; returns all it received.
+async fn delivered(r: &Receiver, path: &str, message: &str) -> Vec<Value> {
+    let what = format!("{path} received the event {message:?}");
+    eventually(&what, LIMIT, || async {
+        let got = r.payloads(path);
+        if got.iter().any(|p| p["metadata"]["eventMessage"] == message) {
+            Ok(got)
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await
+}
+
 fn hook(name: &str, kind: &str, url: String) -> Value {
     json!({"name": name, "type": kind, "url": url})
 }
@@ -427,22 +441,7 @@ async fn the_global_event_webhook_gets_the_events_of_canaries_without_their_own(
     w.wait_phase("own", "Initialized", LIMIT).await;
 
     let done = msg::initialization_done(&format!("podinfo.{ns}"));
-    let got = eventually(
-        "the global hook got podinfo's initialization",
-        LIMIT,
-        || async {
-            let got = r.payloads("global");
-            if got
-                .iter()
-                .any(|p| p["metadata"]["eventMessage"] == done.as_str())
-            {
-                Ok(got)
-            } else {
-                Err(format!("{got:?}"))
-            }
-        },
-    )
-    .await;
+    let got = delivered(&r, "global", &done).await;
     for p in &got {
         assert_eq!(p["name"], "podinfo", "only podinfo's Events go there: {p}");
         assert_eq!(p["namespace"], ns.as_str());
@@ -465,22 +464,7 @@ async fn the_global_event_webhook_gets_the_events_of_canaries_without_their_own(
         );
     }
     let own_done = msg::initialization_done(&format!("own.{ns}"));
-    eventually(
-        "the Canary's own hook got its initialization",
-        LIMIT,
-        || async {
-            let got = r.payloads("own");
-            if got
-                .iter()
-                .any(|p| p["metadata"]["eventMessage"] == own_done.as_str())
-            {
-                Ok(())
-            } else {
-                Err(format!("{got:?}"))
-            }
-        },
-    )
-    .await;
+    delivered(&r, "own", &own_done).await;
     assert!(
         r.payloads("global").iter().all(|p| p["name"] == "podinfo"),
         "a Canary with its own event hook does not also use the global one"

@@ -440,6 +440,18 @@ async fn disable_tls_picks_the_insecure_client() {
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
 
+/// Runs Debian's `openssl` (installed by `serin sandbox setup`), failing with what it said.
+fn openssl(cmd: &mut std::process::Command) {
+    let out = cmd
+        .output()
+        .expect("openssl (installed by `serin sandbox setup`)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// An HTTPS receiver with a self-signed certificate (made by Debian's `openssl`, which
 /// `serin sandbox setup` installs) that answers 200 to every request and counts them.
 async fn tls_receiver() -> (String, Arc<Mutex<usize>>, std::path::PathBuf) {
@@ -450,37 +462,27 @@ async fn tls_receiver() -> (String, Arc<Mutex<usize>>, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("serin-hooks-tls-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (key, cert) = (dir.join("key.der"), dir.join("cert.der"));
-    let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .args(["-outform", "DER", "-out"])
-        .arg(&cert)
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .output()
-        .expect("openssl (installed by `serin sandbox setup`)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    openssl(
+        std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .args(["-outform", "DER", "-out"])
+            .arg(&cert)
+            .arg("-keyout")
+            .arg(dir.join("key.pem")),
     );
-    let out = std::process::Command::new("openssl")
-        .args(["pkcs8", "-topk8", "-nocrypt", "-outform", "DER", "-in"])
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(&key)
-        .output()
-        .expect("openssl pkcs8");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    openssl(
+        std::process::Command::new("openssl")
+            .args(["pkcs8", "-topk8", "-nocrypt", "-outform", "DER", "-in"])
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(&key),
     );
     let cert = rustls::pki_types::CertificateDer::from(std::fs::read(&cert).unwrap());
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(std::fs::read(&key).unwrap().into());
