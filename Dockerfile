@@ -13,10 +13,17 @@
 FROM docker.io/library/rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-COPY src src
+COPY crates/serin-core crates/serin-core
+COPY crates/serin-api crates/serin-api
+COPY crates/serin crates/serin
+# The sandbox is a workspace member that the product never builds: cargo reads its manifest to
+# load the workspace, so it gets the manifest and empty sources, nothing of its code.
+COPY crates/serin-sandbox/Cargo.toml crates/serin-sandbox/Cargo.toml
+RUN mkdir -p crates/serin-sandbox/src \
+    && touch crates/serin-sandbox/src/lib.rs crates/serin-sandbox/src/main.rs
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin serin \
+    cargo build --release --locked -p serin --bin serin \
     && cp target/release/serin /serin
 
 # The load tester runs webhook commands with `sh -c` / `bash -c`, as Flagger's does, so it needs

@@ -1,0 +1,1061 @@
+//! The checks a CRD schema cannot express. Pure: the same function backs `serin validate`, the
+//! controller's status conditions and Warning events, so a user sees the same words everywhere.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::canary::{Canary, CanaryAnalysis, CanaryService, Strategy};
+use super::duration::parse_go_duration;
+use super::istio::StringMatch;
+use super::{AlertProvider, MetricProviderType, MetricTemplate};
+
+/// One thing wrong with a manifest: the field, what is wrong, and how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// JSON path without the leading dot: `spec.analysis.stepWeight`, `spec.analysis.metrics[1].interval`.
+    pub path: String,
+    pub message: String,
+    pub hint: String,
+}
+
+impl Problem {
+    fn new(path: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Problem {
+            path: path.into(),
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)?;
+        if !self.hint.is_empty() {
+            write!(f, " ({})", self.hint)?;
+        }
+        Ok(())
+    }
+}
+
+/// Validates any of the three kinds given as JSON. Objects of other kinds give no problems; an
+/// object that does not deserialise gives one problem (the schema check names the field).
+pub fn validate(value: &Value) -> Vec<Problem> {
+    fn typed<T: serde::de::DeserializeOwned>(
+        value: &Value,
+        f: fn(&T) -> Vec<Problem>,
+    ) -> Vec<Problem> {
+        match serde_json::from_value::<T>(value.clone()) {
+            Ok(obj) => f(&obj),
+            Err(e) => vec![Problem::new(
+                "",
+                format!("cannot be read as a flagger.app/v1beta1 object: {e}"),
+                "fix the fields the schema check reports",
+            )],
+        }
+    }
+    match value.get("kind").and_then(Value::as_str) {
+        Some("Canary") => typed::<Canary>(value, validate_canary),
+        Some("MetricTemplate") => typed::<MetricTemplate>(value, validate_metric_template),
+        Some("AlertProvider") => typed::<AlertProvider>(value, validate_alert_provider),
+        _ => Vec::new(),
+    }
+}
+
+fn duration_problem(out: &mut Vec<Problem>, path: &str, value: &str, example: &str) {
+    if let Err(e) = parse_go_duration(value) {
+        out.push(Problem::new(
+            path,
+            e,
+            format!("write a Go duration such as {example} (units ns, us, ms, s, m, h)"),
+        ));
+    }
+}
+
+fn http_url_problem(out: &mut Vec<Problem>, path: &str, value: &str, what: &str) {
+    match url::Url::parse(value) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some_and(|h| !h.is_empty()) => {}
+        Ok(u) => out.push(Problem::new(
+            path,
+            format!("{value:?} is not an http(s) URL (scheme {:?})", u.scheme()),
+            format!("write {what} as http://host[:port]/path or https://..."),
+        )),
+        Err(e) => out.push(Problem::new(
+            path,
+            format!("{value:?} is not a URL: {e}"),
+            format!("write {what} as http://host[:port]/path or https://..."),
+        )),
+    }
+}
+
+fn percent_problem(out: &mut Vec<Problem>, path: &str, v: Option<i32>, lo: i32, what: &str) {
+    if let Some(v) = v
+        && !(lo..=100).contains(&v)
+    {
+        out.push(Problem::new(
+            path,
+            format!("{v} is out of range {lo}..=100"),
+            format!("{what} is a percentage: use a value from {lo} to 100"),
+        ));
+    }
+}
+
+/// Every problem `validate()` finds in a Canary.
+pub fn validate_canary(c: &Canary) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let spec = &c.spec;
+
+    if spec.target_ref.kind != "Deployment" {
+        out.push(Problem::new(
+            "spec.targetRef.kind",
+            format!(
+                "serin supports targetRef kind Deployment only, not {:?}",
+                spec.target_ref.kind
+            ),
+            "point targetRef at a Deployment (DaemonSet and Service targets are not supported yet)",
+        ));
+    }
+    if spec.target_ref.name.is_empty() {
+        out.push(Problem::new(
+            "spec.targetRef.name",
+            "empty target name",
+            "set the name of the Deployment to manage",
+        ));
+    }
+    if let Some(p) = spec.provider.as_deref()
+        && !p.is_empty()
+        && p != "istio"
+    {
+        out.push(Problem::new(
+            "spec.provider",
+            format!("provider {p:?} is not supported"),
+            "serin routes traffic with Istio only: remove provider or set it to istio",
+        ));
+    }
+    if let Some(d) = spec.progress_deadline_seconds
+        && d <= 0
+    {
+        out.push(Problem::new(
+            "spec.progressDeadlineSeconds",
+            format!("{d} is not a positive number of seconds"),
+            "remove it (default 600) or set a positive number",
+        ));
+    }
+    if let Some(url) = spec.metrics_server.as_deref() {
+        http_url_problem(
+            &mut out,
+            "spec.metricsServer",
+            url,
+            "the Prometheus address",
+        );
+    }
+    if let Some(a) = &spec.autoscaler_ref
+        && let Some(r) = &a.primary_scaler_replicas
+        && let (Some(min), Some(max)) = (r.min_replicas, r.max_replicas)
+        && min > max
+    {
+        out.push(Problem::new(
+            "spec.autoscalerRef.primaryScalerReplicas",
+            format!("minReplicas {min} is greater than maxReplicas {max}"),
+            "make minReplicas <= maxReplicas",
+        ));
+    }
+
+    validate_service(&spec.service, &mut out);
+
+    match (&spec.analysis, &spec.canary_analysis) {
+        (Some(a), _) => validate_analysis(a, "spec.analysis", &mut out),
+        (None, Some(a)) => {
+            out.push(Problem::new(
+                "spec.canaryAnalysis",
+                "canaryAnalysis is deprecated and not part of the v1beta1 schema",
+                "rename canaryAnalysis to analysis",
+            ));
+            validate_analysis(a, "spec.canaryAnalysis", &mut out);
+        }
+        (None, None) => out.push(Problem::new(
+            "spec.analysis",
+            "Required value",
+            "add an analysis with interval, threshold and stepWeight (or iterations)",
+        )),
+    }
+    out
+}
+
+fn validate_string_match(m: &StringMatch, path: &str, allow_suffix: bool, out: &mut Vec<Problem>) {
+    let set = [
+        m.exact.is_some(),
+        m.prefix.is_some(),
+        m.suffix.is_some(),
+        m.regex.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if set > 1 {
+        out.push(Problem::new(
+            path,
+            "more than one of exact, prefix, suffix, regex is set",
+            "keep exactly one matcher",
+        ));
+    }
+    if !allow_suffix && m.suffix.is_some() {
+        out.push(Problem::new(
+            format!("{path}.suffix"),
+            "suffix is not an Istio route match (only A/B header matches support it)",
+            "use regex: \".*<suffix>$\" instead",
+        ));
+    }
+    if let Some(r) = &m.regex
+        && let Err(e) = regex::Regex::new(r)
+    {
+        out.push(Problem::new(
+            format!("{path}.regex"),
+            format!(
+                "invalid regular expression: {}",
+                e.to_string().lines().last().unwrap_or("")
+            ),
+            "write an RE2 regular expression",
+        ));
+    }
+}
+
+fn validate_service(s: &CanaryService, out: &mut Vec<Problem>) {
+    if !(1..=65535).contains(&s.port) {
+        out.push(Problem::new(
+            "spec.service.port",
+            format!("port {} is out of range 1..=65535", s.port),
+            "set the container port the Services expose",
+        ));
+    }
+    if let Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p)) = &s.target_port
+        && !(1..=65535).contains(p)
+    {
+        out.push(Problem::new(
+            "spec.service.targetPort",
+            format!("port {p} is out of range 1..=65535"),
+            "use a container port number or name",
+        ));
+    }
+    if let Some(t) = s.timeout.as_deref() {
+        duration_problem(out, "spec.service.timeout", t, "30s");
+    }
+    if let Some(t) = s
+        .retries
+        .as_ref()
+        .and_then(|r| r.per_try_timeout.as_deref())
+    {
+        duration_problem(out, "spec.service.retries.perTryTimeout", t, "3s");
+    }
+    if let Some(a) = s.retries.as_ref().and_then(|r| r.attempts)
+        && a < 0
+    {
+        out.push(Problem::new(
+            "spec.service.retries.attempts",
+            format!("{a} is negative"),
+            "use 0 or more attempts",
+        ));
+    }
+    if s.delegation() {
+        if !s.hosts.is_empty() {
+            out.push(Problem::new(
+                "spec.service.hosts",
+                "hosts must be empty when delegation is true",
+                "remove hosts: a delegate VirtualService takes its hosts from the root one",
+            ));
+        }
+        if !s.gateways.is_empty() {
+            out.push(Problem::new(
+                "spec.service.gateways",
+                "gateways must be empty when delegation is true",
+                "remove gateways: a delegate VirtualService is bound through the root one",
+            ));
+        }
+    }
+    for (i, m) in s.match_.iter().enumerate() {
+        let base = format!("spec.service.match[{i}]");
+        for (name, sm) in [
+            ("uri", &m.uri),
+            ("scheme", &m.scheme),
+            ("method", &m.method),
+            ("authority", &m.authority),
+        ] {
+            if let Some(sm) = sm {
+                validate_string_match(sm, &format!("{base}.{name}"), false, out);
+            }
+        }
+        for (map_name, map) in [
+            ("headers", &m.headers),
+            ("queryParams", &m.query_params),
+            ("withoutHeaders", &m.without_headers),
+        ] {
+            for (k, sm) in map {
+                validate_string_match(sm, &format!("{base}.{map_name}.{k}"), false, out);
+            }
+        }
+    }
+    if let Some(cors) = &s.cors_policy
+        && let Some(age) = cors.max_age.as_deref()
+    {
+        duration_problem(out, "spec.service.corsPolicy.maxAge", age, "24h");
+    }
+    if let Some(tp) = &s.traffic_policy {
+        if let Some(tls) = &tp.tls
+            && tls.mode == Some(super::istio::TLSMode::Mutual)
+            && (tls.client_certificate.is_none() || tls.private_key.is_none())
+        {
+            out.push(Problem::new(
+                "spec.service.trafficPolicy.tls",
+                "mode MUTUAL needs clientCertificate and privateKey",
+                "add both file paths, or use ISTIO_MUTUAL for mesh certificates",
+            ));
+        }
+        if let Some(lb) = &tp.load_balancer
+            && lb.simple.is_some()
+            && lb.consistent_hash.is_some()
+        {
+            out.push(Problem::new(
+                "spec.service.trafficPolicy.loadBalancer",
+                "both simple and consistentHash are set",
+                "keep one of simple or consistentHash",
+            ));
+        }
+    }
+}
+
+fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
+    let p = |field: &str| format!("{base}.{field}");
+    let strategy = a.strategy();
+
+    match a.interval.as_deref() {
+        Some(i) => duration_problem(out, &p("interval"), i, "1m"),
+        None => out.push(Problem::new(
+            p("interval"),
+            "Required value",
+            "add interval, e.g. 1m (the time between analysis steps)",
+        )),
+    }
+    if let Some(t) = a.threshold
+        && t < 0
+    {
+        out.push(Problem::new(
+            p("threshold"),
+            format!("{t} is negative"),
+            "set the number of failed checks that triggers a rollback (1 or more)",
+        ));
+    }
+    if let Some(n) = a.iterations
+        && n < 0
+    {
+        out.push(Problem::new(
+            p("iterations"),
+            format!("{n} is negative"),
+            "set a positive number of iterations",
+        ));
+    }
+    if let Some(m) = a.max_weight
+        && !(1..=100).contains(&m)
+    {
+        out.push(Problem::new(
+            p("maxWeight"),
+            format!("{m} is out of range 1..=100"),
+            "maxWeight is the highest canary traffic percentage: use 1 to 100",
+        ));
+    }
+    if let Some(sw) = a.step_weight {
+        if sw <= 0 || sw > 100 {
+            out.push(Problem::new(
+                p("stepWeight"),
+                format!("{sw} is out of range 1..=100"),
+                "stepWeight is the traffic percentage added per step: use 1 to 100",
+            ));
+        } else if sw > a.max_weight.unwrap_or(100) && a.max_weight.is_some_and(|m| m > 0) {
+            out.push(Problem::new(
+                p("stepWeight"),
+                format!(
+                    "stepWeight {sw} is greater than maxWeight {}",
+                    a.max_weight.unwrap_or(100)
+                ),
+                "make stepWeight <= maxWeight, or raise maxWeight",
+            ));
+        }
+    }
+    if let Some(steps) = &a.step_weights {
+        if steps.is_empty() && a.step_weight.is_none() && a.iterations.is_none() {
+            out.push(Problem::new(
+                p("stepWeights"),
+                "empty list",
+                "list the canary weights in increasing order, e.g. [5, 10, 25, 50]",
+            ));
+        }
+        for (i, w) in steps.iter().enumerate() {
+            if *w <= 0 || *w > 100 {
+                out.push(Problem::new(
+                    format!("{base}.stepWeights[{i}]"),
+                    format!("{w} is out of range 1..=100"),
+                    "each step is a canary traffic percentage from 1 to 100",
+                ));
+            }
+        }
+        if let Some(i) = steps.windows(2).position(|w| w[1] <= w[0]) {
+            out.push(Problem::new(
+                format!("{base}.stepWeights[{}]", i + 1),
+                format!(
+                    "stepWeights must be strictly increasing: {} follows {}",
+                    steps[i + 1],
+                    steps[i]
+                ),
+                "list the weights in increasing order without repeats",
+            ));
+        }
+        if a.step_weight.is_some() {
+            out.push(Problem::new(
+                p("stepWeights"),
+                "both stepWeight and stepWeights are set",
+                "keep one: stepWeight for equal steps, stepWeights for a list",
+            ));
+        }
+        if a.max_weight.is_some() && !steps.is_empty() {
+            out.push(Problem::new(
+                p("maxWeight"),
+                "maxWeight is ignored when stepWeights is set (the last step is the maximum)",
+                "remove maxWeight",
+            ));
+        }
+    }
+    if a.iterations.is_some_and(|n| n > 0) && (a.step_weight.is_some() || a.step_weights.is_some())
+    {
+        let field = if a.step_weight.is_some() {
+            "stepWeight"
+        } else {
+            "stepWeights"
+        };
+        out.push(Problem::new(
+            p(field),
+            format!(
+                "{field} is set together with iterations ({} strategy)",
+                match strategy {
+                    Strategy::ABTesting => "A/B testing",
+                    _ => "Blue/Green",
+                }
+            ),
+            "remove iterations for a progressive canary, or remove the weights for A/B or Blue/Green",
+        ));
+    }
+    if a.step_weight.is_none() && a.step_weights.is_none() && a.iterations.is_none_or(|n| n == 0) {
+        out.push(Problem::new(
+            base,
+            "no traffic strategy: none of stepWeight, stepWeights, iterations is set",
+            "add stepWeight (progressive canary) or iterations (Blue/Green, A/B with match)",
+        ));
+    }
+    if !a.match_.is_empty() && a.iterations.is_none_or(|n| n <= 0) {
+        out.push(Problem::new(
+            p("match"),
+            "match is set but iterations is not: A/B testing needs iterations",
+            "add iterations (the number of checks) or remove match",
+        ));
+    }
+    for (i, m) in a.match_.iter().enumerate() {
+        for (k, sm) in &m.headers {
+            validate_string_match(sm, &format!("{base}.match[{i}].headers.{k}"), true, out);
+        }
+        for (k, sm) in &m.query_params {
+            validate_string_match(
+                sm,
+                &format!("{base}.match[{i}].queryParams.{k}"),
+                false,
+                out,
+            );
+        }
+    }
+    percent_problem(out, &p("mirrorWeight"), a.mirror_weight, 0, "mirrorWeight");
+    if a.mirror() && strategy == Strategy::ABTesting {
+        out.push(Problem::new(
+            p("mirror"),
+            "traffic mirroring is not available with A/B testing",
+            "use mirror with Blue/Green (iterations without match) or with a progressive canary",
+        ));
+    }
+    if a.mirror_weight.is_some() && !a.mirror() {
+        out.push(Problem::new(
+            p("mirrorWeight"),
+            "mirrorWeight has no effect without mirror: true",
+            "set mirror: true or remove mirrorWeight",
+        ));
+    }
+    if let Some(s) = a.step_weight_promotion
+        && !(0..=100).contains(&s)
+    {
+        out.push(Problem::new(
+            p("stepWeightPromotion"),
+            format!("{s} is out of range 0..=100"),
+            "use 0 (all at once) to 100",
+        ));
+    }
+    percent_problem(
+        out,
+        &p("primaryReadyThreshold"),
+        a.primary_ready_threshold,
+        0,
+        "primaryReadyThreshold",
+    );
+    percent_problem(
+        out,
+        &p("canaryReadyThreshold"),
+        a.canary_ready_threshold,
+        0,
+        "canaryReadyThreshold",
+    );
+
+    if let Some(sa) = &a.session_affinity {
+        if sa.cookie_name.is_empty() {
+            out.push(Problem::new(
+                p("sessionAffinity.cookieName"),
+                "empty cookie name",
+                "set the cookie that pins users to the canary",
+            ));
+        }
+        if sa.primary_cookie_name.as_deref() == Some(sa.cookie_name.as_str()) {
+            out.push(Problem::new(
+                p("sessionAffinity.primaryCookieName"),
+                "primaryCookieName equals cookieName",
+                "use two different cookie names",
+            ));
+        }
+        if let Some(age) = sa.max_age
+            && age <= 0
+        {
+            out.push(Problem::new(
+                p("sessionAffinity.maxAge"),
+                format!("{age} is not a positive number of seconds"),
+                "remove it (default 86400) or set a positive lifetime",
+            ));
+        }
+        if strategy != Strategy::Canary {
+            out.push(Problem::new(
+                p("sessionAffinity"),
+                "session affinity only applies to the progressive canary strategy",
+                "remove sessionAffinity, or use stepWeight/stepWeights instead of iterations",
+            ));
+        }
+    }
+
+    let mut names = BTreeSet::new();
+    for (i, m) in a.metrics.iter().enumerate() {
+        let mp = format!("{base}.metrics[{i}]");
+        if m.name.is_empty() {
+            out.push(Problem::new(
+                format!("{mp}.name"),
+                "empty metric name",
+                "name the metric",
+            ));
+        } else if !names.insert(m.name.as_str()) {
+            out.push(Problem::new(
+                format!("{mp}.name"),
+                format!("duplicate metric name {:?}", m.name),
+                "give every metric a unique name",
+            ));
+        }
+        match (&m.template_ref, &m.query) {
+            (Some(_), Some(_)) => out.push(Problem::new(
+                mp.clone(),
+                "both templateRef and query are set",
+                "keep templateRef (query is the deprecated inline form)",
+            )),
+            (None, None) if !m.is_builtin() => out.push(Problem::new(
+                mp.clone(),
+                format!(
+                    "metric {:?} is not built in (request-success-rate, request-duration) and has neither templateRef nor query",
+                    m.name
+                ),
+                "add a templateRef to a MetricTemplate, or use a built-in metric name",
+            )),
+            _ => {}
+        }
+        if let Some(t) = &m.template_ref
+            && t.name.is_empty()
+        {
+            out.push(Problem::new(
+                format!("{mp}.templateRef.name"),
+                "empty template name",
+                "name the MetricTemplate",
+            ));
+        }
+        if let Some(i) = m.interval.as_deref() {
+            duration_problem(out, &format!("{mp}.interval"), i, "1m");
+        }
+        if let Some(r) = &m.threshold_range
+            && let (Some(min), Some(max)) = (r.min, r.max)
+            && min > max
+        {
+            out.push(Problem::new(
+                format!("{mp}.thresholdRange"),
+                format!("min {min} is greater than max {max}"),
+                "swap them, or widen the range",
+            ));
+        }
+        if m.threshold.is_some() && m.threshold_range.is_some() {
+            out.push(Problem::new(
+                format!("{mp}.threshold"),
+                "both threshold (deprecated) and thresholdRange are set",
+                "remove threshold and keep thresholdRange",
+            ));
+        }
+    }
+
+    let mut names = BTreeSet::new();
+    for (i, w) in a.webhooks.iter().enumerate() {
+        let wp = format!("{base}.webhooks[{i}]");
+        if w.name.is_empty() {
+            out.push(Problem::new(
+                format!("{wp}.name"),
+                "empty webhook name",
+                "name the webhook",
+            ));
+        } else if !names.insert(w.name.as_str()) {
+            out.push(Problem::new(
+                format!("{wp}.name"),
+                format!("duplicate webhook name {:?}", w.name),
+                "give every webhook a unique name",
+            ));
+        }
+        http_url_problem(out, &format!("{wp}.url"), &w.url, "the webhook url");
+        if let Some(t) = w.timeout.as_deref() {
+            duration_problem(out, &format!("{wp}.timeout"), t, "30s");
+        }
+        if let Some(r) = w.retries
+            && r < 0
+        {
+            out.push(Problem::new(
+                format!("{wp}.retries"),
+                format!("{r} is negative"),
+                "use 0 or more retries",
+            ));
+        }
+        if w.hook_type() == super::HookType::ConfirmTrafficIncrease && strategy != Strategy::Canary
+        {
+            out.push(Problem::new(
+                format!("{wp}.type"),
+                "confirm-traffic-increase hooks only run with the progressive canary strategy",
+                "use confirm-promotion for A/B testing and Blue/Green",
+            ));
+        }
+    }
+
+    let mut names = BTreeSet::new();
+    for (i, al) in a.alerts.iter().enumerate() {
+        let ap = format!("{base}.alerts[{i}]");
+        if al.name.is_empty() {
+            out.push(Problem::new(
+                format!("{ap}.name"),
+                "empty alert name",
+                "name the alert",
+            ));
+        } else if !names.insert(al.name.as_str()) {
+            out.push(Problem::new(
+                format!("{ap}.name"),
+                format!("duplicate alert name {:?}", al.name),
+                "give every alert a unique name",
+            ));
+        }
+        if al.provider_ref.name.is_empty() {
+            out.push(Problem::new(
+                format!("{ap}.providerRef.name"),
+                "empty provider name",
+                "name the AlertProvider",
+            ));
+        }
+        if al.severity == Some(super::AlertSeverity::Unset) {
+            out.push(Problem::new(
+                format!("{ap}.severity"),
+                "empty severity: Flagger sends nothing to this alert, serin sends everything (info)",
+                "write severity: info, warn or error",
+            ));
+        }
+    }
+}
+
+/// Variables Flagger's template model offers (`{{ namespace }}` etc.).
+const TEMPLATE_VARIABLES: [&str; 8] = [
+    "name",
+    "namespace",
+    "target",
+    "service",
+    "ingress",
+    "route",
+    "interval",
+    "variables",
+];
+
+/// Every problem `validate()` finds in a MetricTemplate.
+pub fn validate_metric_template(t: &MetricTemplate) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let p = &t.spec.provider;
+    if p.type_ != MetricProviderType::Prometheus {
+        out.push(Problem::new(
+            "spec.provider.type",
+            format!(
+                "provider type {:?} is not supported by serin yet",
+                p.type_.as_str()
+            ),
+            "serin queries Prometheus only: use type prometheus",
+        ));
+    }
+    if let Some(addr) = p.address.as_deref() {
+        http_url_problem(
+            &mut out,
+            "spec.provider.address",
+            addr,
+            "the provider address",
+        );
+    }
+    if let Some(s) = &p.secret_ref
+        && s.name.is_empty()
+    {
+        out.push(Problem::new(
+            "spec.provider.secretRef.name",
+            "empty secret name",
+            "name the Secret with the credentials",
+        ));
+    }
+    if t.spec.query.trim().is_empty() {
+        out.push(Problem::new(
+            "spec.query",
+            "empty query",
+            "write the PromQL query, using {{ namespace }}, {{ target }} and {{ interval }}",
+        ));
+    }
+    check_template(&t.spec.query, &mut out);
+    out
+}
+
+/// The parts of Go template syntax a query can get wrong: unbalanced braces and unknown variables
+/// (Flagger renders with `missingkey=error`, so those fail every check).
+fn check_template(q: &str, out: &mut Vec<Problem>) {
+    let mut rest = q;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            out.push(Problem::new(
+                "spec.query",
+                "unclosed template action \"{{\"",
+                "close it with }}",
+            ));
+            return;
+        };
+        let action = after[..end]
+            .trim()
+            .trim_start_matches('-')
+            .trim_end_matches('-')
+            .trim();
+        let first = action.split_whitespace().next().unwrap_or("");
+        let root = first.split('.').next().unwrap_or("");
+        if !first.is_empty() && !root.starts_with('"') && !TEMPLATE_VARIABLES.contains(&root) {
+            out.push(Problem::new(
+                "spec.query",
+                format!("unknown template variable {first:?}"),
+                format!("use one of {}", TEMPLATE_VARIABLES.join(", ")),
+            ));
+        }
+        rest = &after[end + 2..];
+    }
+    if rest.contains("}}") {
+        out.push(Problem::new(
+            "spec.query",
+            "\"}}\" without an opening \"{{\"",
+            "balance the template braces",
+        ));
+    }
+}
+
+/// Every problem `validate()` finds in an AlertProvider.
+pub fn validate_alert_provider(a: &AlertProvider) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let s = &a.spec;
+    match (&s.address, &s.secret_ref) {
+        (None, None) => out.push(Problem::new(
+            "spec.address",
+            "neither address nor secretRef is set",
+            "set address (the webhook URL) or secretRef (a Secret with key address)",
+        )),
+        (Some(_), Some(_)) => out.push(Problem::new(
+            "spec.secretRef",
+            "both address and secretRef are set (the CRD allows one)",
+            "keep secretRef (its address key wins) and remove address",
+        )),
+        _ => {}
+    }
+    if let Some(addr) = s.address.as_deref() {
+        http_url_problem(&mut out, "spec.address", addr, "the webhook address");
+    }
+    if let Some(proxy) = s.proxy.as_deref() {
+        http_url_problem(&mut out, "spec.proxy", proxy, "the proxy");
+    }
+    if let Some(r) = &s.secret_ref
+        && r.name.is_empty()
+    {
+        out.push(Problem::new(
+            "spec.secretRef.name",
+            "empty secret name",
+            "name the Secret that holds the address",
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canary::*;
+    use proptest::prelude::*;
+
+    fn canary(analysis: CanaryAnalysis) -> Canary {
+        let mut c = Canary::new(
+            "podinfo",
+            CanarySpec {
+                target_ref: TargetRef {
+                    api_version: "apps/v1".into(),
+                    kind: "Deployment".into(),
+                    name: "podinfo".into(),
+                },
+                service: CanaryService {
+                    port: 9898,
+                    ..Default::default()
+                },
+                analysis: Some(analysis),
+                ..Default::default()
+            },
+        );
+        c.metadata.namespace = Some("test".into());
+        c
+    }
+
+    fn base() -> CanaryAnalysis {
+        CanaryAnalysis {
+            interval: Some("1m".into()),
+            threshold: Some(5),
+            step_weight: Some(10),
+            max_weight: Some(50),
+            ..Default::default()
+        }
+    }
+
+    fn paths(c: &Canary) -> Vec<String> {
+        validate_canary(c).into_iter().map(|p| p.path).collect()
+    }
+
+    #[test]
+    fn valid_canary_has_no_problems() {
+        assert_eq!(validate_canary(&canary(base())), vec![]);
+    }
+
+    #[test]
+    fn table() {
+        type Case = (&'static str, fn(&mut CanaryAnalysis), &'static str);
+        let cases: Vec<Case> = vec![
+            (
+                "stepWeight > maxWeight",
+                |a| a.step_weight = Some(60),
+                "spec.analysis.stepWeight",
+            ),
+            (
+                "maxWeight 0",
+                |a| a.max_weight = Some(0),
+                "spec.analysis.maxWeight",
+            ),
+            (
+                "maxWeight 101",
+                |a| a.max_weight = Some(101),
+                "spec.analysis.maxWeight",
+            ),
+            (
+                "negative threshold",
+                |a| a.threshold = Some(-1),
+                "spec.analysis.threshold",
+            ),
+            (
+                "bad interval",
+                |a| a.interval = Some("1mm".into()),
+                "spec.analysis.interval",
+            ),
+            (
+                "steps not increasing",
+                |a| {
+                    a.step_weight = None;
+                    a.max_weight = None;
+                    a.step_weights = Some(vec![10, 10, 20]);
+                },
+                "spec.analysis.stepWeights[1]",
+            ),
+            (
+                "step > 100",
+                |a| {
+                    a.step_weight = None;
+                    a.max_weight = None;
+                    a.step_weights = Some(vec![10, 200]);
+                },
+                "spec.analysis.stepWeights[1]",
+            ),
+            (
+                "iterations + stepWeight",
+                |a| a.iterations = Some(5),
+                "spec.analysis.stepWeight",
+            ),
+            (
+                "mirrorWeight 101",
+                |a| {
+                    a.mirror = Some(true);
+                    a.mirror_weight = Some(101);
+                },
+                "spec.analysis.mirrorWeight",
+            ),
+            (
+                "match without iterations",
+                |a| a.match_ = vec![Default::default()],
+                "spec.analysis.match",
+            ),
+            (
+                "readyThreshold",
+                |a| a.primary_ready_threshold = Some(120),
+                "spec.analysis.primaryReadyThreshold",
+            ),
+            (
+                "cookie names equal",
+                |a| {
+                    a.session_affinity = Some(SessionAffinity {
+                        cookie_name: "c".into(),
+                        primary_cookie_name: Some("c".into()),
+                        ..Default::default()
+                    })
+                },
+                "spec.analysis.sessionAffinity.primaryCookieName",
+            ),
+            (
+                "unknown metric",
+                |a| {
+                    a.metrics = vec![CanaryMetric {
+                        name: "error-rate".into(),
+                        ..Default::default()
+                    }]
+                },
+                "spec.analysis.metrics[0]",
+            ),
+            (
+                "threshold range inverted",
+                |a| {
+                    a.metrics = vec![CanaryMetric {
+                        name: "request-success-rate".into(),
+                        threshold_range: Some(CanaryThresholdRange {
+                            min: Some(99.0),
+                            max: Some(1.0),
+                        }),
+                        ..Default::default()
+                    }]
+                },
+                "spec.analysis.metrics[0].thresholdRange",
+            ),
+            (
+                "webhook url",
+                |a| {
+                    a.webhooks = vec![CanaryWebhook {
+                        name: "x".into(),
+                        url: "ftp://x/".into(),
+                        ..Default::default()
+                    }]
+                },
+                "spec.analysis.webhooks[0].url",
+            ),
+        ];
+        for (name, mutate, want) in cases {
+            let mut a = base();
+            mutate(&mut a);
+            let got = paths(&canary(a));
+            assert!(
+                got.iter().any(|p| p == want),
+                "{name}: want {want}, got {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn spec_level_checks() {
+        let mut c = canary(base());
+        c.spec.target_ref.kind = "DaemonSet".into();
+        c.spec.provider = Some("linkerd".into());
+        c.spec.progress_deadline_seconds = Some(0);
+        c.spec.service.delegation = Some(true);
+        c.spec.service.hosts = vec!["a".into()];
+        c.spec.service.gateways = vec!["g".into()];
+        c.spec.service.timeout = Some("soon".into());
+        let got = paths(&c);
+        for want in [
+            "spec.targetRef.kind",
+            "spec.provider",
+            "spec.progressDeadlineSeconds",
+            "spec.service.hosts",
+            "spec.service.gateways",
+            "spec.service.timeout",
+        ] {
+            assert!(got.iter().any(|p| p == want), "want {want}, got {got:?}");
+        }
+        let all = validate_canary(&c);
+        assert!(
+            all.iter()
+                .all(|p| !p.hint.is_empty() && !p.message.is_empty())
+        );
+    }
+
+    #[test]
+    fn template_checks() {
+        let mut out = Vec::new();
+        check_template(
+            "sum(x{ns=\"{{ namespace }}\"}[{{ interval }}]) {{ variables.a }}",
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        check_template("{{ nmespace }}", &mut out);
+        check_template("{{ target ", &mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(
+            interval in proptest::option::of("\\PC{0,6}"),
+            threshold in proptest::option::of(any::<i32>()),
+            iterations in proptest::option::of(any::<i32>()),
+            max_weight in proptest::option::of(any::<i32>()),
+            step_weight in proptest::option::of(any::<i32>()),
+            steps in proptest::option::of(proptest::collection::vec(any::<i32>(), 0..6)),
+            mirror_weight in proptest::option::of(any::<i32>()),
+            promo in proptest::option::of(any::<i32>()),
+        ) {
+            let a = CanaryAnalysis {
+                interval, threshold, iterations, max_weight, step_weight,
+                step_weights: steps, mirror_weight, step_weight_promotion: promo,
+                mirror: Some(true),
+                ..Default::default()
+            };
+            let _ = validate_canary(&canary(a.clone()));
+            let _ = (a.interval(), a.threshold(), a.max_weight(), a.strategy());
+        }
+
+        #[test]
+        fn increasing_steps_are_fine(mut steps in proptest::collection::btree_set(1i32..=100, 1..8)) {
+            let steps: Vec<i32> = std::mem::take(&mut steps).into_iter().collect();
+            let a = CanaryAnalysis {
+                interval: Some("30s".into()),
+                threshold: Some(2),
+                step_weights: Some(steps.clone()),
+                ..Default::default()
+            };
+            prop_assert_eq!(validate_canary(&canary(a.clone())), vec![]);
+            prop_assert_eq!(a.max_weight(), *steps.last().unwrap());
+        }
+    }
+}

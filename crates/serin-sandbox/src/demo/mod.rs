@@ -1,0 +1,635 @@
+//! `cargo demo` (serin-sandbox demo): serin's whole story on one machine, in one command. It starts the sandbox with
+//! the mesh simulator, `serin controller` and `serin loadtester` as their own processes, and a
+//! local Slack-compatible receiver; applies the GitOps example (deploy/gitops) as Flux would; then
+//! ships a good release of `backend` (promoted) and a faulty one (rolled back, primary untouched).
+//!
+//! The demo changes the example only where a laptop differs from a cluster, and says so: webhook
+//! URLs point at the local load tester, `hey` goes through the simulated ingress, and the analysis
+//! runs on short intervals so the story takes minutes.
+
+mod progress;
+mod receiver;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::{Api, Client};
+use serde_json::Value;
+
+use crate::{Sandbox, SandboxOptions, mesh};
+use serin_api::Canary;
+
+pub use progress::{Release, Snapshot, bar, summary};
+pub use receiver::{Message, Receiver};
+
+/// The application the story plays on.
+pub const APP: &str = "backend";
+
+/// Options of `cargo demo` (serin-sandbox demo).
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// Leave everything running at the end and print how to explore it.
+    pub keep: bool,
+    /// The GitOps example to apply (a copy is edited, never the original).
+    pub gitops: PathBuf,
+}
+
+/// Runs the demo; `Ok(true)` when the story went as it should (good release promoted, faulty one
+/// rolled back with the primary untouched).
+pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut stage = Stage::default();
+    let result = tokio::select! {
+        r = story(&opts, &mut stage) => r,
+        _ = sigterm.recv() => Err(anyhow::anyhow!("interrupted (SIGTERM)")),
+        _ = sigint.recv() => Err(anyhow::anyhow!("interrupted (Ctrl-C)")),
+    };
+    let ok = match result {
+        Ok(ok) if opts.keep => {
+            if let Some(sandbox) = &stage.sandbox {
+                print_keep(sandbox, &stage);
+                tokio::select! {
+                    _ = sigterm.recv() => {},
+                    _ = sigint.recv() => {},
+                    exit = sandbox.died() => eprintln!("{exit}"),
+                }
+            }
+            Ok(ok)
+        }
+        other => other,
+    };
+    eprintln!("tearing down the sandbox...");
+    stage.teardown().await;
+    eprintln!("stopped; nothing left running");
+    ok
+}
+
+/// Everything the demo started, so that every exit path (including Ctrl-C) stops all of it.
+#[derive(Default)]
+struct Stage {
+    sandbox: Option<Sandbox>,
+    mesh: Option<mesh::MeshHandle>,
+    receiver: Option<Receiver>,
+    namespace: String,
+}
+
+impl Stage {
+    async fn teardown(&mut self) {
+        drop(self.receiver.take());
+        if let Some(m) = self.mesh.take() {
+            m.stop();
+        }
+        if let Some(s) = self.sandbox.take() {
+            let _ = tokio::task::spawn_blocking(move || s.stop()).await;
+        }
+    }
+}
+
+fn print_keep(sandbox: &Sandbox, stage: &Stage) {
+    println!(
+        "\nThe sandbox keeps running (Ctrl-C stops it). In another shell:\n\n  export KUBECONFIG={kc}\n  kubectl -n {ns} get canaries\n  serin status {APP} -n {ns} --kubeconfig {kc}\n  serin get -n {ns} --kubeconfig {kc}\n\nLogs: {logs}",
+        kc = sandbox.kubeconfig_path().display(),
+        ns = stage.namespace,
+        logs = sandbox.logs_dir().display(),
+    );
+}
+
+async fn story(opts: &DemoOptions, stage: &mut Stage) -> anyhow::Result<bool> {
+    let t0 = Instant::now();
+    println!("==> starting the sandbox (API server, etcd, Prometheus, simulated kubelet)");
+    let mut sandbox = Sandbox::start(SandboxOptions::default()).await?;
+    println!("    ready in {:.1} s", sandbox.startup_time().as_secs_f64());
+    let mesh = mesh::start(
+        sandbox.config(),
+        mesh::MeshOptions {
+            ingress: true,
+            rate_per_second: 20.0,
+            ..Default::default()
+        },
+    )?;
+    sandbox.register_scrape_target("mesh", &mesh.metrics_addr().to_string())?;
+    let ingress = mesh
+        .ingress_addr()
+        .context("the mesh simulator has no ingress")?;
+    let receiver = Receiver::start(true).await?;
+    let slack_url = receiver.url();
+    stage.receiver = Some(receiver);
+    stage.mesh = Some(mesh);
+
+    let exe = crate::serin_binary()?;
+    let kubeconfig = sandbox.kubeconfig_path().display().to_string();
+    let prometheus = sandbox.prometheus_url().to_string();
+    let tester_port = free_port()?;
+    println!(
+        "==> starting serin controller and serin loadtester (logs in {})",
+        sandbox.logs_dir().display()
+    );
+    sandbox.spawn_service(
+        "serin-controller",
+        &exe,
+        &strings(&[
+            "controller",
+            "--kubeconfig",
+            &kubeconfig,
+            "--metrics-server",
+            &prometheus,
+            "--listen",
+            "127.0.0.1:0",
+            "--slack-url",
+            &slack_url,
+            "--slack-channel",
+            "#releases",
+            "--slack-user",
+            "serin",
+            "--cluster-name",
+            "sandbox",
+        ]),
+    )?;
+    sandbox.spawn_service(
+        "serin-loadtester",
+        &exe,
+        &strings(&[
+            "loadtester",
+            "--port",
+            &tester_port.to_string(),
+            "--address",
+            "127.0.0.1",
+            "--namespace",
+            "default",
+            "--kubeconfig",
+            &kubeconfig,
+        ]),
+    )?;
+    let client = sandbox.client();
+    stage.sandbox = Some(sandbox);
+
+    // The example refers to its siblings (deploy/loadtester), so the whole deploy/ is copied.
+    let parent = opts
+        .gitops
+        .parent()
+        .context("--gitops must be a directory inside deploy/")?;
+    let name = opts.gitops.file_name().context("--gitops has no name")?;
+    let root = stage_dir(stage)?.join("deploy");
+    copy_dir(parent, &root)?;
+    let work = root.join(name);
+    let local = Localize {
+        loadtester: format!("http://127.0.0.1:{tester_port}/"),
+        ingress: ingress.to_string(),
+    };
+    println!(
+        "==> applying the GitOps example as Flux would ({})",
+        opts.gitops.display()
+    );
+    let apps = work.join("apps");
+    let objs = local.apply(&client, &apps).await?;
+    let ns = namespace_of(&objs, APP).context("the example has no backend Canary")?;
+    stage.namespace = ns.clone();
+    let threshold = threshold_of(&objs, APP).unwrap_or(2);
+
+    let mut follow = progress::Follower::new(client.clone(), &ns, APP);
+    wait_initialized(&client, &ns, &mut follow).await?;
+
+    let kustomization = apps.join(APP).join("kustomization.yaml");
+    let mut releases = Vec::new();
+    let old_tag = current_tag(&kustomization)?;
+    for (tag, faulty) in [
+        (next_tag(&old_tag, 1), false),
+        (next_tag(&old_tag, 2), true),
+    ] {
+        println!(
+            "\n==> release {tag}{}: bump images[0].newTag in apps/{APP}/kustomization.yaml and apply",
+            if faulty {
+                " (faulty: its pods answer half of the requests with 500)"
+            } else {
+                ""
+            }
+        );
+        crate::gitops::bump_tag(&kustomization, &tag)?;
+        if faulty {
+            add_fault(&apps.join(APP).join("deployment.yaml"))?;
+        }
+        let started = Instant::now();
+        local.apply(&client, &apps).await?;
+        let (snap, steps) = follow.follow(threshold, Duration::from_secs(300)).await?;
+        releases.push(Release {
+            tag,
+            steps,
+            duration: started.elapsed(),
+            outcome: snap.phase.clone(),
+            primary_image: primary_image(&client, &ns).await,
+        });
+    }
+
+    println!("\n==> kubectl describe canary {APP} -n {ns}");
+    describe(stage, &ns);
+    if let Some(r) = &stage.receiver {
+        let messages = r.messages();
+        println!("\n==> {} Slack messages received", messages.len());
+        for m in &messages {
+            println!("  {}", m.render());
+        }
+    }
+    println!(
+        "\n==> summary ({:.0} s in all)\n{}",
+        t0.elapsed().as_secs_f64(),
+        summary(&releases)
+    );
+    let ok = story_ok(&releases, &old_tag);
+    if ok {
+        println!(
+            "The good release was promoted; the faulty one was rolled back and the primary kept serving {}.",
+            releases[0].tag
+        );
+    } else {
+        println!("The story did not go as expected; see the events above and the logs.");
+    }
+    Ok(ok)
+}
+
+/// Good release promoted, faulty release rolled back with the primary still on the good one.
+fn story_ok(releases: &[Release], _old: &str) -> bool {
+    match releases {
+        [good, bad] => {
+            good.outcome == "Succeeded"
+                && good.primary_image.ends_with(&format!(":{}", good.tag))
+                && bad.outcome == "Failed"
+                && bad.primary_image == good.primary_image
+        }
+        _ => false,
+    }
+}
+
+/// The demo's only departures from the example, applied to the rendered objects: the load
+/// tester's cluster DNS name becomes the local process, `hey` goes through the simulated ingress
+/// (which picks the Service from the Host header), and the analysis runs every 10 s.
+struct Localize {
+    loadtester: String,
+    ingress: String,
+}
+
+/// Analysis interval of the demo.
+pub const DEMO_INTERVAL: &str = "10s";
+
+impl Localize {
+    /// Renders `dir` like kustomize-controller, localizes, and applies as Flux would.
+    async fn apply(&self, client: &Client, dir: &Path) -> anyhow::Result<Vec<Value>> {
+        let mut values = Vec::new();
+        let mut objs = Vec::new();
+        for o in crate::gitops::render(dir)? {
+            let mut v = serde_json::to_value(&o)?;
+            self.transform(&mut v);
+            objs.push(serde_json::from_value(v.clone())?);
+            values.push(v);
+        }
+        crate::gitops::apply(client, &objs, crate::gitops::FIELD_MANAGER).await?;
+        Ok(values)
+    }
+
+    fn transform(&self, o: &mut Value) {
+        if o["kind"] != "Canary" {
+            return;
+        }
+        let analysis = &mut o["spec"]["analysis"];
+        if analysis.is_object() {
+            analysis["interval"] = Value::from(DEMO_INTERVAL);
+        }
+        if let Some(hooks) = analysis["webhooks"].as_array_mut() {
+            for h in hooks {
+                if let Some(url) = h["url"].as_str() {
+                    h["url"] = Value::from(self.local_url(url));
+                }
+                if let Some(cmd) = h["metadata"]["cmd"].as_str() {
+                    h["metadata"]["cmd"] = Value::from(self.local_cmd(cmd));
+                }
+            }
+        }
+    }
+
+    /// `http://flagger-loadtester.test/gate/check` → `http://127.0.0.1:P/gate/check`.
+    fn local_url(&self, url: &str) -> String {
+        let Ok(u) = url::Url::parse(url) else {
+            return url.to_string();
+        };
+        if !u.host_str().unwrap_or_default().contains("loadtester") {
+            return url.to_string();
+        }
+        let path = u.path().trim_start_matches('/');
+        format!("{}{path}", self.loadtester)
+    }
+
+    /// `hey -z 1m -q 10 -c 2 http://backend-canary.apps:9898/` →
+    /// `hey -z 1m -q 10 -c 2 -host backend-canary.apps http://<ingress>/`, and the same for `curl`
+    /// with `-H 'Host: ...'`: there is no cluster DNS on a laptop, the ingress reads the Host.
+    fn local_cmd(&self, cmd: &str) -> String {
+        let tool = cmd.split_whitespace().next().unwrap_or_default();
+        if tool != "hey" && tool != "curl" {
+            return cmd.to_string();
+        }
+        let mut out = Vec::new();
+        for word in cmd.split(' ') {
+            match url::Url::parse(word) {
+                Ok(u) if u.scheme() == "http" && u.host_str().is_some() => {
+                    let host = u.host_str().unwrap_or_default().to_string();
+                    let svc = host.strip_suffix(".svc.cluster.local").unwrap_or(&host);
+                    if tool == "hey" {
+                        out.push(format!("-host {svc}"));
+                    } else {
+                        out.push(format!("-H 'Host: {svc}'"));
+                    }
+                    out.push(format!("http://{}{}", self.ingress, u.path()));
+                }
+                _ => out.push(word.to_string()),
+            }
+        }
+        out.join(" ")
+    }
+}
+
+fn namespace_of(objs: &[Value], name: &str) -> Option<String> {
+    objs.iter()
+        .find(|o| o["kind"] == "Canary" && o["metadata"]["name"] == name)
+        .and_then(|o| o["metadata"]["namespace"].as_str())
+        .map(str::to_string)
+}
+
+fn threshold_of(objs: &[Value], name: &str) -> Option<i32> {
+    objs.iter()
+        .find(|o| o["kind"] == "Canary" && o["metadata"]["name"] == name)
+        .and_then(|o| o["spec"]["analysis"]["threshold"].as_i64())
+        .map(|t| t as i32)
+}
+
+/// The next patch version: `6.0.0` + 1 → `6.0.1`; anything else gets a `-demo.N` suffix.
+fn next_tag(tag: &str, n: u32) -> String {
+    let parts: Vec<&str> = tag.split('.').collect();
+    if let [major, minor, patch] = parts.as_slice()
+        && let Ok(p) = patch.parse::<u32>()
+    {
+        return format!("{major}.{minor}.{}", p + n);
+    }
+    format!("{tag}-demo.{n}")
+}
+
+/// The faulty release's commit: backend's pod template gets the simulator's fault profile, as if
+/// the new code answered half of its requests with 500.
+fn add_fault(deployment: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(deployment)?;
+    let mut d: Value = serde_yaml_ng::from_str(&text)?;
+    let annotations = &mut d["spec"]["template"]["metadata"]["annotations"];
+    if !annotations.is_object() {
+        *annotations = Value::Object(Default::default());
+    }
+    annotations[crate::mesh::behaviour::SIMULATE_ANNOTATION] = Value::from(FAULT);
+    std::fs::write(deployment, serde_yaml_ng::to_string(&d)?)?;
+    Ok(())
+}
+
+/// The faulty release's simulated behaviour.
+pub const FAULT: &str = "errors=50%";
+
+/// `images[0].newTag` of a kustomization.
+fn current_tag(kustomization: &Path) -> anyhow::Result<String> {
+    let k: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(kustomization)?)?;
+    k["images"][0]["newTag"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("{} has no images[0].newTag", kustomization.display()))
+}
+
+async fn wait_initialized(
+    client: &Client,
+    ns: &str,
+    follow: &mut progress::Follower,
+) -> anyhow::Result<()> {
+    let api: Api<Canary> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    println!(
+        "==> waiting for serin to initialize {APP} (primary Deployment, Services, VirtualService)"
+    );
+    loop {
+        follow.events(true).await;
+        if let Ok(Some(c)) = api.get_opt(APP).await
+            && c.status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(|p| p == serin_api::CanaryPhase::Initialized)
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{APP} was not initialized within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn primary_image(client: &Client, ns: &str) -> String {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    api.get_opt(&format!("{APP}-primary"))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|d| d.spec?.template.spec?.containers.first()?.image.clone())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn describe(stage: &Stage, ns: &str) {
+    let Some(sandbox) = &stage.sandbox else {
+        return;
+    };
+    let kubectl = crate::locate()
+        .ok()
+        .and_then(|b| b.kubectl)
+        .unwrap_or_else(|| PathBuf::from("kubectl"));
+    match std::process::Command::new(kubectl)
+        .args(["describe", "canary", APP, "-n", ns])
+        .env("KUBECONFIG", sandbox.kubeconfig_path())
+        .output()
+    {
+        Ok(out) => {
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        Err(e) => println!("(kubectl not available: {e})"),
+    }
+}
+
+fn stage_dir(stage: &Stage) -> anyhow::Result<PathBuf> {
+    stage
+        .sandbox
+        .as_ref()
+        .map(|s| s.dir().to_path_buf())
+        .context("the sandbox is not running")
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// A port for a program to bind later; see [`crate::free_ports`] for why not `:0`.
+fn free_port() -> std::io::Result<u16> {
+    crate::free_ports(1)?
+        .first()
+        .copied()
+        .ok_or_else(|| std::io::Error::other("no free port"))
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn local() -> Localize {
+        Localize {
+            loadtester: "http://127.0.0.1:9999/".into(),
+            ingress: "127.0.0.1:8000".into(),
+        }
+    }
+
+    #[test]
+    fn loadtester_urls_become_local() {
+        let l = local();
+        for (from, to) in [
+            ("http://flagger-loadtester.test/", "http://127.0.0.1:9999/"),
+            (
+                "http://flagger-loadtester.test/gate/check",
+                "http://127.0.0.1:9999/gate/check",
+            ),
+            (
+                "http://loadtester.istio-system.svc.cluster.local/rollback/check",
+                "http://127.0.0.1:9999/rollback/check",
+            ),
+            ("https://hooks.example.com/x", "https://hooks.example.com/x"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(l.local_url(from), to, "{from}");
+        }
+    }
+
+    #[test]
+    fn hey_goes_through_the_ingress() {
+        let l = local();
+        assert_eq!(
+            l.local_cmd("hey -z 1m -q 10 -c 2 http://backend-canary.apps:9898/api/info"),
+            "hey -z 1m -q 10 -c 2 -host backend-canary.apps http://127.0.0.1:8000/api/info"
+        );
+        assert_eq!(
+            l.local_cmd("hey -z 1m http://backend-canary.apps.svc.cluster.local:9898/"),
+            "hey -z 1m -host backend-canary.apps http://127.0.0.1:8000/"
+        );
+        assert_eq!(
+            l.local_cmd("curl -sf http://backend-canary.apps:9898/healthz"),
+            "curl -sf -H 'Host: backend-canary.apps' http://127.0.0.1:8000/healthz"
+        );
+        assert_eq!(l.local_cmd("wrk http://x.y/"), "wrk http://x.y/");
+    }
+
+    #[test]
+    fn only_canaries_change() {
+        let l = local();
+        let mut c = json!({"kind": "Canary", "spec": {"analysis": {"interval": "1m", "webhooks": [
+            {"name": "load-test", "url": "http://flagger-loadtester.test/", "metadata": {"cmd": "hey -z 1m http://backend-canary.apps:9898/"}}
+        ]}}});
+        l.transform(&mut c);
+        assert_eq!(c["spec"]["analysis"]["interval"], DEMO_INTERVAL);
+        assert_eq!(
+            c["spec"]["analysis"]["webhooks"][0]["url"],
+            "http://127.0.0.1:9999/"
+        );
+        assert_eq!(
+            c["spec"]["analysis"]["webhooks"][0]["metadata"]["cmd"],
+            "hey -z 1m -host backend-canary.apps http://127.0.0.1:8000/"
+        );
+        let mut d = json!({"kind": "Deployment", "spec": {"analysis": {"interval": "1m"}}});
+        let before = d.clone();
+        l.transform(&mut d);
+        assert_eq!(d, before);
+    }
+
+    #[test]
+    fn the_faulty_commit_adds_the_fault_profile_and_keeps_the_rest() {
+        let dir = std::env::temp_dir().join(format!("serin-demo-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.join("deployment.yaml");
+        std::fs::write(&d, "# c\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: backend\nspec:\n  template:\n    metadata:\n      labels:\n        app: backend\n    spec:\n      containers:\n        - name: backend\n          image: podinfo:6.0.0\n").unwrap();
+        add_fault(&d).unwrap();
+        let v: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&d).unwrap()).unwrap();
+        assert_eq!(
+            v["spec"]["template"]["metadata"]["annotations"]["serin.dev/simulate"],
+            FAULT
+        );
+        assert_eq!(
+            v["spec"]["template"]["metadata"]["labels"]["app"],
+            "backend"
+        );
+        assert_eq!(
+            v["spec"]["template"]["spec"]["containers"][0]["image"],
+            "podinfo:6.0.0"
+        );
+        let k = dir.join("kustomization.yaml");
+        std::fs::write(
+            &k,
+            "resources: [a.yaml]\nimages:\n  - name: podinfo\n    newTag: 6.0.0\n",
+        )
+        .unwrap();
+        assert_eq!(current_tag(&k).unwrap(), "6.0.0");
+        std::fs::write(&k, "resources: [a.yaml]\n").unwrap();
+        assert!(current_tag(&k).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tags_move_to_the_next_patch() {
+        assert_eq!(next_tag("6.0.0", 1), "6.0.1");
+        assert_eq!(next_tag("6.1.9", 2), "6.1.11");
+        assert_eq!(next_tag("latest", 1), "latest-demo.1");
+    }
+
+    fn release(tag: &str, outcome: &str, primary: &str) -> Release {
+        Release {
+            tag: tag.into(),
+            steps: vec![],
+            duration: Duration::ZERO,
+            outcome: outcome.into(),
+            primary_image: primary.into(),
+        }
+    }
+
+    #[test]
+    fn the_story_needs_a_promotion_then_a_rollback_that_keeps_the_primary() {
+        let good = release("6.0.1", "Succeeded", "podinfo:6.0.1");
+        let bad = release("6.0.2", "Failed", "podinfo:6.0.1");
+        assert!(story_ok(&[good.clone(), bad.clone()], "6.0.0"));
+        assert!(!story_ok(std::slice::from_ref(&good), "6.0.0"));
+        assert!(!story_ok(
+            &[release("6.0.1", "Failed", "podinfo:6.0.0"), bad.clone()],
+            "6.0.0"
+        ));
+        assert!(!story_ok(
+            &[good.clone(), release("6.0.2", "Succeeded", "podinfo:6.0.2")],
+            "6.0.0"
+        ));
+        assert!(!story_ok(
+            &[good, release("6.0.2", "Failed", "podinfo:6.0.2")],
+            "6.0.0"
+        ));
+    }
+}

@@ -1,0 +1,100 @@
+//! `serin-sandbox`: the development side of serin, kept out of the shipped binary. It sets the
+//! machine up, runs the local control plane and tells serin's story in the demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "serin-sandbox",
+    version,
+    about = "serin's local proving ground: a real control plane, a simulated mesh, the demo"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// See serin work: a sandbox, a GitOps release promoted and a faulty one rolled back
+    /// (set-up included; about three minutes after the first set-up).
+    Demo {
+        /// Leave the sandbox running at the end and print how to explore it.
+        #[arg(long)]
+        keep: bool,
+        /// The GitOps example to apply (a copy is edited, never the original).
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/gitops"))]
+        gitops: PathBuf,
+    },
+    /// Install the packages and build the Kubernetes binaries the sandbox needs (idempotent).
+    Setup,
+    /// Start a sandbox and keep it running until interrupted.
+    Up {
+        /// Directory for kubeconfig, env, logs and data (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Stop a sandbox started by `serin-sandbox up --dir DIR`.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("serin-sandbox: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The README's commands work on a fresh machine: set up on first use.
+fn ensure_set_up() -> anyhow::Result<()> {
+    if let Err(missing) = serin_sandbox::locate() {
+        eprintln!("{missing}\nrunning `serin-sandbox setup` first (once per machine)");
+        serin_sandbox::setup::run()?;
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Demo { keep, gitops } => {
+            ensure_set_up()?;
+            let ok = runtime()?.block_on(serin_sandbox::demo::run(
+                serin_sandbox::demo::DemoOptions { keep, gitops },
+            ))?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Setup => {
+            serin_sandbox::setup::run()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Up { dir } => {
+            ensure_set_up()?;
+            runtime()?.block_on(serin_sandbox::up(serin_sandbox::UpOptions { dir }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Down { dir } => {
+            runtime()?.block_on(serin_sandbox::down(dir))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
