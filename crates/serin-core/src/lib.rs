@@ -8,18 +8,22 @@
 //! I/O and clocks. Everything needed to resume lives in [`Progress`], which the shell stores in
 //! the Canary's status: a controller killed between two writes decides the same thing again.
 //!
-//! Deliberate differences from Flagger (flagger-compat.md marks them as gaps):
+//! Deliberate differences from Flagger (docs/flagger-contract.md §9 gives each one's reason):
 //! - the canary weight is capped at `maxWeight` (Flagger overshoots: step 20, max 50 → 60);
 //! - `status.canaryWeight` always equals the canary weight in the VirtualService, also in
 //!   WaitingPromotion (Flagger shows 0 there while traffic stays at maxWeight);
 //! - readiness deadlines are measured by serin from when it started waiting, whatever the
-//!   Deployment's conditions say (#1247, #1578), and a deadline rollback alerts (#1663);
+//!   Deployment's conditions say ([#1247](https://github.com/fluxcd/flagger/issues/1247),
+//!   [#1578](https://github.com/fluxcd/flagger/issues/1578)), and a deadline rollback alerts
+//!   ([#1663](https://github.com/fluxcd/flagger/issues/1663));
 //! - reaching the failed-checks threshold rolls back at once instead of one interval later;
 //! - Promoting moves on as soon as the primary runs the promoted revision and is ready;
 //! - a failed rollback records the analysed revision in the same write that sets Failed, so a
-//!   newer revision is never swallowed (§3.3 step 11);
+//!   newer revision is never swallowed (docs/flagger-contract.md §3.3 step 11);
 //! - during initialization the target keeps serving until the primary is ready, also with
-//!   skipAnalysis (#515, #1444), and a primary that never becomes ready leaves the target alone.
+//!   skipAnalysis ([#515](https://github.com/fluxcd/flagger/issues/515),
+//!   [#1444](https://github.com/fluxcd/flagger/issues/1444)), and a primary that never becomes
+//!   ready leaves the target alone.
 
 pub mod messages;
 pub mod request;
@@ -117,7 +121,8 @@ pub struct Progress {
     /// People's requests: paused or not, and the last one handled (see [`request`]).
     pub requests: RequestState,
     /// The last gate asked in this run and its answer; tells the waiting Event once, shows in
-    /// the `serin.dev/Gate` condition, and marks that the run got past its first step (#1248).
+    /// the `serin.dev/Gate` condition, and marks that the run got past its first step
+    /// ([#1248](https://github.com/fluxcd/flagger/issues/1248)).
     pub gate: Option<GateState>,
 }
 
@@ -261,7 +266,8 @@ pub struct Routes {
 pub struct Plan {
     pub progress: Progress,
     /// Whether the apex Service and the VirtualService may exist and point at the primary.
-    /// False only while initializing, before the primary is ready (#515).
+    /// False only while initializing, before the primary is ready
+    /// ([#515](https://github.com/fluxcd/flagger/issues/515)).
     pub route_to_primary: bool,
     pub scale: Scale,
     pub actions: Vec<Action>,
@@ -289,7 +295,8 @@ pub fn routes(progress: &Progress) -> Routes {
     }
 }
 
-/// Status, reason and message of Flagger's `Promoted` condition for a phase (§1.4).
+/// Status, reason and message of Flagger's `Promoted` condition for a phase
+/// (docs/flagger-contract.md §1.4).
 pub fn promoted_condition(phase: Phase, kind: &str) -> (&'static str, String) {
     match phase {
         Phase::Initializing => ("Unknown", msg::condition_initializing(kind)),
@@ -456,7 +463,8 @@ impl Draft<'_> {
         spec_changed || p.tracked_configs != self.o.configs
     }
 
-    /// Whether the target differs from the revision under analysis (restart mid-run, §3.3 step 15).
+    /// Whether the target differs from the revision under analysis (restart mid-run,
+    /// docs/flagger-contract.md §3.3 step 15).
     fn revision_moved(&self) -> bool {
         let p = &self.plan.progress;
         p.last_applied_spec.as_ref() != Some(&self.o.revision)
@@ -812,7 +820,8 @@ impl Draft<'_> {
         let first_step =
             p.canary_weight == 0 && p.iterations == 0 && !(self.s.mirror && p.mirrored);
         // A gate asked at the first step means the analysis already started and its pre-rollout
-        // hooks passed: a closed gate at weight 0 does not replay them (Flagger #1248).
+        // hooks passed: a closed gate at weight 0 does not replay them (Flagger
+        // [#1248](https://github.com/fluxcd/flagger/issues/1248)).
         let started = p
             .gate
             .as_ref()
@@ -826,7 +835,9 @@ impl Draft<'_> {
                         let text = text.clone();
                         self.tell_answered(HookType::PreRollout);
                         self.consume_step();
-                        // Flagger sends no alert here (#1663); the first failure of a run does.
+                        // Flagger sends no alert here
+                        // ([#1663](https://github.com/fluxcd/flagger/issues/1663)); the first
+                        // failure of a run does.
                         if self.plan.progress.failed_checks == 0 {
                             self.alert(Severity::Error, text.clone(), false);
                         }
@@ -1104,7 +1115,8 @@ impl Draft<'_> {
     }
 
     /// The primary failed to roll out the promoted template: all traffic goes to the canary,
-    /// which still runs the new revision (Flagger's fix for #1591).
+    /// which still runs the new revision (Flagger's fix for
+    /// [#1591](https://github.com/fluxcd/flagger/issues/1591)).
     fn failed_promotion(&mut self, err: String) {
         self.warn(msg::promotion_failed(&self.s.target, &err));
         self.alert(Severity::Error, msg::alert_promotion_failed(&err), false);

@@ -1,4 +1,5 @@
-//! Every Flagger-compatible event and alert text, in one place (flagger-compat.md §3.8 and §7).
+//! Every Flagger-compatible event and alert text, in one place (docs/flagger-contract.md §3.8
+//! and §7).
 //!
 //! Users grep their event streams and chat channels for these strings, so they are the contract:
 //! tests refer to these functions rather than repeating the literals.
@@ -240,7 +241,7 @@ fn fmt_bound(bound: f64) -> String {
     }
 }
 
-// Alert texts (§7).
+// Alert texts (docs/flagger-contract.md §7).
 pub fn alert_initialized(kind: &str) -> String {
     format!("New {kind} detected, initialization completed.")
 }
@@ -264,7 +265,7 @@ pub fn alert_promotion_failed(err: &str) -> String {
     format!("Promotion failed, primary not ready: {err}")
 }
 
-// Promoted condition messages (§1.4).
+// Promoted condition messages (docs/flagger-contract.md §1.4).
 pub fn condition_initializing(kind: &str) -> String {
     format!("New {kind} detected, starting initialization.")
 }

@@ -1,7 +1,9 @@
 //! Requests from people (`serin promote|abort|pause|resume|retry`), carried out by the core.
 //!
 //! The CLI writes a request into the Canary's annotations with its own field manager, so a GitOps
-//! re-apply (another manager, which never listed these keys) leaves it alone (Flagger #1814, #724).
+//! re-apply (another manager, which never listed these keys) leaves it alone (Flagger
+//! [#1814](https://github.com/fluxcd/flagger/issues/1814),
+//! [#724](https://github.com/fluxcd/flagger/issues/724)).
 //! The core handles each request once: the id of the last handled request, and whether the canary
 //! is paused, live in [`Progress::requests`] and so in the same status write as the rest of the
 //! progress. A controller killed before that write decides the same thing again; after it, a
@@ -36,7 +38,8 @@ pub enum Verb {
     /// Hold where it is until resumed.
     Pause,
     Resume,
-    /// Analyse the same revision again after a failed run (Flagger #862).
+    /// Analyse the same revision again after a failed run (Flagger
+    /// [#862](https://github.com/fluxcd/flagger/issues/862)).
     Retry,
     /// Anything else: refused with the list of verbs.
     Unknown(String),

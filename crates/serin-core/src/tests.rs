@@ -1,5 +1,5 @@
-//! Table tests against Flagger's phase sequences (flagger-compat.md §3.3–3.5) and property tests
-//! of the invariants, driving `decide` the way the shell does.
+//! Table tests against Flagger's phase sequences (docs/flagger-contract.md §3.3–3.5) and property
+//! tests of the invariants, driving `decide` the way the shell does.
 
 use super::*;
 use chrono::TimeZone;
@@ -357,7 +357,7 @@ fn failed_checks_roll_back_at_threshold_and_leave_primary_alone() {
     // The same bad revision does not start again ...
     w.tick();
     assert_eq!(w.state(), (Phase::Failed, 0));
-    // ... but a newer one is never swallowed (§3.3 step 11).
+    // ... but a newer one is never swallowed (docs/flagger-contract.md §3.3 step 11, §9.5).
     w.revision = rev("c");
     w.analysis = Ok(());
     w.step();

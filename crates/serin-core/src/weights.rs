@@ -1,4 +1,5 @@
-//! Weight stepping, as Flagger's `maxWeight()` and `nextStepWeight()` (flagger-compat.md §3.4).
+//! Weight stepping, as Flagger's `maxWeight()` and `nextStepWeight()`
+//! (docs/flagger-contract.md §3.4).
 
 /// The weight at which the canary strategy stops stepping: with `stepWeights` the last step
 /// (at most 100), otherwise `maxWeight`, where 0 means unset (100).

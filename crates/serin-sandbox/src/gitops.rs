@@ -563,7 +563,8 @@ pub async fn apply(
 }
 
 /// Deployments that set `spec.replicas` while an HPA in the same set scales them: every apply
-/// would reset what the HPA and serin set (Flagger #1121), one message per Deployment.
+/// would reset what the HPA and serin set (Flagger
+/// [#1121](https://github.com/fluxcd/flagger/issues/1121)), one message per Deployment.
 pub fn replica_fights(objects: &[DynamicObject]) -> Vec<String> {
     let kind = |o: &DynamicObject| o.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default();
     let scaled: BTreeSet<(Option<String>, String)> = objects

@@ -3,7 +3,8 @@
 //! caching the binaries per machine. [`locate`] finds what it left behind without installing
 //! anything, for the sandbox runtime and the tests.
 //!
-//! The recipe (and why each odd step is needed) is `/work/shared/local-control-plane.md`.
+//! The recipe, and why each odd step is needed, is in docs/sandbox.md (section "Building
+//! Kubernetes 1.20 from Debian's source package").
 
 pub mod apt;
 mod exec;

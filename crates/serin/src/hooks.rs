@@ -1,4 +1,4 @@
-//! Webhook calls and their payloads (flagger-compat.md §6.1).
+//! Webhook calls and their payloads (docs/flagger-contract.md §6.1).
 //!
 //! One call is a POST of Flagger's JSON payload; a status of at most 202 is success. `retries`
 //! repeats an attempt that could succeed next time (no answer, 5xx except 501, 429) with

@@ -1,4 +1,4 @@
-//! Desired Services, DestinationRules and the VirtualService of a canary (flagger-compat.md
+//! Desired Services, DestinationRules and the VirtualService of a canary (docs/flagger-contract.md
 //! §4.2–4.3), built as plain values from the Canary and its progress. The shell compares them with
 //! the watch cache and applies them with server-side apply only when they differ.
 
@@ -235,7 +235,7 @@ pub fn desired_virtual_service(inp: &RouterInputs<'_>, routes: Routes) -> Value 
 }
 
 /// The VirtualService `<apex>` with the given routes and, when `analysis.sessionAffinity` is set,
-/// the sticky rules for `cookies` (Flagger's `SetRoutes`, flagger-compat.md §4.3):
+/// the sticky rules for `cookies` (Flagger's `SetRoutes`, docs/flagger-contract.md §4.3):
 /// - with a canary cookie: a rule `sticky-route` first, matching the cookie and sending 0/100,
 ///   then (with a primary cookie) `sticky-route-primary` sending 100/0, then the weighted route,
 ///   whose canary destination sets the canary cookie (and whose primary destination sets the
@@ -443,11 +443,11 @@ pub fn read_routes(vs: &Value, apex: &str) -> Option<Routes> {
     None
 }
 
-// ---- session affinity (flagger-compat.md §4.3, §1.4) ----
+// ---- session affinity (docs/flagger-contract.md §4.3, §1.4, §9.17) ----
 //
 // Read from Flagger's `pkg/router/istio.go` (`SetRoutes`, `GetRoutes`) and, for the primary cookie
-// (Flagger 1.43, #1861, whose Istio code was not at hand), from its Gateway API router. Where serin
-// differs, on purpose:
+// (Flagger 1.43, [#1861](https://github.com/fluxcd/flagger/issues/1861), whose Istio code was not
+// at hand), from its Gateway API router. Where serin differs, on purpose:
 // - outside a run with no previous cookie, Flagger leaves a copy of the weighted route named
 //   `sticky-route` in front of it; serin writes the weighted route alone;
 // - Flagger's expiry rule writes `Set-Cookie` into the Canary's own `service.headers` map (shared

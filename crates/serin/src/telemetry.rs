@@ -1,5 +1,5 @@
 //! Logging set-up and the controller's `/metrics` and `/healthz`, with Flagger's metric names and
-//! labels (flagger-compat.md §8) so existing Grafana dashboards keep working.
+//! labels (docs/flagger-contract.md §8) so existing Grafana dashboards keep working.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,7 +3,10 @@
 //!
 //! The revision hash is the SHA-256 of the pod template's canonical JSON (object keys sorted,
 //! no whitespace, absent optional fields omitted), so it changes only when the template does: not
-//! when serin or its Kubernetes client library is upgraded (Flagger #1673, #1799, #1201).
+//! when serin or its Kubernetes client library is upgraded (Flagger
+//! [#1673](https://github.com/fluxcd/flagger/issues/1673),
+//! [#1799](https://github.com/fluxcd/flagger/issues/1799),
+//! [#1201](https://github.com/fluxcd/flagger/issues/1201)).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -90,7 +93,7 @@ impl ConfigRefs {
 }
 
 /// Every ConfigMap and Secret referenced from volumes (also projected), `env.valueFrom` and
-/// `envFrom`, in containers and init containers (flagger-compat.md §3.2).
+/// `envFrom`, in containers and init containers (docs/flagger-contract.md §3.2).
 pub fn config_refs(spec: &PodSpec) -> ConfigRefs {
     let mut refs = ConfigRefs::default();
     for v in spec.volumes.iter().flatten() {
@@ -298,7 +301,8 @@ pub struct PrimaryInputs<'a> {
     pub revision: &'a str,
     /// Tracked configs, whose references are renamed to the `-primary` copies.
     pub tracked: &'a BTreeSet<String>,
-    /// Replicas to set; `None` leaves them to an autoscaler (Flagger #1106).
+    /// Replicas to set; `None` leaves them to an autoscaler (Flagger
+    /// [#1106](https://github.com/fluxcd/flagger/issues/1106)).
     pub replicas: Option<i32>,
     /// [`configs_checksum`] of the promoted configs, put on the primary's pod template.
     pub configs_checksum: Option<String>,
@@ -318,7 +322,8 @@ pub fn configs_checksum(configs: &BTreeMap<String, String>) -> Option<String> {
 
 /// The primary Deployment as serin applies it (server-side apply, field manager
 /// `serin/primary`). No random `flagger-id` pod annotation: re-applying the same revision is a
-/// no-op, so a crash between promotion and the status write costs no extra rollout (#1163).
+/// no-op, so a crash between promotion and the status write costs no extra rollout
+/// ([#1163](https://github.com/fluxcd/flagger/issues/1163)).
 pub fn desired_primary(inp: &PrimaryInputs<'_>) -> Deployment {
     let target = inp.target;
     let name = format!("{}-primary", target.metadata.name.as_deref().unwrap_or(""));

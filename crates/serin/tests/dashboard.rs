@@ -142,7 +142,7 @@ fn every_metric_the_dashboard_queries_is_exposed() {
         missing.is_empty(),
         "the dashboard queries {missing:?}, which serin does not expose; exposed: {exposed:#?}"
     );
-    // And it shows Flagger's metrics (flagger-compat.md §8) and serin's own.
+    // And it shows Flagger's metrics (docs/flagger-contract.md §8) and serin's own.
     for name in [
         "flagger_canary_weight",
         "flagger_canary_status",

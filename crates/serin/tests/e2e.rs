@@ -1,5 +1,5 @@
-//! The end-to-end suite: every strategy and option of flagger-compat.md the way a user drives
-//! them. Manifests are the YAML files under `tests/e2e/<scenario>/`, applied with
+//! The end-to-end suite: every strategy and option of docs/flagger-contract.md the way a user
+//! drives them. Manifests are the YAML files under `tests/e2e/<scenario>/`, applied with
 //! `kubectl apply --server-side`; a release is the same Deployment file with a new image tag,
 //! applied again; `serin controller` runs as its own process; the mesh simulator plays Istio.
 //!

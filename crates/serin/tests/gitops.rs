@@ -1,7 +1,8 @@
 //! The GitOps flow of `deploy/gitops`, played as Flux's kustomize-controller plays it: the
 //! example rendered by `serin_sandbox::gitops`, applied to the sandbox with server-side apply under
 //! Flux's field manager, a release made by bumping `images[0].newTag`, and the same manifests
-//! re-applied every 2 s while the release runs (Flagger #1121: an apply must not fight serin
+//! re-applied every 2 s while the release runs (Flagger
+//! [#1121](https://github.com/fluxcd/flagger/issues/1121): an apply must not fight serin
 //! over the canary's replicas or restart its analysis).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests stop at a failed step, naming it
 

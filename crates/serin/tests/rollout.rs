@@ -682,7 +682,8 @@ async fn deleting_a_canary_without_revert_on_deletion_leaves_the_target_scaled_d
         }
     })
     .await;
-    // Flagger's behaviour without revertOnDeletion: the target stays at zero (#388).
+    // Flagger's behaviour without revertOnDeletion: the target stays at zero
+    // ([#388](https://github.com/fluxcd/flagger/issues/388)).
     assert_eq!(replicas_of(&w.deployment("podinfo").await.unwrap()), 0);
 }
 

@@ -1,7 +1,7 @@
-//! Session affinity end to end (`spec.analysis.sessionAffinity`, flagger-compat.md §4.3): during
-//! a run the VirtualService pins cookie holders to the canary (and, with `primaryCookieName`, to
-//! the primary) with the cookies kept in the Canary's status; after the run it expires the
-//! cookie, which the status keeps as `previousSessionAffinityCookie`.
+//! Session affinity end to end (`spec.analysis.sessionAffinity`, docs/flagger-contract.md §4.3):
+//! during a run the VirtualService pins cookie holders to the canary (and, with
+//! `primaryCookieName`, to the primary) with the cookies kept in the Canary's status; after the run
+//! it expires the cookie, which the status keeps as `previousSessionAffinityCookie`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests stop at a failed step, naming it
 
 mod support;

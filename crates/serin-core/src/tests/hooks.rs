@@ -1,5 +1,6 @@
-//! Gates, rollback hooks, #1248 and alerts on every failure path, driven the way the shell
-//! drives the core, with the shell's per-hook answers (`CheckResults::answered`).
+//! Gates, rollback hooks, Flagger [#1248](https://github.com/fluxcd/flagger/issues/1248) and alerts
+//! on every failure path, driven the way the shell drives the core, with the shell's per-hook
+//! answers (`CheckResults::answered`).
 
 use super::*;
 
@@ -347,7 +348,8 @@ fn confirm_rollout_open_stays_visible_during_the_run() {
             closed_by: None
         })
     );
-    // It does not count as "the analysis started" (#1248 marker).
+    // It does not count as "the analysis started"
+    // ([#1248](https://github.com/fluxcd/flagger/issues/1248) marker).
     tick(&mut w);
     assert_eq!(count(&w, "Starting canary analysis for podinfo.test"), 1);
     assert_eq!(w.state(), (Phase::Progressing, 10));
@@ -389,7 +391,7 @@ fn rollback_hooks_tell_whether_they_signal() {
 }
 
 /// Every way a run can fail sends an alert (Flagger misses pre-rollout failures and deadline
-/// rollbacks, #1663).
+/// rollbacks, [#1663](https://github.com/fluxcd/flagger/issues/1663)).
 #[test]
 fn every_failure_path_alerts() {
     type Scenario = fn() -> World;

@@ -1,6 +1,6 @@
-//! Chat alerts (flagger-compat.md §7): what the rollout core puts in `Plan.alerts` goes to the
-//! Canary's `analysis.alerts[]` providers, or to the global notifier of the controller flags when
-//! that list is empty.
+//! Chat alerts (docs/flagger-contract.md §7): what the rollout core puts in `Plan.alerts` goes to
+//! the Canary's `analysis.alerts[]` providers, or to the global notifier of the controller flags
+//! when that list is empty.
 //!
 //! Delivery runs in its own task: a slow, failing or misconfigured chat service never blocks or
 //! fails the analysis. Failures are logged and counted in `serin_alert_deliveries_total`.

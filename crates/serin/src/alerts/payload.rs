@@ -1,4 +1,4 @@
-//! The JSON each chat service receives (flagger-compat.md §7), as pure functions.
+//! The JSON each chat service receives (docs/flagger-contract.md §7), as pure functions.
 //!
 //! Slack, Discord and Rocket.Chat get Flagger's attachment payload, so that users' channel
 //! formatting and any receiver parsing `attachments[0]` keep working. Slack's message also carries

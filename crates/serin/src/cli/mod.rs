@@ -3,7 +3,9 @@
 //! Requests go through the API server as annotations on the Canary, written by server-side apply
 //! with the field manager `serin-cli`; the controller carries them out and answers in the status
 //! (see [`crate::rollout::request`]). A GitOps re-apply with another field manager that never
-//! listed these annotations leaves them in place (Flagger #1814, #724).
+//! listed these annotations leaves them in place (Flagger
+//! [#1814](https://github.com/fluxcd/flagger/issues/1814),
+//! [#724](https://github.com/fluxcd/flagger/issues/724)).
 
 pub mod get;
 pub mod identity;

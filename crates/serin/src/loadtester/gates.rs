@@ -1,5 +1,6 @@
 //! Gate and rollback-gate state. Flagger keeps it in a map in memory, so a load tester restart
-//! silently closes every gate someone opened (fluxcd/flagger#1344). In a cluster serin keeps it in
+//! silently closes every gate someone opened
+//! ([#1344](https://github.com/fluxcd/flagger/issues/1344)). In a cluster serin keeps it in
 //! a ConfigMap (one data key per open gate), read at start and on every check.
 
 use std::collections::BTreeSet;

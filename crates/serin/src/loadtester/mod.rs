@@ -1,6 +1,7 @@
-//! `serin loadtester`: flagger-loadtester's HTTP API (flagger-compat.md §6.2), so webhooks written
-//! for `http://flagger-loadtester.test/` work unchanged when pointed at it. Gates survive a restart
-//! when an API server is at hand (see [`gates`]); Flagger loses them (#1344).
+//! `serin loadtester`: flagger-loadtester's HTTP API (docs/flagger-contract.md §6.2), so webhooks
+//! written for `http://flagger-loadtester.test/` work unchanged when pointed at it. Gates survive a
+//! restart when an API server is at hand (see [`gates`]); Flagger loses them
+//! ([#1344](https://github.com/fluxcd/flagger/issues/1344)).
 
 pub mod gates;
 pub mod tasks;

@@ -1,6 +1,6 @@
 //! Metric checks: Flagger's built-in Istio queries, MetricTemplate rendering, the verdict on a
-//! value, and the Prometheus provider (flagger-compat.md §2.1 and §5). Everything here but the
-//! provider is pure.
+//! value, and the Prometheus provider (docs/flagger-contract.md §2.1 and §5). Everything here but
+//! the provider is pure.
 
 pub mod prometheus;
 
@@ -12,7 +12,7 @@ use crate::rollout::messages as msg;
 pub const REQUEST_SUCCESS_RATE: &str = "request-success-rate";
 pub const REQUEST_DURATION: &str = "request-duration";
 
-/// Flagger's Istio `request-success-rate` query (flagger-compat.md §5), verbatim.
+/// Flagger's Istio `request-success-rate` query (docs/flagger-contract.md §5), verbatim.
 const SUCCESS_RATE_QUERY: &str = r#"sum(rate(istio_requests_total{reporter="destination",destination_workload_namespace="{{ namespace }}",destination_workload=~"{{ target }}",response_code!~"5.*"}[{{ interval }}])) / sum(rate(istio_requests_total{reporter="destination",destination_workload_namespace="{{ namespace }}",destination_workload=~"{{ target }}"}[{{ interval }}])) * 100"#;
 
 /// Flagger's Istio `request-duration` query, verbatim.

@@ -1,8 +1,10 @@
-//! The primary HorizontalPodAutoscaler of a Canary with `spec.autoscalerRef` (flagger-compat.md
-//! §4.4): a copy of the user's HPA that scales `<target>-primary` instead of the target. Pure.
+//! The primary HorizontalPodAutoscaler of a Canary with `spec.autoscalerRef`
+//! (docs/flagger-contract.md §4.4): a copy of the user's HPA that scales `<target>-primary` instead
+//! of the target. Pure.
 //!
 //! The user's HPA keeps pointing at the target, which sits at zero replicas between runs, so it
-//! is inactive then. Its changes reach the primary HPA only through a run (Flagger #1308).
+//! is inactive then. Its changes reach the primary HPA only through a run (Flagger
+//! [#1308](https://github.com/fluxcd/flagger/issues/1308)).
 
 use std::collections::BTreeMap;
 

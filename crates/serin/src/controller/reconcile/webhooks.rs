@@ -1,6 +1,7 @@
 //! The webhook side of a reconcile: which hooks run for a check, with which payload phase
-//! (flagger-compat.md §6.1), and what their answers tell the rollout core. Event hooks get every
-//! recorded Event, delivered in the background so that a slow receiver never holds the rollout.
+//! (docs/flagger-contract.md §6.1), and what their answers tell the rollout core. Event hooks get
+//! every recorded Event, delivered in the background so that a slow receiver never holds the
+//! rollout.
 
 use std::collections::BTreeMap;
 
