@@ -314,7 +314,6 @@ impl Sandbox {
                 format!("--etcd-servers={etcd_client}"),
                 format!("--cert-dir={}", pki.join("serving").display()),
                 format!("--secure-port={}", ports.apiserver),
-                "--insecure-port=0".into(),
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
                 format!("--service-account-key-file={}", sa_pub.display()),
@@ -324,6 +323,9 @@ impl Sandbox {
                 "--authorization-mode=RBAC".into(),
                 "--service-cluster-ip-range=10.0.0.0/24".into(),
                 "--allow-privileged=true".into(),
+                // Otherwise it refuses to start: 127.0.0.1 is no address to publish as the
+                // `kubernetes` Service's endpoint, and no pod here needs that endpoint.
+                "--endpoint-reconciler-type=none".into(),
             ],
         )?;
         write_file(
@@ -357,10 +359,11 @@ impl Sandbox {
             &[
                 format!("--kubeconfig={}", self.kubeconfig.display()),
                 format!("--service-account-private-key-file={}", sa_key.display()),
-                "--controllers=*,-nodeipam,-nodelifecycle,-attachdetach,-persistentvolume-binder,-route,-service,-cloud-node-lifecycle".into(),
+                // No nodes to allocate CIDRs to or to watch, no volumes: the simulated kubelet
+                // plays the node. (1.3x refuses unknown or cloud-only names here.)
+                "--controllers=*,-node-ipam-controller,-node-lifecycle-controller,-persistentvolume-attach-detach-controller,-persistentvolume-binder-controller".into(),
                 "--leader-elect=false".into(),
                 "--secure-port=0".into(),
-                "--port=0".into(),
             ],
         )?;
 
@@ -369,7 +372,7 @@ impl Sandbox {
         self.kubelet = Some(kubelet);
 
         let client = self.try_client()?;
-        install_crds(&client).await?;
+        install_crds(&client, bins).await?;
         tracing::info!(
             "CRDs established {:.2} s after start",
             self.started_at.elapsed().as_secs_f64()
@@ -396,21 +399,13 @@ impl Sandbox {
         })
         .await?;
 
-        // Pods need their namespace's service account token, which the controller manager makes.
+        // Pods are refused until their namespace's service account exists, which the controller
+        // manager makes. (Since 1.24 it makes no token Secret: pods get a projected token.)
         let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-        self.until_ready(
-            "kube-controller-manager (default service account token)",
-            || {
-                let sa = sa.clone();
-                async move {
-                    sa.get_opt("default")
-                        .await
-                        .ok()
-                        .flatten()
-                        .is_some_and(|s| s.secrets.is_some_and(|v| !v.is_empty()))
-                }
-            },
-        )
+        self.until_ready("kube-controller-manager (default service account)", || {
+            let sa = sa.clone();
+            async move { sa.get_opt("default").await.ok().flatten().is_some() }
+        })
         .await?;
 
         write_file(
@@ -681,16 +676,20 @@ impl Drop for Sandbox {
     }
 }
 
-/// Every CRD the sandbox installs: serin's own and Istio's networking API.
+/// Every CRD the sandbox installs: serin's own and Istio's, as Istio publishes them.
 pub fn sandbox_crds() -> Result<Vec<CustomResourceDefinition>, Error> {
+    crds_of(&locate()?)
+}
+
+fn crds_of(bins: &Binaries) -> Result<Vec<CustomResourceDefinition>, Error> {
     let mut crds = serin_api::crd::all();
-    crds.extend(super::istio::crds().map_err(|e| Error::Other(format!("istio-crds.yaml: {e}")))?);
+    crds.extend(super::istio::crds(&bins.istio_crds).map_err(Error::Other)?);
     Ok(crds)
 }
 
-async fn install_crds(client: &Client) -> Result<(), Error> {
+async fn install_crds(client: &Client, bins: &Binaries) -> Result<(), Error> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crds = sandbox_crds()?;
+    let crds = crds_of(bins)?;
     let pp = PatchParams::apply("serin").force();
     for crd in &crds {
         let name = crd.metadata.name.clone().unwrap_or_default();

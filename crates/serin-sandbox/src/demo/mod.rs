@@ -443,7 +443,7 @@ fn describe(stage: &Stage, ns: &str) {
     };
     let kubectl = crate::locate()
         .ok()
-        .and_then(|b| b.kubectl)
+        .map(|b| b.kubectl)
         .unwrap_or_else(|| PathBuf::from("kubectl"));
     match std::process::Command::new(kubectl)
         .args(["describe", "canary", APP, "-n", ns])
