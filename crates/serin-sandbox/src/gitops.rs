@@ -4,10 +4,7 @@
 //! - [`render`] builds a kustomize directory with a built-in renderer of the kustomization
 //!   fields the example uses (`resources`, `namespace`, `images`). Anything else is refused by
 //!   name rather than ignored, so a rendering never silently differs from `kustomize build`
-//!   (a test compares the two on the example). Built in, because the sandbox must not depend on
-//!   whichever kubectl the machine has: the one that matches its API server (1.20) embeds
-//!   kustomize v2.0.3, which reads neither directories in `resources` nor `apiVersion` on the
-//!   Kustomization.
+//!   (a test compares the two on the example).
 //! - [`apply`] applies every object with server-side apply and force under Flux's field
 //!   manager, namespaces and CRDs first, as kustomize-controller does.
 //! - [`bump_tag`] is a release: it sets `images[0].newTag` in a kustomization.yaml, keeping
@@ -23,7 +20,7 @@ use kube::discovery::Scope;
 use kube::{Api, Client};
 use serde::Deserialize;
 use serde_json::Value;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// The field manager of Flux's kustomize-controller, which its server-side apply uses.
 pub const FIELD_MANAGER: &str = "kustomize-controller";
@@ -514,14 +511,6 @@ pub fn bump_tag_text(text: &str, new_tag: &str) -> Result<String, String> {
 
 // ---- apply ----
 
-/// The version to fall back to when the cluster does not serve an object's version: HPAs
-/// written as `autoscaling/v2` (Kubernetes 1.23+) on an older API server such as the sandbox's
-/// 1.20, which serves `autoscaling/v2beta2` with the same fields.
-pub fn fallback_version(gvk: &GroupVersionKind) -> Option<GroupVersionKind> {
-    (gvk.group == "autoscaling" && gvk.version == "v2" && gvk.kind == "HorizontalPodAutoscaler")
-        .then(|| GroupVersionKind::gvk("autoscaling", "v2beta2", &gvk.kind))
-}
-
 /// Applies the objects with server-side apply and force under `manager` (use [`FIELD_MANAGER`]
 /// to act as Flux): Namespaces and CRDs first, then the CRDs are waited for, then the rest, in
 /// order. Returns the `Kind/namespace/name` of each object applied.
@@ -601,33 +590,14 @@ pub fn replica_fights(objects: &[DynamicObject]) -> Vec<String> {
 struct Resolved {
     resource: ApiResource,
     scope: Scope,
-    /// The apiVersion the object is sent with, when the cluster serves another than written.
-    downgraded_to: Option<String>,
 }
 
 async fn resolve(client: &Client, gvk: &GroupVersionKind) -> Result<Resolved, kube::Error> {
-    match kube::discovery::pinned_kind(client, gvk).await {
-        Ok((resource, caps)) => Ok(Resolved {
-            resource,
-            scope: caps.scope,
-            downgraded_to: None,
-        }),
-        Err(e) => {
-            let not_served = matches!(&e, kube::Error::Api(s) if s.code == 404)
-                || matches!(&e, kube::Error::Discovery(_));
-            match fallback_version(gvk) {
-                Some(older) if not_served => {
-                    let (resource, caps) = kube::discovery::pinned_kind(client, &older).await?;
-                    Ok(Resolved {
-                        downgraded_to: Some(resource.api_version.clone()),
-                        resource,
-                        scope: caps.scope,
-                    })
-                }
-                _ => Err(e),
-            }
-        }
-    }
+    let (resource, caps) = kube::discovery::pinned_kind(client, gvk).await?;
+    Ok(Resolved {
+        resource,
+        scope: caps.scope,
+    })
 }
 
 async fn apply_one(
@@ -659,15 +629,7 @@ async fn apply_one(
             r
         }
     };
-    let mut body = json;
-    if let Some(v) = &r.downgraded_to {
-        info!(
-            object = %id,
-            "{} is not served by this API server; applying as {v}, whose fields are the same",
-            types.api_version
-        );
-        body["apiVersion"] = Value::String(v.clone());
-    }
+    let body = json;
     let name = o.metadata.name.clone().unwrap_or_default();
     let api: Api<DynamicObject> = match r.scope {
         Scope::Cluster => Api::all_with(client.clone(), &r.resource),

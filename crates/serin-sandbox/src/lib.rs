@@ -34,7 +34,7 @@ pub use environment::{
     sweep_stale_temp_dirs,
 };
 pub use process::ChildExit;
-pub use setup::{Binaries, NotSetUp, cache_dir, locate};
+pub use setup::{Binaries, NotSetUp, cache_dir, kubectl, locate};
 
 /// The file in `--dir` holding the pid of `serin-sandbox up`.
 pub const PID_FILE: &str = "sandbox.pid";

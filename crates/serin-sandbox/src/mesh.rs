@@ -418,8 +418,9 @@ impl CacheView {
         }
         let annotation = dep
             .spec
+            .template
+            .metadata
             .as_ref()
-            .and_then(|s| s.template.metadata.as_ref())
             .and_then(|m| m.annotations.as_ref())
             .and_then(|a| a.get(SIMULATE_ANNOTATION));
         match behaviour::parse(annotation.map(String::as_str)) {
@@ -437,8 +438,9 @@ impl CacheView {
 
 fn template_labels(d: &Deployment) -> Option<&BTreeMap<String, String>> {
     d.spec
+        .template
+        .metadata
         .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
         .and_then(|m| m.labels.as_ref())
 }
 

@@ -97,7 +97,7 @@ fn the_demo_promotes_a_release_rolls_back_a_faulty_one_and_cleans_up() {
         .find_map(|l| l.trim().strip_prefix("export KUBECONFIG="))
         .unwrap_or_else(|| panic!("no KUBECONFIG printed:\n{text}"))
         .to_string();
-    let phase = Command::new("kubectl")
+    let phase = Command::new(serin_sandbox::kubectl())
         .args([
             "-n",
             "prod",

@@ -175,7 +175,7 @@ fn up_kubectl_down_leaves_nothing() {
         "{summary}"
     );
 
-    let kubectl = Command::new("kubectl")
+    let kubectl = Command::new(serin_sandbox::kubectl())
         .arg("--kubeconfig")
         .arg(up.dir.join("kubeconfig"))
         .args(["get", "ns"])

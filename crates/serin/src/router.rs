@@ -86,7 +86,8 @@ impl RouterInputs<'_> {
 }
 
 /// The three Services: `<apex>-canary` (the target's pods), `<apex>-primary` and `<apex>` (both
-/// the primary's pods). Every port carries `protocol: TCP` (required by server-side apply on 1.20).
+/// the primary's pods). Every port carries `protocol: TCP`: with the port it keys the ports
+/// list under server-side apply, so it is spelled out rather than left to the default.
 pub fn desired_services(inp: &RouterInputs<'_>) -> Vec<Service> {
     let svc = &inp.canary.spec.service;
     let apex = inp.apex();

@@ -57,10 +57,7 @@ pub struct SelectorLabel {
 
 /// Finds the selector label as Flagger does; the error names the field and the accepted keys.
 pub fn selector_label(target: &Deployment) -> Result<SelectorLabel, String> {
-    let labels = target
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.as_ref());
+    let labels = target.spec.selector.match_labels.as_ref();
     for key in SELECTOR_LABELS {
         if let Some(value) = labels.and_then(|l| l.get(key)) {
             return Ok(SelectorLabel {
@@ -328,7 +325,7 @@ pub fn desired_primary(inp: &PrimaryInputs<'_>) -> Deployment {
     let target = inp.target;
     let name = format!("{}-primary", target.metadata.name.as_deref().unwrap_or(""));
     let primary_value = format!("{}-primary", inp.selector.value);
-    let spec = target.spec.clone().unwrap_or_default();
+    let spec = target.spec.clone();
     let mut template = spec.template.clone();
 
     let mut pod_labels = template
@@ -372,7 +369,7 @@ pub fn desired_primary(inp: &PrimaryInputs<'_>) -> Deployment {
             owner_references: Some(vec![inp.owner.clone()]),
             ..Default::default()
         },
-        spec: Some(DeploymentSpec {
+        spec: DeploymentSpec {
             replicas: inp.replicas,
             selector: LabelSelector {
                 match_labels: Some(BTreeMap::from([(inp.selector.key.clone(), primary_value)])),
@@ -384,7 +381,7 @@ pub fn desired_primary(inp: &PrimaryInputs<'_>) -> Deployment {
             revision_history_limit: spec.revision_history_limit,
             strategy: spec.strategy,
             paused: None,
-        }),
+        },
         status: None,
     }
 }
@@ -441,14 +438,15 @@ pub fn readiness(d: &Deployment, threshold: i32) -> Readiness {
         );
     }
     let deadline = status.conditions.iter().flatten().any(|c| {
-        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        c.type_.as_deref() == Some("Progressing")
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
     });
     if deadline {
         return Readiness::Failed(format!(
             "deployment {name:?} exceeded its progress deadline"
         ));
     }
-    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let desired = d.spec.replicas.unwrap_or(1);
     let updated = status.updated_replicas.unwrap_or(0);
     let replicas = status.replicas.unwrap_or(0);
     let available = status.available_replicas.unwrap_or(0);

@@ -31,7 +31,7 @@ fn in_namespace(file: &Path, ns: &str) -> String {
 
 fn kubectl_in(env: &SharedEnv, args: &[&str], stdin: Option<String>) -> (bool, String) {
     use std::io::Write;
-    let mut child = Command::new("kubectl")
+    let mut child = Command::new(serin_sandbox::kubectl())
         .arg("--kubeconfig")
         .arg(env.kubeconfig_path())
         .args(args)

@@ -395,7 +395,7 @@ async fn retry_analyses_the_same_revision_again_once_the_fault_is_gone() {
     let failed = w.wait_phase("podinfo", "Failed", LIMIT).await;
     let revision = failed.status.unwrap().last_applied_spec;
     let target = w.deployment("podinfo").await.unwrap();
-    let template_before = target.spec.unwrap().template;
+    let template_before = target.spec.template;
 
     // Removing the fault alone changes nothing: the revision stays failed.
     w.apply(template("vector(0)")).await;
@@ -419,8 +419,7 @@ async fn retry_analyses_the_same_revision_again_once_the_fault_is_gone() {
     assert_eq!(status.last_promoted_spec, revision);
     let target = w.deployment("podinfo").await.unwrap();
     assert_eq!(
-        target.spec.unwrap().template,
-        template_before,
+        target.spec.template, template_before,
         "the pod template was not touched"
     );
     assert_eq!(

@@ -78,15 +78,14 @@ fn the_renderer_agrees_with_kubectl_kustomize_on_the_example() {
         .chain([apps.join("loadtester"), apps.clone()]);
     for dir in dirs {
         let app = dir.display().to_string();
-        let out = Command::new("kubectl")
+        let out = Command::new(serin_sandbox::kubectl())
             .arg("kustomize")
             .arg(&dir)
             .output()
             .expect("this test compares with `kubectl kustomize`: install kubectl");
         assert!(
             out.status.success(),
-            "kubectl kustomize {} (kubectl 1.20's kustomize v2 cannot read directories under \
-             `resources`, as Flux and gitops-istio write them; this test needs kubectl >= 1.21): {}",
+            "kubectl kustomize {}: {}",
             dir.display(),
             String::from_utf8_lossy(&out.stderr)
         );
@@ -212,9 +211,9 @@ fn manifests(apps: &Path, ns: &str, hooks: &str) -> Vec<DynamicObject> {
     objs
 }
 
-fn hpa_v2beta2() -> ApiResource {
+fn hpa_v2() -> ApiResource {
     ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("autoscaling", "v2beta2", "HorizontalPodAutoscaler"),
+        &GroupVersionKind::gvk("autoscaling", "v2", "HorizontalPodAutoscaler"),
         "horizontalpodautoscalers",
     )
 }
@@ -304,14 +303,13 @@ async fn a_release_through_the_applier_is_not_disturbed_by_reapplies() {
     let applied = gitops::apply(&w.client, &all, FIELD_MANAGER).await.unwrap();
     assert_eq!(applied.len(), 6, "{applied:?}");
 
-    // The HPA, written as autoscaling/v2, is served by 1.20 as v2beta2 and applied as such.
-    let hpas: Api<DynamicObject> = Api::namespaced_with(w.client.clone(), &w.ns, &hpa_v2beta2());
+    let hpas: Api<DynamicObject> = Api::namespaced_with(w.client.clone(), &w.ns, &hpa_v2());
     let hpa = serde_json::to_value(hpas.get("backend").await.unwrap()).unwrap();
     assert_eq!(hpa["spec"]["minReplicas"], 2);
     let by_flux = owned_by(&hpa, FIELD_MANAGER);
     assert_eq!(by_flux.len(), 1, "{hpa}");
     assert_eq!(by_flux[0]["operation"], "Apply");
-    assert_eq!(by_flux[0]["apiVersion"], "autoscaling/v2beta2");
+    assert_eq!(by_flux[0]["apiVersion"], "autoscaling/v2");
 
     for app in APPS {
         w.wait_phase(app, "Initialized", LIMIT).await;

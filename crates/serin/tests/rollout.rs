@@ -252,8 +252,7 @@ async fn a_config_map_change_starts_an_analysis_and_reaches_the_primary_copy() {
     );
     let primary = w.deployment("podinfo-primary").await.unwrap();
     let env_from =
-        serde_json::to_value(&primary.spec.unwrap().template.spec.unwrap().containers[0].env_from)
-            .unwrap();
+        serde_json::to_value(&primary.spec.template.spec.unwrap().containers[0].env_from).unwrap();
     assert_eq!(
         env_from,
         json!([{"configMapRef": {"name": "podinfo-config-primary"}}])

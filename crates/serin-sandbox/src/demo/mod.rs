@@ -433,7 +433,7 @@ async fn primary_image(client: &Client, ns: &str) -> String {
         .await
         .ok()
         .flatten()
-        .and_then(|d| d.spec?.template.spec?.containers.first()?.image.clone())
+        .and_then(|d| d.spec.template.spec?.containers.first()?.image.clone())
         .unwrap_or_else(|| "-".into())
 }
 

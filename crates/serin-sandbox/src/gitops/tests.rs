@@ -287,22 +287,6 @@ fn set_namespace_moves_namespaced_objects_only() {
     assert!(vs[3]["metadata"].get("namespace").is_none());
 }
 
-#[test]
-fn the_hpa_falls_back_to_v2beta2_only() {
-    let hpa = GroupVersionKind::gvk("autoscaling", "v2", "HorizontalPodAutoscaler");
-    assert_eq!(
-        fallback_version(&hpa).map(|g| g.version),
-        Some("v2beta2".to_string())
-    );
-    for other in [
-        GroupVersionKind::gvk("autoscaling", "v1", "HorizontalPodAutoscaler"),
-        GroupVersionKind::gvk("apps", "v2", "Deployment"),
-        GroupVersionKind::gvk("flagger.app", "v1beta1", "Canary"),
-    ] {
-        assert_eq!(fallback_version(&other), None, "{other:?}");
-    }
-}
-
 // ---- bump ----
 
 fn new_tag_of(text: &str) -> Option<String> {

@@ -238,7 +238,7 @@ pub fn render(
 async fn target_revision(s: &Session, c: &Canary) -> Option<String> {
     let api: Api<Deployment> = Api::namespaced(s.client.clone(), &s.namespace);
     let d = api.get_opt(&c.spec.target_ref.name).await.ok()??;
-    Some(crate::workload::revision_hash(&d.spec?.template))
+    Some(crate::workload::revision_hash(&d.spec.template))
 }
 
 /// Prints the view once (or, with `watch`, whenever it changes until the canary is promoted or

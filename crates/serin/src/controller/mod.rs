@@ -272,8 +272,7 @@ pub async fn run_with(
         .reflect(tpl_w)
         .touched_objects();
     // HPAs: the user's are read for `spec.autoscalerRef`; the primary ones are owned.
-    let hpa_version = autoscaler::discover(&client).await?;
-    let hpa_resource = autoscaler::resource(hpa_version);
+    let hpa_resource = autoscaler::resource();
     let hpa_w = reflector::store::Writer::<DynamicObject>::new(hpa_resource.clone());
     let hpa_store = hpa_w.as_reader();
     let hpa_stream = watcher(scoped_dyn(&client, ns, &hpa_resource), wc.clone())
@@ -314,7 +313,6 @@ pub async fn run_with(
         autoscalers: autoscaler::Autoscalers {
             store: hpa_store,
             resource: hpa_resource.clone(),
-            version: hpa_version,
         },
         alerter,
     });
@@ -551,7 +549,7 @@ fn canaries_for_config(
             let Some(d) = deployments.get(&target) else {
                 return false;
             };
-            let Some(pod) = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+            let Some(pod) = d.spec.template.spec.as_ref() else {
                 return false;
             };
             let refs = workload::config_refs(pod);

@@ -187,11 +187,7 @@ impl Reconcile {
                     .await;
             }
         };
-        let template = target
-            .spec
-            .as_ref()
-            .map(|s| s.template.clone())
-            .unwrap_or_default();
+        let template = target.spec.template.clone();
         let pod = template.spec.clone().unwrap_or_default();
         let configs = match self.tracked_configs(&pod) {
             Ok(c) => c,
@@ -770,11 +766,8 @@ impl Reconcile {
         let has_autoscaler = self.canary.spec.autoscaler_ref.is_some();
         let replicas = (!has_autoscaler).then(|| {
             workload::scale_up_replicas(
-                target.spec.as_ref().and_then(|s| s.replicas),
-                primary
-                    .as_ref()
-                    .and_then(|p| p.spec.as_ref())
-                    .and_then(|s| s.replicas),
+                target.spec.replicas,
+                primary.as_ref().and_then(|p| p.spec.replicas),
                 None,
                 false,
             )
@@ -844,7 +837,7 @@ impl Reconcile {
         primary: Option<&Deployment>,
         scale: Scale,
     ) -> Result<(), Error> {
-        let current = target.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let current = target.spec.replicas.unwrap_or(1);
         let want = match scale {
             Scale::Keep => return Ok(()),
             Scale::Zero if current == 0 => return Ok(()),
@@ -852,9 +845,7 @@ impl Reconcile {
             Scale::Up if current > 0 => return Ok(()),
             Scale::Up => workload::scale_up_replicas(
                 Some(current),
-                primary
-                    .and_then(|p| p.spec.as_ref())
-                    .and_then(|s| s.replicas),
+                primary.and_then(|p| p.spec.replicas),
                 autoscaler::user_min_replicas(&self.ctx, &self.canary, &self.ns),
                 self.canary.spec.autoscaler_ref.is_some(),
             ),

@@ -46,7 +46,7 @@ fn podinfo() -> Deployment {
 #[test]
 fn revision_hash_is_stable_and_sensitive() {
     let d = podinfo();
-    let t = d.spec.as_ref().unwrap().template.clone();
+    let t = d.spec.template.clone();
     let h = revision_hash(&t);
     assert!(
         h.starts_with("sha256:") && h.len() == "sha256:".len() + 16,
@@ -100,8 +100,7 @@ fn selector_label_follows_flagger_order() {
         }
     );
     let mut d = podinfo();
-    d.spec.as_mut().unwrap().selector.match_labels =
-        Some(BTreeMap::from([("tier".into(), "web".into())]));
+    d.spec.selector.match_labels = Some(BTreeMap::from([("tier".into(), "web".into())]));
     let err = selector_label(&d).unwrap_err();
     assert!(
         err.contains(
@@ -114,7 +113,7 @@ fn selector_label_follows_flagger_order() {
 #[test]
 fn config_refs_cover_every_reference_kind() {
     let d = podinfo();
-    let refs = config_refs(d.spec.as_ref().unwrap().template.spec.as_ref().unwrap());
+    let refs = config_refs(d.spec.template.spec.as_ref().unwrap());
     let cms: Vec<_> = refs
         .config_maps
         .iter()
@@ -150,7 +149,7 @@ fn cm(name: &str, data: &[(&str, &str)]) -> ConfigMap {
 #[test]
 fn tracked_configs_checksums_and_errors() {
     let d = podinfo();
-    let spec = d.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let spec = d.spec.template.spec.clone().unwrap();
     let secret = |name: &str| -> Option<Secret> {
         if name == "podinfo-secret-env" || name == "proj-secret" {
             return None; // optional refs may be missing
@@ -341,7 +340,7 @@ fn with_status(
 ) -> Deployment {
     let mut d = podinfo();
     d.metadata.generation = Some(generation);
-    d.spec.as_mut().unwrap().replicas = Some(replicas);
+    d.spec.replicas = Some(replicas);
     d.status = Some(DeploymentStatus {
         observed_generation: Some(observed),
         updated_replicas: Some(updated),
@@ -349,8 +348,8 @@ fn with_status(
         available_replicas: Some(available),
         conditions: cond.map(|reason| {
             vec![DeploymentCondition {
-                type_: "Progressing".into(),
-                status: "False".into(),
+                type_: Some("Progressing".into()),
+                status: Some("False".into()),
                 reason: Some(reason.into()),
                 ..Default::default()
             }]
