@@ -8,6 +8,8 @@
 //! from the Go module proxy").
 
 mod exec;
+pub mod flux;
+pub mod gobuild;
 pub mod gomod;
 
 use std::ffi::OsString;
@@ -399,6 +401,11 @@ fn plain(r: anyhow::Result<Outcome>) -> anyhow::Result<(Outcome, ())> {
 /// Runs every set-up step, printing each with its duration. Idempotent: a second run finds
 /// everything in place and only checks it.
 pub fn run() -> anyhow::Result<()> {
+    run_with(&flux::SetupOptions::default())
+}
+
+/// [`run`], and Flagger too when asked ([`flux::SetupOptions`]).
+pub fn run_with(opts: &flux::SetupOptions) -> anyhow::Result<()> {
     let began = Instant::now();
     let layout = Layout::new(&cache_dir());
     fs::create_dir_all(&layout.bin).with_context(|| {
@@ -422,7 +429,10 @@ pub fn run() -> anyhow::Result<()> {
         log.path().display()
     );
 
-    let mut steps = Steps { done: 0, total: 10 };
+    let mut steps = Steps {
+        done: 0,
+        total: 10 + flux::step_count(opts),
+    };
     steps.run("install Debian packages", || {
         plain(install_packages(&mut log))
     })?;
@@ -552,6 +562,7 @@ pub fn run() -> anyhow::Result<()> {
     steps.run("verify and clean up", || {
         plain(verify_and_clean(&layout, &mut log, &to_build))
     })?;
+    flux::run_steps(&mut steps, &mut log, &layout.cache, opts)?;
     println!(
         "serin-sandbox setup: ready in {}; binaries in {}",
         secs(began.elapsed()),
