@@ -58,7 +58,7 @@ pub const BUILT_BINARIES: [&str; 4] = [
 /// How the cached binaries were built. Change it whenever a change to the build changes what
 /// the binaries do: binaries from another recipe count as not set up ([`locate`]) and are
 /// rebuilt (`serin-sandbox setup`). Recipes 1 and 2 built v1.20.2 from Debian's source package.
-pub const RECIPE: &str = "3: k8s.io/kubernetes v1.37.2 with its staging modules at v0.37.2, go.etcd.io/etcd/server/v3 v3.6.17; Go module proxy, CGO off";
+pub const RECIPE: &str = "3: k8s.io/kubernetes v1.37.2 with its staging modules at v0.37.2, go.etcd.io/etcd/server/v3 v3.6.17; Go module proxy";
 /// Next to the binaries, holding the [`RECIPE`] that built them.
 pub const RECIPE_FILE: &str = "recipe";
 
@@ -317,8 +317,8 @@ struct Layout {
     istio_crds: PathBuf,
     /// The writable copies of the modules; deleted after a successful build.
     build: PathBuf,
-    /// Go's build cache for this build; kept across a failed run, deleted after success.
-    gocache: PathBuf,
+    /// Where the 1.20 recipe kept its own Go build cache; removed if found.
+    old_gocache: PathBuf,
 }
 
 impl Layout {
@@ -329,7 +329,7 @@ impl Layout {
             bin: kube_bin_dir(cache),
             istio_crds: istio_crds_path(cache),
             build: kube.join("build"),
-            gocache: kube.join("go-build"),
+            old_gocache: kube.join("go-build"),
         }
     }
 
@@ -719,8 +719,9 @@ fn find_go(candidates: &[PathBuf]) -> anyhow::Result<(PathBuf, String)> {
 /// A go command for the build: this Go and no downloaded toolchain; module mode, which may
 /// update go.mod and go.sum (the edited go.mod needs the staging modules' sums); no workspace
 /// (Kubernetes ships a go.work naming `./staging/...`, which the module does not contain);
-/// static binaries as upstream releases are; Go's build cache and scratch space in serin's
-/// cache. The module cache stays the machine's, shared with other Go builds.
+/// Go's scratch space in serin's cache. The module and build caches stay the machine's: shared
+/// with other Go builds (a rebuild after a recipe change reuses what was compiled), and Go trims
+/// its build cache itself.
 fn go_cmd(go: &Path, layout: &Layout, dir: &Path) -> Command {
     let mut cmd = Command::new(go);
     cmd.current_dir(dir)
@@ -728,8 +729,6 @@ fn go_cmd(go: &Path, layout: &Layout, dir: &Path) -> Command {
         .env("GOTOOLCHAIN", "local")
         .env("GOWORK", "off")
         .env("GOFLAGS", "-mod=mod -buildvcs=false")
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", &layout.gocache)
         .env("GOTMPDIR", layout.tmp())
         .env_remove("GOROOT")
         .env_remove("GOBIN");
@@ -995,7 +994,7 @@ fn verify_and_clean(layout: &Layout, log: &mut Log, built: &[&str]) -> anyhow::R
         ))?;
     }
     let mut removed = Vec::new();
-    for dir in [&layout.build, &layout.gocache] {
+    for dir in [&layout.build, &layout.old_gocache] {
         if dir.exists() {
             fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
             log.note(&format!("# removed {}", dir.display()))?;
@@ -1094,7 +1093,7 @@ mod tests {
             PathBuf::from("/c/kubernetes/build/kubernetes")
         );
         assert_eq!(l.etcd_tree(), PathBuf::from("/c/kubernetes/build/etcd"));
-        assert_eq!(l.gocache, PathBuf::from("/c/kubernetes/go-build"));
+        assert_eq!(l.tmp(), PathBuf::from("/c/kubernetes/build/tmp"));
     }
 
     #[test]

@@ -93,13 +93,12 @@ impl SharedEnv {
         let sa: Api<ServiceAccount> = Api::namespaced(client, &name);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(Some(s)) = sa.get_opt("default").await
-                && s.secrets.is_some_and(|v| !v.is_empty())
-            {
+            // Pods are refused until the controller manager made the default service account.
+            if let Ok(Some(_)) = sa.get_opt("default").await {
                 return name;
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("namespace {name}: no default service account token after 60 s");
+                panic!("namespace {name}: no default service account after 60 s");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
