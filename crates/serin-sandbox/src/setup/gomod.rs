@@ -40,10 +40,19 @@ pub struct Download {
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
 pub struct ModFile {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub require: Vec<Require>,
-    #[serde(default)]
+    /// `null` in a go.mod without replace directives (Flagger's).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub replace: Vec<Replace>,
+}
+
+fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Debug, Deserialize, PartialEq, Eq)]
@@ -195,6 +204,12 @@ mod tests {
             ]
         );
         assert!(local_replace_edits(&ModFile::default(), |_| String::new()).is_empty());
+        let none: ModFile = serde_json::from_str(
+            r#"{"Module": {"Path": "github.com/fluxcd/flagger"}, "Require": [{"Path": "a", "Version": "v1"}], "Replace": null, "Exclude": null}"#,
+        )
+        .unwrap();
+        assert_eq!(none.replace, []);
+        assert_eq!(none.require.len(), 1);
     }
 
     #[test]
