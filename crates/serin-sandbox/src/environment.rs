@@ -43,6 +43,9 @@ pub struct SandboxOptions {
     pub dir: Option<PathBuf>,
     /// Extra non-admin users; see [`SandboxOptions::add_user`].
     pub users: Vec<User>,
+    /// Also run Flux (its CRDs, source-controller, kustomize-controller and a Git server):
+    /// [`Sandbox::flux`].
+    pub flux: bool,
 }
 
 impl SandboxOptions {
@@ -127,6 +130,7 @@ pub struct Sandbox {
     stopping: Arc<AtomicBool>,
     died: watch::Sender<Option<ChildExit>>,
     kubelet: Option<Kubelet>,
+    flux: Option<crate::flux::Flux>,
     stopped: bool,
 }
 
@@ -254,10 +258,14 @@ impl Sandbox {
             stopping: Arc::new(AtomicBool::new(false)),
             died,
             kubelet: None,
+            flux: None,
             stopped: false,
         };
         // On any error `sb` is dropped here, which tears down whatever did start.
         sb.boot(bins, &ports).await?;
+        if opts.flux {
+            sb.flux = Some(crate::flux::Flux::start(&sb).await?);
+        }
         sb.startup = t0.elapsed();
         Ok(sb)
     }
@@ -431,27 +439,33 @@ impl Sandbox {
     }
 
     fn spawn(&mut self, name: &str, program: &Path, args: &[String]) -> Result<(), Error> {
-        let died = self.died.clone();
         let child = Supervised::spawn(
             name,
             program,
             args,
             &self.logs.join(format!("{name}.log")),
             self.stopping.clone(),
-            Box::new(move |exit| {
-                died.send_if_modified(|d| {
-                    if d.is_none() {
-                        *d = Some(exit);
-                        true
-                    } else {
-                        false
-                    }
-                });
-            }),
+            self.exit_hook(),
         )
         .map_err(io_err(format!("starting {}", program.display())))?;
         self.children.push(child);
         Ok(())
+    }
+
+    /// What a child supervised beside the sandbox's own (Flux's controllers) calls when it dies
+    /// unexpectedly: [`Sandbox::died`] resolves with its exit.
+    pub(crate) fn exit_hook(&self) -> process::OnExit {
+        let died = self.died.clone();
+        Box::new(move |exit| {
+            died.send_if_modified(|d| {
+                if d.is_none() {
+                    *d = Some(exit);
+                    true
+                } else {
+                    false
+                }
+            });
+        })
     }
 
     /// Runs `fut`, failing early if a child dies meanwhile or the time runs out.
@@ -526,6 +540,17 @@ impl Sandbox {
         &self.kubeconfig
     }
 
+    /// The data directory (etcd, Prometheus, Flux's storage and Git repositories), removed on
+    /// stop.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Flux, when started with [`SandboxOptions::flux`].
+    pub fn flux(&self) -> Option<&crate::flux::Flux> {
+        self.flux.as_ref()
+    }
+
     /// The file to `source` for `KUBECONFIG` and `PROMETHEUS_URL`.
     pub fn env_path(&self) -> &Path {
         &self.env_file
@@ -554,10 +579,15 @@ impl Sandbox {
 
     /// The supervised processes: (name, pid).
     pub fn processes(&self) -> Vec<(String, i32)> {
-        self.children
+        let mut all: Vec<(String, i32)> = self
+            .children
             .iter()
             .map(|c| (c.name().to_string(), c.pid()))
-            .collect()
+            .collect();
+        if let Some(f) = &self.flux {
+            all.extend(f.processes());
+        }
+        all
     }
 
     /// Wall clock from [`Sandbox::start`] until everything answered.
@@ -653,6 +683,10 @@ impl Sandbox {
         }
         self.stopped = true;
         self.stopping.store(true, Ordering::SeqCst);
+        // Flux's controllers go before the API server they talk to.
+        if let Some(mut f) = self.flux.take() {
+            f.stop();
+        }
         if let Some(mut k) = self.kubelet.take() {
             k.stop();
         }
