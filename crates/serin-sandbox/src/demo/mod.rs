@@ -238,6 +238,9 @@ async fn story(opts: &DemoOptions, stage: &mut Stage) -> anyhow::Result<bool> {
     println!(
         "==> flux bootstrap: GitRepository and Kustomization flux-system (path ./{cluster}), then infra, then apps (dependsOn: infra)"
     );
+    // Istio is installed before Flux on a real cluster (the example's README): the mesh
+    // simulator plays it, and its namespace is where infra puts serin.
+    crate::flux::api::ensure_namespace(&client, "istio-system").await?;
     let revision = crate::flux::bootstrap::bootstrap(&client, &repo, &cluster).await?;
     let ns = canary_namespace(&apps.join(APP))?;
     stage.namespace = ns.clone();

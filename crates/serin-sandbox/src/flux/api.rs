@@ -74,6 +74,18 @@ pub async fn apply(client: &Client, object: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates a namespace if it does not exist (what an installer run before Flux leaves behind,
+/// such as Istio's `istio-system`).
+pub async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    match api.create(&kube::api::PostParams::default(), &ns).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("creating the namespace {name}: {e}")),
+    }
+}
+
 /// `flux reconcile`: asks the controller to reconcile the object now rather than at its next
 /// interval.
 pub async fn request_reconcile(
@@ -188,7 +200,7 @@ pub fn table(rows: &[Row]) -> String {
             if i == 4 {
                 out.push_str(cell);
             } else {
-                out.push_str(&format!("{cell:<w$}\t", w = widths[i]));
+                out.push_str(&format!("{cell:<w$}   ", w = widths[i]));
             }
         }
         out.trim_end().to_string()
