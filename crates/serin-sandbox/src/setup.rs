@@ -822,12 +822,11 @@ fn prepare_module(
             GO_TODO,
         )?;
     }
-    let dropped = edits
-        .iter()
-        .filter(|e| e.starts_with("-dropreplace"))
-        .count();
+    let count = |flag: &str| edits.iter().filter(|e| e.starts_with(flag)).count();
     Ok(Outcome::Done(format!(
-        "{files} files; {dropped} local replaces turned into requirements"
+        "{files} files; {} local replaces dropped, {} of them required at their release instead",
+        count("-dropreplace="),
+        count("-require=")
     )))
 }
 
