@@ -170,7 +170,11 @@ async fn get_and_status_show_the_run_and_promote_ends_it_early() {
     let asked = Instant::now();
     let p = serin(&w, &["promote", "podinfo"]).await;
     assert_eq!(p.code, 0, "{}{}", p.stdout, p.stderr);
-    assert!(p.stdout.contains("by admin (SelfSubjectReview)"), "{}", p.stdout);
+    assert!(
+        p.stdout.contains("by admin (SelfSubjectReview)"),
+        "{}",
+        p.stdout
+    );
     assert!(
         p.stdout.contains(&text::promotion_requested(&q, "admin")),
         "{}",
@@ -235,7 +239,11 @@ async fn abort_rolls_back_at_once_and_leaves_the_primary_alone() {
     std::fs::write(&relabelled, text).unwrap();
     let a = serin_with(&w, &relabelled, &["abort", "podinfo"]).await;
     assert_eq!(a.code, 0, "{}{}", a.stdout, a.stderr);
-    assert!(a.stdout.contains("by admin (SelfSubjectReview)"), "{}", a.stdout);
+    assert!(
+        a.stdout.contains("by admin (SelfSubjectReview)"),
+        "{}",
+        a.stdout
+    );
     assert!(
         a.stdout
             .contains(&text::rolling_back_requested(&q, "admin")),
