@@ -96,8 +96,8 @@ fn the_demo_promotes_a_release_rolls_back_a_faulty_one_and_cleans_up() {
     // Ready at the faulty release's commit, the last one.
     let last_commit = text
         .lines()
-        .filter_map(|l| l.strip_prefix("==> release: commit "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("==> release: commit "))
         .and_then(|l| l.split_whitespace().next())
         .unwrap_or_else(|| panic!("no release commit printed:\n{text}"))
         .to_string();
