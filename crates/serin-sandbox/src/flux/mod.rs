@@ -124,13 +124,25 @@ impl Flux {
             // No network beyond loopback: a remote base would only time out.
             "--no-remote-bases=true".to_string(),
         ]);
+        // Started through links in the sandbox's directory, so that their command lines name
+        // the sandbox they belong to (what leak checks such as `pgrep -f serin-sandbox` look for).
+        let bin = data.join("bin");
+        std::fs::create_dir_all(&bin).map_err(|source| Error::Io {
+            what: format!("creating {}", bin.display()),
+            source,
+        })?;
         for (name, program, args) in [
             ("source-controller", &bins.source_controller, sc),
             ("kustomize-controller", &bins.kustomize_controller, kc),
         ] {
+            let link = bin.join(name);
+            std::os::unix::fs::symlink(program, &link).map_err(|source| Error::Io {
+                what: format!("linking {} to {}", link.display(), program.display()),
+                source,
+            })?;
             let child = Supervised::spawn_with_env(
                 name,
-                program,
+                &link,
                 &args,
                 &env,
                 &sandbox.logs_dir().join(format!("{name}.log")),
