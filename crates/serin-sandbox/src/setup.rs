@@ -735,7 +735,7 @@ fn go_cmd(go: &Path, layout: &Layout, dir: &Path) -> Command {
     cmd
 }
 
-const GO_TODO: &str = "see the log; building needs network access to the Go module proxy (GOPROXY), about 2 GB of memory and 6 GB of disk";
+const GO_TODO: &str = "see the log; building needs network access to the Go module proxy (GOPROXY) and a few GB of free disk for Go's build and module caches";
 
 /// `go mod download -json MODULE@VERSION`: the module's directory in the module cache.
 fn go_download(

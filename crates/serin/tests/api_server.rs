@@ -114,7 +114,7 @@ async fn schema_level_malformed_manifests_are_refused_naming_the_field() {
             file.display()
         );
         assert!(
-            out.contains(&expect),
+            out.contains(expect),
             "{}: the refusal does not name {expect}:\n{out}",
             file.display()
         );
