@@ -310,20 +310,13 @@ mod tests {
         ];
         let t = table(&rows);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 3);
-        assert!(
-            lines[0].starts_with("NAME          \tREVISION          \tSUSPENDED\tREADY\tMESSAGE"),
-            "{t}"
-        );
-        assert!(
-            lines[1].starts_with(
-                "apps          \tmain@sha1:0123abcd\tFalse    \tTrue \tApplied revision"
-            ),
-            "{t}"
-        );
-        assert!(
-            lines[2].ends_with("False\tdependency 'flux-system/x' is not ready"),
-            "{t}"
+        assert_eq!(
+            lines,
+            [
+                "NAME             REVISION             SUSPENDED   READY   MESSAGE",
+                "apps             main@sha1:0123abcd   False       True    Applied revision: main@sha1:0123abcd",
+                "infrastructure                        False       False   dependency 'flux-system/x' is not ready",
+            ]
         );
     }
 
