@@ -467,8 +467,9 @@ pub struct CanaryStatus {
     pub previous_session_affinity_cookie: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<CanaryCondition>,
-    /// serin's addition (Flagger [#1810](https://github.com/fluxcd/flagger/issues/1810)):
-    /// the last value of each metric check.
+    // Flagger issue: https://github.com/fluxcd/flagger/issues/1810 (doc comments become the
+    // CRD's descriptions, so the link stays out of them).
+    /// serin's addition (Flagger #1810): the last value of each metric check.
     #[serde(
         rename = "serin.dev/metrics",
         default,
