@@ -124,7 +124,7 @@ fn running_pid(dir: &Path) -> Option<i32> {
     (process::pid_alive(pid) && is_serin_up(pid)).then_some(pid)
 }
 
-/// Guards against a recycled pid: the process must be a `serin ... sandbox up`.
+/// Guards against a recycled pid: the process must be a `serin-sandbox ... up`.
 fn is_serin_up(pid: i32) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
@@ -133,7 +133,11 @@ fn is_serin_up(pid: i32) -> bool {
         .split(|b| *b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    args.iter().any(|a| a == "sandbox") && args.iter().any(|a| a == "up")
+    let program = args
+        .first()
+        .map(|a| Path::new(a))
+        .and_then(|p| p.file_name());
+    program.is_some_and(|n| n == "serin-sandbox") && args.iter().skip(1).any(|a| a == "up")
 }
 
 /// `serin-sandbox down --dir DIR`: stops a sandbox started by another `serin-sandbox up`.

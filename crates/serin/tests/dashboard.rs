@@ -8,7 +8,10 @@ use regex::Regex;
 use serde_json::Value;
 
 fn dashboard() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/grafana/serin.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/grafana/serin.json"
+    );
     let text = std::fs::read_to_string(path).expect("deploy/grafana/serin.json");
     serde_json::from_str(&text).expect("the dashboard is JSON")
 }
