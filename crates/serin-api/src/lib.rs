@@ -6,6 +6,7 @@ pub mod canary;
 pub mod crd;
 mod duration;
 pub mod istio;
+pub mod istio_resources;
 pub mod lint;
 pub mod metric_template;
 pub mod schema;

@@ -22,7 +22,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -30,6 +30,7 @@ use kube::{Client, Resource};
 use tokio::sync::Mutex;
 use tracing::{error, info, warn};
 
+use crate::api::istio_resources::{DestinationRule, VirtualService};
 use crate::api::{Canary, MetricTemplate};
 use crate::metrics::prometheus::{Prometheus, ProviderConfig};
 use crate::telemetry::Metrics;
@@ -147,12 +148,10 @@ where
     }
 }
 
-fn istio_resource(kind: &str) -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "networking.istio.io",
-        "v1beta1",
-        kind,
-    ))
+/// The caches of Istio objects stay untyped, so that one object the typed model cannot read does
+/// not stop the whole watch; they watch the version serin writes.
+fn istio_resource<K: Resource<DynamicType = ()>>() -> ApiResource {
+    ApiResource::erase::<K>(&())
 }
 
 /// Exits early, with what to do, when the CRDs serin needs are not installed: a watcher on a
@@ -251,8 +250,8 @@ pub async fn run_with(
         .default_backoff()
         .reflect(secret_w)
         .touched_objects();
-    let vs_resource = istio_resource("VirtualService");
-    let dr_resource = istio_resource("DestinationRule");
+    let vs_resource = istio_resource::<VirtualService>();
+    let dr_resource = istio_resource::<DestinationRule>();
     let vs_w = reflector::store::Writer::<DynamicObject>::new(vs_resource.clone());
     let virtual_services = vs_w.as_reader();
     let vs_stream = watcher(scoped_dyn(&client, ns, &vs_resource), wc.clone())

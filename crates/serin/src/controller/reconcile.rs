@@ -611,23 +611,31 @@ impl Reconcile {
         Ok(())
     }
 
-    async fn apply_dynamic(
+    /// [`Self::apply`] for the Istio objects, whose caches stay untyped: one VirtualService in
+    /// the cluster that does not fit the typed model must not stop the whole watch.
+    async fn apply_dynamic<K>(
         &self,
-        obj: &Value,
+        obj: &K,
         cached: Option<Arc<DynamicObject>>,
-        ar: &kube::api::ApiResource,
         manager: &str,
-    ) -> Result<(), Error> {
+    ) -> Result<(), Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + Debug,
+    {
+        let desired = serde_json::to_value(obj).map_err(|e| Error::Other(e.to_string()))?;
         if let Some(c) = cached
             && let Ok(actual) = serde_json::to_value(c.as_ref())
-            && is_subset(obj, &actual)
+            && is_subset(&desired, &actual)
         {
             return Ok(());
         }
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-        let api: Api<DynamicObject> = Api::namespaced_with(self.ctx.client.clone(), &self.ns, ar);
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         api.patch(
-            name,
+            &obj.name_any(),
             &PatchParams::apply(manager).force(),
             &Patch::Apply(obj),
         )
@@ -694,16 +702,12 @@ impl Reconcile {
     ) -> Result<(), Error> {
         let inp = self.router_inputs(selector, discovered)?;
         for dr in router::desired_destination_rules(&inp) {
-            let name = dr["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let name = dr.name_any();
             let cached = self
                 .ctx
                 .destination_rules
                 .get(&ObjectRef::new_with(&name, self.ctx.dr_resource.clone()).within(&self.ns));
-            self.apply_dynamic(&dr, cached, &self.ctx.dr_resource, "serin/router")
-                .await?;
+            self.apply_dynamic(&dr, cached, "serin/router").await?;
         }
         let mut vs = match &self.cookies {
             Some(c) => router::desired_virtual_service_with_affinity(&inp, routes, c),
@@ -717,9 +721,7 @@ impl Reconcile {
         if let Some(c) = &cached
             && !self.owned_by_us(&c.metadata)
         {
-            if let Some(m) = vs["metadata"].as_object_mut() {
-                m.remove("ownerReferences");
-            }
+            vs.metadata.owner_references = None;
             let annotations = c.metadata.annotations.clone().unwrap_or_default();
             let original = annotations
                 .get(ORIGINAL_CONFIGURATION)
@@ -734,11 +736,11 @@ impl Reconcile {
                         })
                 });
             if let Some(original) = original {
-                vs["metadata"]["annotations"][ORIGINAL_CONFIGURATION] = json!(original);
+                vs.annotations_mut()
+                    .insert(ORIGINAL_CONFIGURATION.into(), original);
             }
         }
-        self.apply_dynamic(&vs, cached, &self.ctx.vs_resource, "serin/router")
-            .await?;
+        self.apply_dynamic(&vs, cached, "serin/router").await?;
         let t = self.target_name().to_string();
         for (workload, weight) in [(format!("{t}-primary"), routes.primary), (t, routes.canary)] {
             self.ctx
