@@ -133,10 +133,7 @@ fn is_serin_up(pid: i32) -> bool {
         .split(|b| *b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    let program = args
-        .first()
-        .map(|a| Path::new(a))
-        .and_then(|p| p.file_name());
+    let program = args.first().map(Path::new).and_then(|p| p.file_name());
     program.is_some_and(|n| n == "serin-sandbox") && args.iter().skip(1).any(|a| a == "up")
 }
 
