@@ -505,7 +505,10 @@ mod tests {
         let mut c = schema("Canary");
         let bounds = |c: &mut Value, path: &str| {
             let n = node_mut(c, path).unwrap();
-            (n["minimum"].as_f64().unwrap(), n["maximum"].as_f64().unwrap())
+            (
+                n["minimum"].as_f64().unwrap(),
+                n["maximum"].as_f64().unwrap(),
+            )
         };
         let int32 = (f64::from(i32::MIN), f64::from(i32::MAX));
         let positive32 = (0.0, f64::from(i32::MAX));
@@ -520,7 +523,10 @@ mod tests {
             ("spec.analysis.mirrorWeight", (0.0, 100.0)),
             ("spec.service.port", (1.0, 65535.0)),
             ("spec.service.targetPort", (1.0, 65535.0)),
-            ("spec.autoscalerRef.primaryScalerReplicas.minReplicas", (1.0, f64::from(i32::MAX))),
+            (
+                "spec.autoscalerRef.primaryScalerReplicas.minReplicas",
+                (1.0, f64::from(i32::MAX)),
+            ),
             ("status.canaryWeight", (0.0, 100.0)),
             ("status.failedChecks", positive32),
         ] {

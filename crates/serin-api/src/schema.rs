@@ -70,10 +70,11 @@ pub fn schema_of(kind: &str) -> Option<&'static JSONSchemaProps> {
 }
 
 /// The numeric bounds (`minimum`, `maximum`, `multipleOf`) of `schema` that `value` breaks,
-/// following properties, items and map values only. `validate()` applies them to typed objects
+/// following properties, items and map values only; `path` is where `value` sits in the object
+/// (`spec`). `validate()` applies them to typed objects
 /// so that the controller refuses what the API server would refuse, including objects stored
 /// before the CRD carried the bounds.
-pub fn bound_problems(value: &Value, schema: &JSONSchemaProps) -> Vec<Problem> {
+pub fn bound_problems(value: &Value, schema: &JSONSchemaProps, path: &str) -> Vec<Problem> {
     fn walk(v: &Value, s: &JSONSchemaProps, path: &str, out: &mut Vec<SchemaProblem>) {
         match v {
             Value::Number(n) => number_checks(n, s, path, out),
@@ -101,7 +102,7 @@ pub fn bound_problems(value: &Value, schema: &JSONSchemaProps) -> Vec<Problem> {
         }
     }
     let mut out = Vec::new();
-    walk(value, schema, "", &mut out);
+    walk(value, schema, path, &mut out);
     out.into_iter().map(|p| p.problem).collect()
 }
 
