@@ -35,15 +35,17 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&path, &text)?;
     let start = Instant::now();
     let mut out = Vec::new();
-    let problems = serin_api::lint::run(std::slice::from_ref(&path), &mut out);
+    let summary = serin_api::lint::run(std::slice::from_ref(&path), &mut out);
     let elapsed = start.elapsed();
     std::fs::remove_file(&path)?;
-    let problems = problems?;
+    let summary = summary?;
     let mb = text.len() as f64 / (1024.0 * 1024.0);
     println!(
-        "{n} Canaries, {mb:.1} MB: {:.2} s ({:.3} s per MB), {problems} problems",
+        "{n} Canaries, {mb:.1} MB: {:.2} s ({:.3} s per MB); {} objects checked, {} problems",
         elapsed.as_secs_f64(),
-        elapsed.as_secs_f64() / mb
+        elapsed.as_secs_f64() / mb,
+        summary.objects,
+        summary.problems
     );
     Ok(())
 }

@@ -163,7 +163,7 @@ fn validate_generated_names(c: &Canary, out: &mut Vec<Problem>) {
             out.push(Problem::new(
                 field,
                 format!(
-                    "the generated Service name {longest:?} is {} characters; Kubernetes allows                      at most {DNS1035_LABEL_MAX} for Service names and label values",
+                    "the generated Service name {longest:?} is {} characters; Kubernetes allows at most {DNS1035_LABEL_MAX} for Service names and label values",
                     longest.len()
                 ),
                 format!("shorten {field} to at most {room} characters{also}"),
@@ -197,7 +197,7 @@ fn validate_generated_names(c: &Canary, out: &mut Vec<Problem>) {
             out.push(Problem::new(
                 field,
                 format!(
-                    "the generated name \"{name}{PRIMARY_SUFFIX}\" is {generated} characters;                      Kubernetes allows at most {DNS1123_SUBDOMAIN_MAX} for object names"
+                    "the generated name \"{name}{PRIMARY_SUFFIX}\" is {generated} characters; Kubernetes allows at most {DNS1123_SUBDOMAIN_MAX} for object names"
                 ),
                 format!(
                     "shorten {field} to at most {} characters",
