@@ -104,10 +104,120 @@ fn percent_problem(out: &mut Vec<Problem>, path: &str, v: Option<i32>, lo: i32, 
     }
 }
 
+/// The CRD's numeric bounds applied to a typed spec, for objects that never met them: stored
+/// before the CRD carried them, or checked offline. A field already reported keeps its more
+/// specific problem.
+fn spec_bounds<T: Serialize>(kind: &str, spec: &T, out: &mut Vec<Problem>) {
+    let (Ok(value), Some(schema)) = (serde_json::to_value(spec), super::schema::schema_of(kind))
+    else {
+        return;
+    };
+    let Some(spec_schema) = schema.properties.as_ref().and_then(|p| p.get("spec")) else {
+        return;
+    };
+    for p in super::schema::bound_problems(&value, spec_schema, "spec") {
+        if !out.iter().any(|o| o.path == p.path) {
+            out.push(p);
+        }
+    }
+}
+
+/// What Kubernetes accepts as a Service name (a DNS-1035 label), at most 63 characters.
+const DNS1035_LABEL_MAX: usize = 63;
+/// Object names (DNS-1123 subdomains), for the primary Deployment and HPA.
+const DNS1123_SUBDOMAIN_MAX: usize = 253;
+/// The longest suffix serin appends to a generated name.
+const PRIMARY_SUFFIX: &str = "-primary";
+
+fn is_dns1035_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[b.len() - 1] != b'-'
+}
+
+/// The names serin generates from the Canary: Services `<apex>`, `<apex>-primary` and
+/// `<apex>-canary` (DNS-1035 labels, also used as label values: 63 characters at most), the
+/// primary Deployment `<target>-primary` and HPA `<hpa>-primary` (253). The API server refuses
+/// a name beyond these, on every retry, so the Canary can never initialize (issue 11): reported
+/// here, before anything is written. The primary's selector label (`<app label>-primary`) comes
+/// from the Deployment's labels, which only the controller sees.
+fn validate_generated_names(c: &Canary, out: &mut Vec<Problem>) {
+    let spec = &c.spec;
+    let target = spec.target_ref.name.as_str();
+    let (field, apex) = match spec.service.name.as_deref() {
+        Some(n) if !n.is_empty() => ("spec.service.name", n),
+        _ => ("spec.targetRef.name", target),
+    };
+    if !apex.is_empty() {
+        let longest = format!("{apex}{PRIMARY_SUFFIX}");
+        let room = DNS1035_LABEL_MAX - PRIMARY_SUFFIX.len();
+        if longest.len() > DNS1035_LABEL_MAX {
+            let also = if field == "spec.targetRef.name" {
+                ", or set spec.service.name to a shorter name for the Services"
+            } else {
+                ""
+            };
+            out.push(Problem::new(
+                field,
+                format!(
+                    "the generated Service name {longest:?} is {} characters; Kubernetes allows at most {DNS1035_LABEL_MAX} for Service names and label values",
+                    longest.len()
+                ),
+                format!("shorten {field} to at most {room} characters{also}"),
+            ));
+        } else if !is_dns1035_label(apex) {
+            out.push(Problem::new(
+                field,
+                format!(
+                    "{apex:?} cannot name a Service: Service names are DNS-1035 labels                      (lowercase letters, digits and '-', starting with a letter)"
+                ),
+                format!(
+                    "rename it{}",
+                    if field == "spec.targetRef.name" {
+                        ", or set spec.service.name to such a name"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+    }
+    for (field, name) in [
+        ("spec.targetRef.name", target),
+        (
+            "spec.autoscalerRef.name",
+            spec.autoscaler_ref.as_ref().map_or("", |a| a.name.as_str()),
+        ),
+    ] {
+        let generated = name.len() + PRIMARY_SUFFIX.len();
+        if !name.is_empty() && generated > DNS1123_SUBDOMAIN_MAX {
+            out.push(Problem::new(
+                field,
+                format!(
+                    "the generated name \"{name}{PRIMARY_SUFFIX}\" is {generated} characters; Kubernetes allows at most {DNS1123_SUBDOMAIN_MAX} for object names"
+                ),
+                format!(
+                    "shorten {field} to at most {} characters",
+                    DNS1123_SUBDOMAIN_MAX - PRIMARY_SUFFIX.len()
+                ),
+            ));
+        }
+    }
+}
+
 /// Every problem `validate()` finds in a Canary.
+///
+/// `interval: 0s` and `threshold: 0` (issue 11) are not problems: Flagger accepts both and runs
+/// them as 10s and 1 (`GetAnalysisInterval` raises any interval below 10s to 10s,
+/// `GetAnalysisThreshold` reads ≤ 0 as 1), and so does serin ([`CanaryAnalysis::interval`],
+/// [`CanaryAnalysis::threshold`]). Refusing them would break manifests that work with Flagger.
 pub fn validate_canary(c: &Canary) -> Vec<Problem> {
     let mut out = Vec::new();
     let spec = &c.spec;
+    validate_generated_names(c, &mut out);
 
     if spec.target_ref.kind != "Deployment" {
         out.push(Problem::new(
@@ -183,6 +293,7 @@ pub fn validate_canary(c: &Canary) -> Vec<Problem> {
             "add an analysis with interval, threshold and stepWeight (or iterations)",
         )),
     }
+    spec_bounds("Canary", spec, &mut out);
     out
 }
 
@@ -731,6 +842,7 @@ pub fn validate_metric_template(t: &MetricTemplate) -> Vec<Problem> {
         ));
     }
     check_template(&t.spec.query, &mut out);
+    spec_bounds("MetricTemplate", &t.spec, &mut out);
     out
 }
 
@@ -805,6 +917,7 @@ pub fn validate_alert_provider(a: &AlertProvider) -> Vec<Problem> {
             "name the Secret that holds the address",
         ));
     }
+    spec_bounds("AlertProvider", &a.spec, &mut out);
     out
 }
 
@@ -1057,5 +1170,107 @@ mod tests {
             prop_assert_eq!(validate_canary(&canary(a.clone())), vec![]);
             prop_assert_eq!(a.max_weight(), *steps.last().unwrap());
         }
+    }
+
+    fn named(target: &str, service: Option<&str>) -> Canary {
+        let mut c = canary(base());
+        c.spec.target_ref.name = target.into();
+        c.spec.service.name = service.map(str::to_string);
+        c
+    }
+
+    /// Issue 11: a 60-character target name looped on 422s without a word on the Canary.
+    #[test]
+    fn generated_names_within_kubernetes_limits() {
+        let ok = "a".repeat(55);
+        assert_eq!(validate_canary(&named(&ok, None)), vec![]);
+
+        let long = "a".repeat(56);
+        let p = validate_canary(&named(&long, None));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].path, "spec.targetRef.name");
+        assert!(
+            p[0].message
+                .contains(&format!("\"{long}-primary\" is 64 characters")),
+            "{p:?}"
+        );
+        assert!(p[0].message.contains("at most 63"), "{p:?}");
+        assert!(p[0].hint.contains("at most 55 characters"), "{p:?}");
+
+        // A short Service name takes the Services off the target's name.
+        assert_eq!(
+            validate_canary(&named(&"a".repeat(60), Some("app"))),
+            vec![]
+        );
+        let p = validate_canary(&named("app", Some(&"s".repeat(60))));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].path, "spec.service.name");
+
+        let p = validate_canary(&named(&"a".repeat(250), Some("app")));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].path, "spec.targetRef.name");
+        assert!(p[0].message.contains("at most 253"), "{p:?}");
+
+        for bad in ["1app", "my.app", "App"] {
+            let p = validate_canary(&named(bad, None));
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert!(p[0].message.contains("DNS-1035"), "{p:?}");
+        }
+
+        let mut c = named("app", None);
+        c.spec.autoscaler_ref = Some(AutoscalerRef {
+            api_version: "autoscaling/v2".into(),
+            kind: "HorizontalPodAutoscaler".into(),
+            name: "h".repeat(246),
+            ..Default::default()
+        });
+        assert_eq!(paths(&c), ["spec.autoscalerRef.name"]);
+    }
+
+    /// The CRD's bounds hold in `validate()` too, once per field.
+    #[test]
+    fn schema_bounds_apply_to_typed_objects() {
+        let mut c = canary(base());
+        c.spec.autoscaler_ref = Some(AutoscalerRef {
+            api_version: "autoscaling/v2".into(),
+            kind: "HorizontalPodAutoscaler".into(),
+            name: "podinfo".into(),
+            primary_scaler_replicas: Some(ScalerReplicas {
+                min_replicas: Some(0),
+                max_replicas: Some(3),
+            }),
+            ..Default::default()
+        });
+        let p = validate_canary(&c);
+        assert_eq!(
+            p.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(),
+            ["spec.autoscalerRef.primaryScalerReplicas.minReplicas"]
+        );
+        assert_eq!(p[0].message, "Invalid value: 0: must be >= 1");
+
+        let mut a = base();
+        a.step_weight = Some(-5);
+        a.mirror_weight = Some(120);
+        a.mirror = Some(true);
+        let p = validate_canary(&canary(a));
+        let mut got: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            ["spec.analysis.mirrorWeight", "spec.analysis.stepWeight"],
+            "{p:?}"
+        );
+    }
+
+    /// Issue 11, finding 8: Flagger runs `interval: 0s` as 10s and `threshold: 0` as 1, so serin
+    /// accepts both and does the same.
+    #[test]
+    fn zero_interval_and_threshold_follow_flagger() {
+        let mut a = base();
+        a.interval = Some("0s".into());
+        a.threshold = Some(0);
+        assert_eq!(validate_canary(&canary(a.clone())), vec![]);
+        assert_eq!(a.interval(), std::time::Duration::from_secs(10));
+        assert_eq!(a.threshold(), 1);
     }
 }

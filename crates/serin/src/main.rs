@@ -21,6 +21,12 @@ enum Command {
     /// Print the CRDs (Canary, MetricTemplate, AlertProvider) as YAML.
     Crds,
     /// Check Canary, MetricTemplate and AlertProvider manifests offline (schema and semantic checks).
+    ///
+    /// Prints one line per problem on standard output (`FILE: Kind/name: field: message (hint)`)
+    /// and a summary of what was checked on standard error. Exit code 0 when at least one
+    /// Canary, MetricTemplate or AlertProvider was checked and none has a problem; 1 when there
+    /// is a problem (including a document that is not a Kubernetes object), when nothing at all
+    /// was checked (an empty file, /dev/null, only other kinds), or when a path cannot be read.
     Validate {
         /// Files or directories to check; `-` reads standard input.
         #[arg(short = 'f', long = "filename", required = true)]
@@ -238,6 +244,14 @@ async fn loadtester(args: LoadtesterArgs) -> anyhow::Result<()> {
 }
 // ---- end serin loadtester ----
 
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -256,9 +270,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { files } => {
-            let mut out = std::io::stdout().lock();
-            let problems = serin::api::lint::run(&files, &mut out)?;
-            Ok(if problems == 0 {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let summary = serin::api::lint::run(&files, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            for path in &summary.nothing_found {
+                let path = if path == "-" { "standard input" } else { path };
+                eprintln!(
+                    "serin validate: no Canary, MetricTemplate or AlertProvider found in {path}"
+                );
+            }
+            eprintln!(
+                "serin validate: {} checked in {}: {}",
+                plural(summary.objects, "object"),
+                plural(summary.files, "file"),
+                match (summary.problems, summary.objects) {
+                    (0, 0) => "nothing to check".to_string(),
+                    (0, _) => "no problems".to_string(),
+                    (n, _) => plural(n, "problem"),
+                }
+            );
+            // Nothing checked fails too: a CI step pointed at the wrong file must not pass.
+            Ok(if summary.problems == 0 && summary.objects > 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
