@@ -147,3 +147,43 @@ prom = [
 ]
 for i, p in enumerate(prom):
     put("prometheus_response", f"{i:02}", p)
+
+# Dictionaries (libFuzzer -dict, passed by scripts/fuzz when fuzz/dict/<target>.dict exists):
+# the words a mutation is unlikely to invent. For the API targets, every property name and enum
+# value of serin's CRDs.
+def dict_file(target, words):
+    d = ROOT / "fuzz" / "dict"
+    d.mkdir(exist_ok=True)
+    def quote(w):  # libFuzzer's escapes: \\, \" and \xHH only
+        return '"' + "".join(
+            chr(b) if 32 <= b < 127 and chr(b) not in '\\"' else f"\\x{b:02x}" for b in w.encode()
+        ) + '"'
+    lines = sorted({quote(w) for w in words if w})
+    (d / f"{target}.dict").write_text(f"# written by fuzz/seed.py\n" + "\n".join(lines) + "\n")
+
+crd_words = set()
+def schema_words(node):
+    if isinstance(node, dict):
+        for k, v in (node.get("properties") or {}).items():
+            crd_words.add(k)
+            schema_words(v)
+        for v in node.get("enum") or []:
+            if isinstance(v, str):
+                crd_words.add(v)
+        for key in ("items", "additionalProperties"):
+            if isinstance(node.get(key), dict):
+                schema_words(node[key])
+        for key in ("anyOf", "oneOf", "allOf"):
+            for v in node.get(key) or []:
+                schema_words(v)
+for crd in yaml.safe_load_all((ROOT / "crds/flagger.app.yaml").read_text()):
+    for v in crd["spec"]["versions"]:
+        schema_words(v["schema"]["openAPIV3Schema"])
+crd_words |= {"Canary", "MetricTemplate", "AlertProvider", "List", "flagger.app/v1beta1", "v1"}
+dict_file("api_json", [f'"{w}"' for w in crd_words] + ["{", "}", "[", "]", "null", "true", "-1", "2147483648", "1e308", "\"\""])
+dict_file("api_manifest", [f"{w}: " for w in crd_words] + ["\n---\n", "\n  - ", "{}", "[]", "~", "&a ", "*a", "!!str ", "2147483648", "1e308"])
+dict_file("go_duration", ["ns", "us", "\u00b5s", "\u03bcs", "ms", "s", "m", "h", ".", "+", "-", "9223372036854775807", "2562047"])
+dict_file("template_render", ["{{", "}}", "{{-", "-}}", "{{ ", " }}", ".", "variables.", "name", "namespace", "target", "service", "ingress", "route", "interval", "\u0000", "NaN", "inf", "-0", "1e308"])
+dict_file("loadtester_request", ['"name"', '"namespace"', '"metadata"', '"type"', '"cmd"', '"bash"', '"helm"', '"helmv3"', '"kubectl"', '"concord"', '"ngrinder"', '"logCmdOutput"', '"returnCmdOutput"', '"true"', "null", "{}"])
+dict_file("webhook_response", ["HTTP/1.1 ", "HTTP/1.0 ", "\r\n", "\r\n\r\n", "Content-Length: ", "Transfer-Encoding: chunked", "Retry-After: ", "Connection: close", "Content-Type: ", "0\r\n\r\n", "200", "202", "429", "500", "501"])
+dict_file("prometheus_response", ['"status"', '"success"', '"error"', '"errorType"', '"data"', '"resultType"', '"vector"', '"scalar"', '"matrix"', '"string"', '"result"', '"metric"', '"value"', '"values"', '"stats"', '"warnings"', '"NaN"', '"+Inf"', '"-Inf"', "HTTP/1.1 200 OK\r\n", "Content-Type: application/json\r\n", "\r\n\r\n"])
