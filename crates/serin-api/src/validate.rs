@@ -47,7 +47,7 @@ pub fn validate(value: &Value) -> Vec<Problem> {
         value: &Value,
         f: fn(&T) -> Vec<Problem>,
     ) -> Vec<Problem> {
-        match serde_json::from_value::<T>(value.clone()) {
+        match serde_json::from_value::<T>(as_stored(value)) {
             Ok(obj) => f(&obj),
             Err(e) => vec![Problem::new(
                 "",
@@ -61,6 +61,35 @@ pub fn validate(value: &Value) -> Vec<Problem> {
         Some("MetricTemplate") => typed::<MetricTemplate>(value, validate_metric_template),
         Some("AlertProvider") => typed::<AlertProvider>(value, validate_alert_provider),
         _ => Vec::new(),
+    }
+}
+
+/// `value` with its numbers as the API server stores and returns them: it decodes `3.0` or `1e1`
+/// as a float64 and Go prints a float64 without a fraction as `3` or `10`, so an integer field
+/// written that way passes the schema and reaches the controller as an integer. Without this,
+/// `serin validate` called such a manifest unreadable while `kubectl apply` took it and the
+/// controller ran it (found by the `api_json` fuzz target).
+fn as_stored(value: &Value) -> Value {
+    match value {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => match n.as_f64() {
+            // Go switches to exponent form from 1e21; below it, a whole float prints as an
+            // integer literal, which serde_json reads as i64 or u64 when it fits.
+            Some(f) if f.fract() == 0.0 && f.abs() < 1e21 => {
+                if f >= i64::MIN as f64 && f < i64::MAX as f64 {
+                    Value::from(f as i64)
+                } else if f >= 0.0 && f < u64::MAX as f64 {
+                    Value::from(f as u64)
+                } else {
+                    value.clone()
+                }
+            }
+            _ => value.clone(),
+        },
+        Value::Array(items) => Value::Array(items.iter().map(as_stored).collect()),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), as_stored(v))).collect())
+        }
+        _ => value.clone(),
     }
 }
 
@@ -1170,6 +1199,36 @@ mod tests {
             prop_assert_eq!(validate_canary(&canary(a.clone())), vec![]);
             prop_assert_eq!(a.max_weight(), *steps.last().unwrap());
         }
+    }
+
+    /// `threshold: 3.0` passes the schema and the API server stores it as `3` (checked against
+    /// kube-apiserver 1.20); `serin validate` called it unreadable. Regression input:
+    /// fuzz/corpus/api_json/regress-whole-float-integer.
+    #[test]
+    fn whole_floats_in_integer_fields_read_as_the_api_server_returns_them() {
+        let manifest = |threshold: &str| {
+            serde_json::from_str::<Value>(&format!(
+                r#"{{"apiVersion": "flagger.app/v1beta1", "kind": "Canary",
+                    "metadata": {{"name": "podinfo", "namespace": "test"}},
+                    "spec": {{"targetRef": {{"apiVersion": "apps/v1", "kind": "Deployment",
+                    "name": "podinfo"}}, "service": {{"port": 9898.0}},
+                    "analysis": {{"interval": "1m", "threshold": {threshold}, "maxWeight": 5e1,
+                    "stepWeight": 10}}}}}}"#
+            ))
+            .unwrap()
+        };
+        assert_eq!(validate(&manifest("3.0")), vec![]);
+        assert_eq!(validate(&manifest("1e1")), vec![]);
+        // A fraction stays a float: refused, naming why.
+        let p = validate(&manifest("2.5"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].message.contains("floating point `2.5`"), "{p:?}");
+        // Whole floats beyond u64 stay floats; the schema's bounds refuse them first.
+        assert_eq!(as_stored(&serde_json::json!(1e20)), serde_json::json!(1e20));
+        assert_eq!(
+            as_stored(&serde_json::json!([-0.0, 7.0, 0.5])),
+            serde_json::json!([0, 7, 0.5])
+        );
     }
 
     fn named(target: &str, service: Option<&str>) -> Canary {

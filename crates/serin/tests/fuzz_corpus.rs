@@ -32,12 +32,13 @@ fn replay(target: &str) {
     for file in &files {
         let data = std::fs::read(file).unwrap();
         if std::panic::catch_unwind(|| run(&data)).is_err() {
-            failed.push(file.display().to_string());
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            failed.push(format!("fuzz/corpus/{target}/{name}"));
         }
     }
     assert!(
         failed.is_empty(),
-        "{} of {} inputs panicked (run one with `cargo fuzz run {target} <file>` in fuzz/):\n{}",
+        "{} of {} inputs panicked (docs/fuzzing.md: when a target crashes):\n{}",
         failed.len(),
         files.len(),
         failed.join("\n")
