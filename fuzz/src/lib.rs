@@ -89,10 +89,14 @@ pub fn api_json(data: &[u8]) {
     }
 }
 
-/// An object the schema check passes without a word is one the API server stores as it is; the
+/// A spec the schema check passes without a word is one the API server stores as it is; the
 /// controller must be able to read it back, or that Canary gets no status (issue 11, finding 2).
 /// The object is given as the API server returns it: numbers as Go prints them, and valid
-/// metadata, which the API server checks itself and the CRD schema does not describe.
+/// metadata, which the API server checks itself and the CRD schema does not describe. The status
+/// is left out: serin writes it, and its schema is deliberately looser than the types (as
+/// Flagger's, `status.phase` is any string), so a hand-edited status can make a Canary
+/// unreadable; the controller has to skip and report such a Canary rather than the schema
+/// refusing it.
 fn readable_when_accepted(value: &Value) {
     let Some(kind) = value.get("kind").and_then(Value::as_str) else {
         return;
@@ -100,6 +104,9 @@ fn readable_when_accepted(value: &Value) {
     let mut written = value.clone();
     written["apiVersion"] = Value::from(api::API_VERSION);
     written["metadata"] = serde_json::json!({"name": "fuzz", "namespace": "test"});
+    if let Some(obj) = written.as_object_mut() {
+        obj.remove("status");
+    }
     let stored = as_go_returns_it(&written);
     let read = match kind {
         "Canary" => serde_json::from_value::<Canary>(stored.clone()).map(drop),
