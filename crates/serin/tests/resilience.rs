@@ -91,6 +91,15 @@ impl Drop for Controller {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The sandbox directory, with this log, is removed right after: show its end now.
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- last lines of the controller log ---\n{}",
+                lines[lines.len().saturating_sub(60)..].join("\n")
+            );
+        }
     }
 }
 
