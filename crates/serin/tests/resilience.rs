@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -151,7 +151,7 @@ async fn apply(client: &Client, ns: &str, manifest: Value) {
     .unwrap_or_else(|e| panic!("applying {kind}/{name}: {e}"));
 }
 
-async fn wait_phase(client: &Client, ns: &str, name: &str, phase: &str, log: &PathBuf) -> Canary {
+async fn wait_phase(client: &Client, ns: &str, name: &str, phase: &str, log: &Path) -> Canary {
     let api: Api<Canary> = Api::namespaced(client.clone(), ns);
     let what = format!(
         "canary {ns}/{name} in phase {phase} (controller log: {})",

@@ -591,7 +591,9 @@ fn index_canaries(
     index: Arc<std::sync::Mutex<index::Index>>,
     ctx: Arc<Ctx>,
 ) -> impl FnMut(WatchItem<Canary>) -> WatchItem<Canary> {
-    let mut listing: Option<Vec<(String, String, String, Option<String>)>> = None;
+    /// Namespace, name, target and uid of a listed Canary.
+    type Listed = (String, String, String, Option<String>);
+    let mut listing: Option<Vec<Listed>> = None;
     move |item| {
         let Ok(ev) = &item else { return item };
         let entry = |c: &Canary| {
