@@ -2,6 +2,11 @@
 //! Canary, its target or primary Deployment, its Services, routes, or a tracked ConfigMap or
 //! Secret triggers a reconcile of that Canary at once, and the rollout core's requeue time paces
 //! the analysis. Reads come from the caches; writes happen only when the desired state differs.
+//!
+//! Every watch re-lists after an error and tells `/readyz` while it cannot follow the cluster,
+//! and Canaries are decoded one at a time so that one serin cannot read is skipped and reported
+//! ([`watches`]). Which Canaries an event of a Deployment, ConfigMap or Secret concerns is
+//! answered by an [`index`] the watches keep, not by scanning every cached Canary.
 
 pub mod api_layer;
 pub mod autoscaler;
@@ -104,7 +109,7 @@ pub struct Ctx {
     /// resourceVersion of serin's last status write per Canary uid: a cached Canary older than
     /// that would make a reconcile decide from stale progress and repeat a step. An entry goes
     /// with its Canary's Delete event (or a relist that no longer lists it).
-    pub written: std::sync::Mutex<HashMap<String, u64>>,
+    pub written: Arc<std::sync::Mutex<HashMap<String, u64>>>,
     /// HPAs, for `spec.autoscalerRef`.
     pub autoscalers: autoscaler::Autoscalers,
     /// Chat alerts.
@@ -336,6 +341,7 @@ pub async fn run_with(
 
     let canary_w = reflector::store::Writer::<Canary>::default();
     let canaries = canary_w.as_reader();
+    let written = Arc::new(std::sync::Mutex::new(HashMap::new()));
 
     let (http, http_insecure) =
         crate::hooks::clients().map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
@@ -360,7 +366,7 @@ pub async fn run_with(
         http_insecure,
         providers: Mutex::new(HashMap::new()),
         metrics: metrics.clone(),
-        written: std::sync::Mutex::new(HashMap::new()),
+        written: written.clone(),
         ready: tokio::sync::OnceCell::new(),
         autoscalers: autoscaler::Autoscalers {
             store: hpa_store,
@@ -379,7 +385,7 @@ pub async fn run_with(
         reports_tx,
         unreadable("Canary"),
     )
-    .map(index_canaries(index.clone(), ctx.clone()))
+    .map(index_canaries(index.clone(), written))
     .reflect(canary_w)
     .applied_objects();
     let controller = Controller::for_stream(canary_stream, canaries.clone())
@@ -589,7 +595,7 @@ fn lock(index: &std::sync::Mutex<index::Index>) -> std::sync::MutexGuard<'_, ind
 /// ([`Ctx::written`]) of a Canary that is gone; a relist replaces both (it reports no deletions).
 fn index_canaries(
     index: Arc<std::sync::Mutex<index::Index>>,
-    ctx: Arc<Ctx>,
+    written: Arc<std::sync::Mutex<HashMap<String, u64>>>,
 ) -> impl FnMut(WatchItem<Canary>) -> WatchItem<Canary> {
     /// Namespace, name, target and uid of a listed Canary.
     type Listed = (String, String, String, Option<String>);
@@ -617,7 +623,7 @@ fn index_canaries(
                 let live: std::collections::HashSet<String> =
                     listed.iter().filter_map(|e| e.3.clone()).collect();
                 lock(&index).replace_canaries(listed.into_iter().map(|(ns, n, t, _)| (ns, n, t)));
-                if let Ok(mut w) = ctx.written.lock() {
+                if let Ok(mut w) = written.lock() {
                     w.retain(|uid, _| live.contains(uid));
                 }
             }
@@ -628,7 +634,7 @@ fn index_canaries(
             watcher::Event::Delete(c) => {
                 let (ns, name, _, uid) = entry(c);
                 lock(&index).remove_canary(&ns, &name);
-                if let (Some(uid), Ok(mut w)) = (uid, ctx.written.lock()) {
+                if let (Some(uid), Ok(mut w)) = (uid, written.lock()) {
                     w.remove(&uid);
                 }
             }
@@ -684,3 +690,84 @@ fn index_deployments(
 }
 
 type WatchItem<K> = Result<watcher::Event<K>, watcher::Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canary(name: &str, target: &str) -> Canary {
+        let mut c: Canary = serde_json::from_value(serde_json::json!({
+            "apiVersion": "flagger.app/v1beta1",
+            "kind": "Canary",
+            "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")},
+            "spec": {
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+                "service": {"port": 9898},
+            },
+        }))
+        .unwrap();
+        c.metadata.resource_version = Some("1".into());
+        c
+    }
+
+    #[test]
+    fn the_canary_watch_keeps_the_index_and_prunes_the_stale_cache_guard() {
+        let index = Arc::new(std::sync::Mutex::new(index::Index::new()));
+        let written = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let mut feed = index_canaries(index.clone(), written.clone());
+        let mut send = |ev| {
+            let _ = feed(Ok(ev));
+        };
+        send(watcher::Event::Apply(canary("a", "app")));
+        send(watcher::Event::Apply(canary("b", "other")));
+        written.lock().unwrap().insert("uid-a".to_string(), 7);
+        written.lock().unwrap().insert("uid-b".to_string(), 9);
+        assert_eq!(
+            lock(&index).canaries_for_deployment("ns", "app-primary"),
+            ["a"]
+        );
+
+        send(watcher::Event::Delete(canary("a", "app")));
+        assert!(lock(&index).canaries_for_deployment("ns", "app").is_empty());
+        assert_eq!(
+            written.lock().unwrap().keys().collect::<Vec<_>>(),
+            ["uid-b"]
+        );
+
+        // A relist after an outage reports no deletions: what it does not list is forgotten.
+        send(watcher::Event::Init);
+        send(watcher::Event::InitApply(canary("c", "app")));
+        send(watcher::Event::InitDone);
+        assert!(written.lock().unwrap().is_empty());
+        assert!(
+            lock(&index)
+                .canaries_for_deployment("ns", "other")
+                .is_empty()
+        );
+        assert_eq!(lock(&index).canaries_for_deployment("ns", "app"), ["c"]);
+    }
+
+    #[test]
+    fn the_deployment_watch_indexes_the_configs_of_pod_templates() {
+        let index = Arc::new(std::sync::Mutex::new(index::Index::new()));
+        lock(&index).upsert_canary("ns", "podinfo", "podinfo");
+        let mut feed = index_deployments(index.clone());
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "podinfo", "namespace": "ns"},
+            "spec": {
+                "selector": {},
+                "template": {"spec": {
+                    "containers": [{"name": "app", "envFrom": [{"configMapRef": {"name": "settings"}}]}],
+                    "volumes": [{"name": "v", "secret": {"secretName": "token"}}],
+                }},
+            },
+        }))
+        .unwrap();
+        let _ = feed(Ok(watcher::Event::Apply(d.clone())));
+        let ix = |kind, name: &str| lock(&index).canaries_for_config(kind, "ns", name);
+        assert_eq!(ix(index::ConfigKind::ConfigMap, "settings"), ["podinfo"]);
+        assert_eq!(ix(index::ConfigKind::Secret, "token"), ["podinfo"]);
+        let _ = feed(Ok(watcher::Event::Delete(d)));
+        assert!(ix(index::ConfigKind::ConfigMap, "settings").is_empty());
+    }
+}
