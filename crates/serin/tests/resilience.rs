@@ -262,6 +262,15 @@ async fn an_api_server_restart_mid_rollout_is_survived_and_readyz_tells_the_outa
         .filter(|(t, _)| *t > killed && *t < back)
         .map(|(_, c)| *c)
         .collect();
+    let ok_again = seen
+        .iter()
+        .find(|(t, c)| *t > back && *c == 200)
+        .map(|(t, _)| (*t - back).as_secs_f64());
+    eprintln!(
+        "/readyz: {} answers while down ({} of them 503); OK again {ok_again:?} s after the API server was back",
+        during.len(),
+        during.iter().filter(|c| **c == 503).count()
+    );
     assert!(
         during.contains(&503),
         "/readyz said not ready while the API server was down: {during:?}"
