@@ -1,15 +1,16 @@
 //! Watches that survive what clusters do to them.
 //!
-//! **API server restarts.** kube-runtime's watcher re-lists when a watch *event* says 410 Gone,
-//! but when the API server answers the watch *request* itself with an error (a restarted API
-//! server's watch cache starts at the current etcd revision and refuses an older
-//! resourceVersion: "too old resource version"), it keeps retrying the same resourceVersion
-//! forever, and the cache stops following the cluster while everything looks healthy.
-//! [`resilient`] starts a fresh watcher (list, then watch) after every error, as client-go's
-//! reflector does, with client-go's backoff; the error never reaches kube's controller, whose
-//! own trigger backoff would otherwise stall every other watch with it. Each watch reports to
-//! [`Health`]: failing from its first error until it has listed again, which is what `/readyz`
-//! answers from.
+//! **API server restarts.** With kube's watchers fed straight into its controller, a restarted
+//! API server left serin logging `too old resource version … Expired` every ~40 s and never
+//! reconciling again (tests/resilience.rs reproduces it). The controller applies one backoff to
+//! all its watches together: any watch's error pauses every watch, for up to 30 s, growing while
+//! errors keep coming. A restarted API server refuses resumes from before the restart as too
+//! old, so errors kept coming, the Canary cache fell behind serin's own status writes, and the
+//! stale-cache guard held every reconcile. Here each watch is [`resilient`]: after any error
+//! it drops its watcher and starts a fresh one (list, then watch), as client-go's reflector
+//! does, with client-go's backoff applied to that watch alone; the error never reaches the
+//! controller. Each watch reports to [`Health`]: failing from its first error until it has
+//! listed again, which is what `/readyz` answers from.
 //!
 //! **Objects serin cannot read.** A list is one response: with typed decoding, one Canary the API
 //! server accepted but serin's types refuse (`stepWeight: 99999999999`, a hand-edited status)
