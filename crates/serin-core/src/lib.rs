@@ -28,6 +28,7 @@
 pub mod compare;
 pub mod messages;
 pub mod request;
+pub mod simulate;
 mod weights;
 
 use std::collections::BTreeMap;

@@ -26,6 +26,19 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
+    /// The timeline of a rollout, offline: each step's weights and earliest time, the webhooks
+    /// called, every query rendered, the promotion and the worst-case rollback.
+    Plan {
+        /// The Canary and the MetricTemplates it uses; files, or `-` for standard input.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Namespace of objects that name none (default: `default`).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// `table` for people, `json` for machines.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Run the controller against the cluster of the kubeconfig (or in-cluster).
     Controller(Box<ControllerArgs>),
     /// A flagger-loadtester compatible webhook server: gates, `cmd`/`bash`/`helm`/`kubectl` tasks.
@@ -63,6 +76,12 @@ enum Command {
     Resume(RequestArgs),
     /// Analyse the same revision again after a failed run.
     Retry(RequestArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -263,6 +282,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Plan {
+            files,
+            namespace,
+            output,
+        } => {
+            let text = serin::cli::plan::run(&files, namespace.as_deref(), output == Output::Json)?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Controller(args) => {
             serin::telemetry::init_logging(&args.log_level, args.log_format);

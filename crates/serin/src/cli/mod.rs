@@ -9,6 +9,7 @@
 
 pub mod get;
 pub mod identity;
+pub mod plan;
 pub mod status;
 
 use std::path::PathBuf;
