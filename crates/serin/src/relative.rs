@@ -216,7 +216,12 @@ pub fn explain(j: &Judgement, c: &Criteria) -> String {
     out.push_str(&format!(", allowed {}", number(j.allowed)));
     if j.verdict != Verdict::NotEnoughData {
         let op = if j.p_value < c.alpha { "<" } else { ">=" };
-        out.push_str(&format!(", p = {:.4} {op} {}", j.p_value, number(c.alpha)));
+        let p = if j.p_value < 0.0001 {
+            "p < 0.0001".to_string()
+        } else {
+            format!("p = {:.4}", j.p_value)
+        };
+        out.push_str(&format!(", {p} {op} {}", number(c.alpha)));
     }
     out
 }
