@@ -53,10 +53,10 @@ enum Command {
         #[arg(long, env = "METRICS_SERVER")]
         prometheus: String,
         /// When the release's new revision was detected: RFC 3339, `now-1h` or `-90m`.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         from: String,
         /// End of the window (the analysis stops here if still running).
-        #[arg(long, default_value = "now")]
+        #[arg(long, default_value = "now", allow_hyphen_values = true)]
         to: String,
         /// `table` for people, `json` for machines.
         #[arg(short = 'o', long, value_enum, default_value = "table")]
