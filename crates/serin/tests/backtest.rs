@@ -1,7 +1,7 @@
 //! `serin backtest` against releases recorded in the sandbox's Prometheus: a real controller runs
 //! each release with the mesh simulator's telemetry, then the backtest replays a Canary over the
 //! recorded window and must reach the outcome the run had (or, for a different manifest, the
-//! outcome that manifest implies).
+//! outcome that manifest implies). The recorded promotion is also held against `serin plan`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests stop at a failed step, naming it
 
 mod support;
@@ -57,6 +57,24 @@ fn backtest(w: &World, name: &str, canary: &Value, window: &Window) -> (i32, Str
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// `serin plan -o json` of `canary`.
+fn plan_json(w: &World, canary: &Value) -> Value {
+    let file: PathBuf = w.env.logs_dir().join(format!("plan-{}.yaml", w.ns));
+    std::fs::write(&file, serde_yaml_ng::to_string(canary).unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_serin"))
+        .args(["plan", "-o", "json", "-n", &w.ns, "-f"])
+        .arg(&file)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running serin plan");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Waits until Prometheus has scraped past the end of the windows.
 async fn settle(windows: &[&Window]) {
     let last = windows.iter().map(|w| w.to).max().unwrap();
@@ -77,7 +95,28 @@ async fn backtest_reproduces_a_recorded_promotion_and_a_recorded_rollback() {
     w.apply(manifest.clone()).await;
     w.wait_phase("podinfo", "Initialized", LIMIT).await;
 
+    let weights = w.watch_weights("podinfo");
     let good = record(&w, "podinfo:6.0.1", json!({}), "Succeeded").await;
+    let took = (Utc::now() - good.from).num_milliseconds() as f64 / 1000.0;
+    weights.caught_up().await;
+    let seen = weights.canary_weights();
+
+    // `serin plan` foretold these weights and, as the earliest possible, no later an end.
+    let plan = plan_json(&w, &manifest);
+    let mut planned: Vec<u32> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["canaryWeight"].as_u64().unwrap() as u32)
+        .collect();
+    planned.dedup();
+    assert_eq!(seen, planned, "VirtualService weights {:?}", weights.all());
+    let planned_end = plan["promotion"]["succeededAtSeconds"].as_f64().unwrap();
+    assert!(
+        planned_end <= took && took <= planned_end + 10.0,
+        "planned Succeeded at +{planned_end}s, the run took {took}s"
+    );
+
     let bad = record(
         &w,
         "podinfo:6.0.2",
