@@ -185,7 +185,6 @@ pub fn run(settings: &Settings, start: Time, until: Time, oracle: &mut impl Orac
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Strategy;
     use crate::tests::{settings, t0};
 
     #[test]
@@ -215,6 +214,5 @@ mod tests {
             run.end,
             Some((Outcome::Promoted, t0() + chrono::Duration::seconds(303)))
         );
-        let _ = Strategy::Canary;
     }
 }
