@@ -25,8 +25,10 @@
 //!   [#1444](https://github.com/fluxcd/flagger/issues/1444)), and a primary that never becomes
 //!   ready leaves the target alone.
 
+pub mod compare;
 pub mod messages;
 pub mod request;
+pub mod simulate;
 mod weights;
 
 use std::collections::BTreeMap;
@@ -167,10 +169,22 @@ pub struct CheckResults {
     pub pre_rollout: Option<Result<(), String>>,
     /// Rollout hooks then metrics, in Flagger's order: `Err` carries the first failure's text.
     pub analysis: Option<Result<(), String>>,
+    /// With `analysis: Some(Ok(()))`: a metric with `onNoData: hold` found no data, so the step
+    /// neither advances nor counts a failure, until the progress deadline runs out.
+    pub analysis_hold: Option<NoDataHold>,
     /// Hooks that answered without holding anything up, in call order: gate and pre-rollout
     /// hooks that passed, rollback hooks that did not signal. The decision tells them in Events
     /// at Flagger's place in the story.
     pub answered: Vec<(HookType, String)>,
+}
+
+/// A hold for want of data (`onNoData: hold`). The shell keeps `since` (the first check of the
+/// current stretch without data) and forgets it once data comes or a new run starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NoDataHold {
+    pub since: Time,
+    /// The no-data text of the first metric that holds (Flagger's "no values found" wording).
+    pub text: String,
 }
 
 /// What the shell saw this time.
@@ -856,7 +870,20 @@ impl Draft<'_> {
                     self.fail_check(text);
                     return Ok(());
                 }
-                Some(Ok(())) => {}
+                Some(Ok(())) => {
+                    if let Some(hold) = self.o.results.analysis_hold.clone() {
+                        self.consume_step();
+                        if self.now >= hold.since + self.deadline() {
+                            let secs = self.s.progress_deadline.as_secs();
+                            let text = msg::no_data_deadline(&hold.text, secs);
+                            self.warn(text.clone());
+                            self.rollback(Cause::Deadline(text));
+                        } else {
+                            self.warn(msg::holding_no_data(&hold.text));
+                        }
+                        return Ok(());
+                    }
+                }
             }
         }
         // Gates are asked before the step is consumed, so a missing answer repeats nothing.
