@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, PodTemplateSpec, Secret, Vo
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use sha2::{Digest, Sha256};
 
-use crate::rollout::{REVISION_PREFIX, Readiness};
+use crate::rollout::{REVISION_PREFIX, Readiness, Scale};
 
 pub mod hpa;
 
@@ -489,6 +489,41 @@ pub fn scale_up_replicas(
         return r;
     }
     autoscaler_min.filter(|m| *m > 1).unwrap_or(1)
+}
+
+/// Replicas to write on the primary Deployment: none under an autoscaler (its HPA owns them,
+/// and an apply that set them would fight it), else as many as a canary scaled up from zero
+/// would get, so a target scaled to zero never leaves the primary at zero.
+pub fn primary_replicas(
+    target_replicas: Option<i32>,
+    primary_replicas: Option<i32>,
+    has_autoscaler: bool,
+) -> Option<i32> {
+    (!has_autoscaler).then(|| scale_up_replicas(target_replicas, primary_replicas, None, false))
+}
+
+/// The replicas to set on the target for the decision's `scale`, or `None` when it already has
+/// them (an unset count means one, as for the API server). Scaling up starts from
+/// [`scale_up_replicas`].
+pub fn target_replicas(
+    scale: Scale,
+    target_replicas: Option<i32>,
+    primary_replicas: Option<i32>,
+    autoscaler_min: Option<i32>,
+    has_autoscaler: bool,
+) -> Option<i32> {
+    let current = target_replicas.unwrap_or(1);
+    match scale {
+        Scale::Keep => None,
+        Scale::Zero => (current != 0).then_some(0),
+        Scale::Up if current > 0 => None,
+        Scale::Up => Some(scale_up_replicas(
+            Some(current),
+            primary_replicas,
+            autoscaler_min,
+            has_autoscaler,
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 //! Metric checks: Flagger's built-in Istio queries, MetricTemplate rendering, the verdict on a
-//! value, and the Prometheus provider (flagger-compat.md §2.1 and §5). Everything here but the
-//! provider is pure.
+//! value, resolving a metric of the spec against its MetricTemplate and Secret, and the
+//! Prometheus provider (flagger-compat.md §2.1 and §5). Everything here but the provider is pure.
 
 pub mod prometheus;
+mod resolve;
+
+pub use resolve::{Lookups, ResolveError, Resolved, resolve};
 
 use std::collections::BTreeMap;
 
@@ -38,8 +41,26 @@ pub struct TemplateModel {
     pub variables: BTreeMap<String, String>,
 }
 
+/// Why a template could not be rendered; the text says what to write instead, as Go's
+/// `missingkey=error` would refuse it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("unclosed action: a \"{{{{\" has no matching \"}}}}\"")]
+    Unclosed,
+    #[error("empty action \"{{{{ }}}}\"")]
+    EmptyAction,
+    #[error(
+        "map has no entry for key \"{0}\": add it to spec.analysis.metrics[].templateVariables"
+    )]
+    MissingVariable(String),
+    #[error(
+        "function \"{0}\" not defined: use one of name, namespace, target, service, ingress, route, interval, variables.<key>"
+    )]
+    UnknownFunction(String),
+}
+
 impl TemplateModel {
-    fn lookup(&self, key: &str) -> Result<String, String> {
+    fn lookup(&self, key: &str) -> Result<String, RenderError> {
         Ok(match key {
             "name" => self.name.clone(),
             "namespace" => self.namespace.clone(),
@@ -50,15 +71,13 @@ impl TemplateModel {
             "interval" => self.interval.clone(),
             _ => {
                 if let Some(var) = key.strip_prefix("variables.") {
-                    return self.variables.get(var).cloned().ok_or_else(|| {
-                        format!(
-                            "map has no entry for key \"{var}\": add it to spec.analysis.metrics[].templateVariables"
-                        )
-                    });
+                    return self
+                        .variables
+                        .get(var)
+                        .cloned()
+                        .ok_or_else(|| RenderError::MissingVariable(var.to_string()));
                 }
-                return Err(format!(
-                    "function \"{key}\" not defined: use one of name, namespace, target, service, ingress, route, interval, variables.<key>"
-                ));
+                return Err(RenderError::UnknownFunction(key.to_string()));
             }
         })
     }
@@ -66,14 +85,14 @@ impl TemplateModel {
 
 /// Renders `{{ key }}` actions (with Go's `{{-`/`-}}` trimming) against the model. Anything
 /// else inside `{{ }}` is an error naming it, as Go's `missingkey=error` would refuse it.
-pub fn render(template: &str, model: &TemplateModel) -> Result<String, String> {
+pub fn render(template: &str, model: &TemplateModel) -> Result<String, RenderError> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
         let (before, after) = rest.split_at(start);
         let after = &after[2..];
         let Some(end) = after.find("}}") else {
-            return Err("unclosed action: a \"{{\" has no matching \"}}\"".into());
+            return Err(RenderError::Unclosed);
         };
         let mut action = &after[..end];
         let mut text = before;
@@ -88,7 +107,7 @@ pub fn render(template: &str, model: &TemplateModel) -> Result<String, String> {
         out.push_str(text);
         let key = action.trim().trim_start_matches('.');
         if key.is_empty() {
-            return Err("empty action \"{{ }}\"".into());
+            return Err(RenderError::EmptyAction);
         }
         out.push_str(&model.lookup(key)?);
         rest = &after[end + 2..];

@@ -416,3 +416,45 @@ fn scale_up_replicas_table() {
         assert_eq!(scale_up_replicas(t, p, m, h), want, "{t:?} {p:?} {m:?} {h}");
     }
 }
+
+#[test]
+fn primary_replicas_table() {
+    let cases = [
+        // (target, primary, autoscaler) → replicas on the primary
+        ((Some(3), Some(2), false), Some(3)),
+        ((Some(0), Some(2), false), Some(2)),
+        ((Some(0), None, false), Some(1)),
+        ((None, None, false), Some(1)),
+        ((Some(3), Some(2), true), None),
+    ];
+    for ((t, p, h), want) in cases {
+        assert_eq!(primary_replicas(t, p, h), want, "{t:?} {p:?} {h}");
+    }
+}
+
+#[test]
+fn target_replicas_table() {
+    use crate::rollout::Scale;
+    let cases = [
+        // (scale, target, primary, autoscaler min, autoscaler) → write
+        ((Scale::Keep, Some(0), Some(2), None, false), None),
+        ((Scale::Keep, Some(3), Some(2), None, false), None),
+        ((Scale::Zero, Some(3), Some(2), None, false), Some(0)),
+        ((Scale::Zero, Some(0), Some(2), None, false), None),
+        // An unset count is one replica, so scaling to zero writes.
+        ((Scale::Zero, None, None, None, false), Some(0)),
+        ((Scale::Up, Some(2), Some(5), None, false), None),
+        ((Scale::Up, None, Some(5), None, false), None),
+        ((Scale::Up, Some(0), Some(5), None, false), Some(5)),
+        ((Scale::Up, Some(0), Some(5), Some(3), true), Some(3)),
+        ((Scale::Up, Some(0), Some(5), Some(1), true), Some(1)),
+        ((Scale::Up, Some(0), None, None, false), Some(1)),
+    ];
+    for ((s, t, p, m, h), want) in cases {
+        assert_eq!(
+            target_replicas(s, t, p, m, h),
+            want,
+            "{s:?} {t:?} {p:?} {m:?} {h}"
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! Observe: what the caches hold about the Canary's workloads, or the configuration problem that
+//! holds it (an invalid spec, a missing target, config or autoscaler).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::runtime::reflector::ObjectRef;
+
+use super::{Hold, Reconcile};
+use crate::api::validate_canary;
+use crate::controller::autoscaler;
+use crate::rollout::{self, Observation};
+use crate::workload::hpa::PrimaryHpa;
+use crate::workload::{self, REVISION_ANNOTATION, SelectorLabel};
+
+/// The Canary's workloads as the caches hold them.
+pub(super) struct Observed {
+    pub target: Arc<Deployment>,
+    pub selector: SelectorLabel,
+    /// The target's pod spec.
+    pub pod: PodSpec,
+    /// Checksums of the tracked ConfigMaps and Secrets.
+    pub configs: BTreeMap<String, String>,
+    /// The revision hash of the target's pod template.
+    pub revision: String,
+    /// The primary HPA `spec.autoscalerRef` asks for.
+    pub scaler: Option<PrimaryHpa>,
+    /// The primary Deployment before this reconcile.
+    pub primary: Option<Arc<Deployment>>,
+}
+
+impl Reconcile {
+    pub(super) fn observe(&self, owner: OwnerReference) -> Result<Observed, Hold> {
+        let problems = validate_canary(&self.canary);
+        if !problems.is_empty() {
+            let text = problems
+                .iter()
+                .map(|p| format!("{}: {} ({})", p.path, p.message, p.hint))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(Hold {
+                reason: "InvalidSpec",
+                message: text,
+            });
+        }
+        let Some(target) = self.deployment(self.target_name()) else {
+            let message = format!(
+                "spec.targetRef.name: Deployment {}/{} not found; create it or fix spec.targetRef",
+                self.ns,
+                self.target_name()
+            );
+            return Err(Hold {
+                reason: "TargetNotFound",
+                message,
+            });
+        };
+        let selector = workload::selector_label(&target).map_err(|e| Hold {
+            reason: "SelectorLabelMissing",
+            message: format!("spec.targetRef: {e}"),
+        })?;
+        let template = target
+            .spec
+            .as_ref()
+            .map(|s| s.template.clone())
+            .unwrap_or_default();
+        let pod = template.spec.clone().unwrap_or_default();
+        let configs = self.tracked_configs(&pod).map_err(|e| Hold {
+            reason: "ConfigNotFound",
+            message: format!(
+                "spec.targetRef: Deployment {}/{} references {e}; create it or mark the reference optional",
+                self.ns,
+                self.target_name()
+            ),
+        })?;
+        let revision = workload::revision_hash(&template);
+        let scaler = autoscaler::desired(&self.ctx, &self.canary, &self.ns, owner)
+            .map_err(|(reason, message)| Hold { reason, message })?;
+        let primary = self.deployment(&self.primary_name());
+        Ok(Observed {
+            target,
+            selector,
+            pod,
+            configs,
+            revision,
+            scaler,
+            primary,
+        })
+    }
+
+    /// What the rollout core is told about the workloads.
+    pub(super) fn observation(&self, seen: &Observed) -> Observation {
+        let analysis = self.canary.spec.analysis().cloned().unwrap_or_default();
+        let primary = seen.primary.as_deref();
+        Observation {
+            revision: seen.revision.clone(),
+            configs: seen.configs.clone(),
+            canary: workload::readiness(&seen.target, analysis.canary_ready_threshold()),
+            primary: primary.map(|p| workload::readiness(p, analysis.primary_ready_threshold())),
+            primary_revision: primary.and_then(|p| {
+                p.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(REVISION_ANNOTATION).cloned())
+            }),
+            results: Default::default(),
+            request: self
+                .canary
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(rollout::Request::from_annotations),
+        }
+    }
+
+    fn tracked_configs(&self, pod: &PodSpec) -> Result<BTreeMap<String, String>, String> {
+        let ns = self.ns.clone();
+        workload::tracked_configs(
+            pod,
+            |n| {
+                self.ctx
+                    .config_maps
+                    .get(&ObjectRef::new(n).within(&ns))
+                    .map(|c| (*c).clone())
+            },
+            |n| {
+                self.ctx
+                    .secrets
+                    .get(&ObjectRef::new(n).within(&ns))
+                    .map(|s| (*s).clone())
+            },
+        )
+    }
+}
