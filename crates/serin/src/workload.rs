@@ -52,8 +52,18 @@ pub struct SelectorLabel {
     pub value: String,
 }
 
+/// A target without a selector label serin can key on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "deployment {deployment} spec.selector.matchLabels must contain one of [{}]",
+    SELECTOR_LABELS.join(", ")
+)]
+pub struct NoSelectorLabel {
+    pub deployment: String,
+}
+
 /// Finds the selector label as Flagger does; the error names the field and the accepted keys.
-pub fn selector_label(target: &Deployment) -> Result<SelectorLabel, String> {
+pub fn selector_label(target: &Deployment) -> Result<SelectorLabel, NoSelectorLabel> {
     let labels = target
         .spec
         .as_ref()
@@ -66,11 +76,9 @@ pub fn selector_label(target: &Deployment) -> Result<SelectorLabel, String> {
             });
         }
     }
-    Err(format!(
-        "deployment {} spec.selector.matchLabels must contain one of [{}]",
-        target.metadata.name.as_deref().unwrap_or(""),
-        SELECTOR_LABELS.join(", ")
-    ))
+    Err(NoSelectorLabel {
+        deployment: target.metadata.name.clone().unwrap_or_default(),
+    })
 }
 
 /// ConfigMaps and Secrets a pod spec refers to; `true` when every reference is optional.
@@ -184,13 +192,25 @@ pub fn secret_checksum(secret: &Secret) -> Option<String> {
     Some(hex(&Sha256::digest(json.as_bytes())[..8]))
 }
 
+/// A mandatory reference of the pod spec to a ConfigMap or Secret that does not exist.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MissingConfig {
+    #[error("configmap {0} not found")]
+    ConfigMap(String),
+    #[error("secret {0} not found")]
+    Secret(String),
+}
+
+/// Checksums of tracked configs by key (`configmap/<name>`, `secret/<name>`).
+pub type ConfigChecksums = BTreeMap<String, String>;
+
 /// The tracked configs of a pod spec (`configmap/<name>` → checksum), looked up through `get_cm`
 /// and `get_secret` (the watch caches). A missing mandatory reference is an error naming it.
 pub fn tracked_configs(
     spec: &PodSpec,
     get_cm: impl Fn(&str) -> Option<ConfigMap>,
     get_secret: impl Fn(&str) -> Option<Secret>,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<ConfigChecksums, MissingConfig> {
     let refs = config_refs(spec);
     let mut out = BTreeMap::new();
     for (name, optional) in &refs.config_maps {
@@ -201,7 +221,7 @@ pub fn tracked_configs(
                 }
             }
             None if *optional => {}
-            None => return Err(format!("configmap {name} not found")),
+            None => return Err(MissingConfig::ConfigMap(name.clone())),
         }
     }
     for (name, optional) in &refs.secrets {
@@ -212,7 +232,7 @@ pub fn tracked_configs(
                 }
             }
             None if *optional => {}
-            None => return Err(format!("secret {name} not found")),
+            None => return Err(MissingConfig::Secret(name.clone())),
         }
     }
     Ok(out)

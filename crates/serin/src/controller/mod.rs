@@ -71,12 +71,17 @@ impl Default for Options {
     }
 }
 
+/// Why a reconcile failed; it is tried again with a per-Canary backoff. (What a person must fix
+/// is no error: it holds the Canary with a condition, see [`state::HoldReason`].)
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("{0}")]
-    Other(String),
+    /// Only an object the API server has not stored yet lacks one.
+    #[error("the Canary has no uid yet")]
+    NoUid,
+    #[error("serializing an object to apply: {0}")]
+    Serialize(#[from] serde_json::Error),
 }
 
 /// What every reconcile shares.

@@ -10,7 +10,7 @@ pub use resolve::{Lookups, ResolveError, Resolved, resolve};
 use std::collections::BTreeMap;
 
 use crate::api::{CanaryMetric, CanaryThresholdRange};
-use crate::rollout::messages as msg;
+use crate::rollout::{CheckFailed, messages as msg};
 
 pub const REQUEST_SUCCESS_RATE: &str = "request-success-rate";
 pub const REQUEST_DURATION: &str = "request-duration";
@@ -213,18 +213,18 @@ pub fn go_duration_ms(ms: i64) -> String {
 }
 
 /// The verdict on a value: `Err` carries Flagger's "Halt ..." event text.
-pub fn verdict(check: &Check, value: f64, canary: &str) -> Result<(), String> {
+pub fn verdict(check: &Check, value: f64, canary: &str) -> Result<(), CheckFailed> {
     match check.kind {
         MetricKind::SuccessRate => {
             if let Some(min) = check.min
                 && value < min
             {
-                return Err(msg::halt_success_rate(canary, value, '<', min));
+                return Err(CheckFailed(msg::halt_success_rate(canary, value, '<', min)));
             }
             if let Some(max) = check.max
                 && value > max
             {
-                return Err(msg::halt_success_rate(canary, value, '>', max));
+                return Err(CheckFailed(msg::halt_success_rate(canary, value, '>', max)));
             }
         }
         MetricKind::Duration => {
@@ -234,47 +234,47 @@ pub fn verdict(check: &Check, value: f64, canary: &str) -> Result<(), String> {
                 && (ms as f64) < min
             {
                 let bound = go_duration_ms(min as i64);
-                return Err(msg::halt_request_duration(
+                return Err(CheckFailed(msg::halt_request_duration(
                     canary,
                     &go_duration_ms(ms),
                     '<',
                     &bound,
-                ));
+                )));
             }
             if let Some(max) = check.max
                 && (ms as f64) > max
             {
                 let bound = go_duration_ms(max as i64);
-                return Err(msg::halt_request_duration(
+                return Err(CheckFailed(msg::halt_request_duration(
                     canary,
                     &go_duration_ms(ms),
                     '>',
                     &bound,
-                ));
+                )));
             }
         }
         MetricKind::Template | MetricKind::Inline => {
             if let Some(min) = check.min
                 && value < min
             {
-                return Err(msg::halt_custom_metric(
+                return Err(CheckFailed(msg::halt_custom_metric(
                     canary,
                     &check.name,
                     value,
                     '<',
                     min,
-                ));
+                )));
             }
             if let Some(max) = check.max
                 && value > max
             {
-                return Err(msg::halt_custom_metric(
+                return Err(CheckFailed(msg::halt_custom_metric(
                     canary,
                     &check.name,
                     value,
                     '>',
                     max,
-                ));
+                )));
             }
         }
     }

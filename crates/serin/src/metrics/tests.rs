@@ -120,7 +120,11 @@ fn verdict_table() {
         (check(MetricKind::Template, None, None), 1e9, Ok(())),
     ];
     for (i, (ch, v, want)) in cases.into_iter().enumerate() {
-        assert_eq!(verdict(&ch, v, c), want.map_err(String::from), "case {i}");
+        assert_eq!(
+            verdict(&ch, v, c),
+            want.map_err(CheckFailed::from),
+            "case {i}"
+        );
     }
 }
 

@@ -102,7 +102,7 @@ fn selector_label_follows_flagger_order() {
     let mut d = podinfo();
     d.spec.as_mut().unwrap().selector.match_labels =
         Some(BTreeMap::from([("tier".into(), "web".into())]));
-    let err = selector_label(&d).unwrap_err();
+    let err = selector_label(&d).unwrap_err().to_string();
     assert!(
         err.contains(
             "spec.selector.matchLabels must contain one of [app, name, app.kubernetes.io/name]"
@@ -194,7 +194,8 @@ fn tracked_configs_checksums_and_errors() {
         secret,
     )
     .unwrap_err();
-    assert_eq!(err, "configmap podinfo-config-vol not found");
+    assert_eq!(err, MissingConfig::ConfigMap("podinfo-config-vol".into()));
+    assert_eq!(err.to_string(), "configmap podinfo-config-vol not found");
 }
 
 #[test]

@@ -84,7 +84,7 @@ impl Reconcile {
             + Clone
             + Debug,
     {
-        let desired = serde_json::to_value(obj).map_err(|e| Error::Other(e.to_string()))?;
+        let desired = serde_json::to_value(obj)?;
         if let Some(c) = cached
             && let Ok(actual) = serde_json::to_value(c)
             && is_subset(&desired, &actual)

@@ -7,14 +7,17 @@ use std::time::Instant;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::ObjectRef;
 
-use super::{Hold, KubeEventType, Reconcile};
+use super::{KubeEventType, Reconcile};
 use crate::api::{MetricCheckStatus, MetricTemplate};
-use crate::controller::{Ctx, state};
+use crate::controller::Ctx;
+use crate::controller::state::{self, Hold, HoldReason};
 use crate::metrics::prometheus::{Prometheus, ProviderConfig};
 use crate::metrics::{
     self as m, Lookups, MetricKind, QueryOutcome, ResolveError, Resolved, verdict,
 };
-use crate::rollout::{self, Decision, Need, Observation, Plan, Progress, messages as msg};
+use crate::rollout::{
+    self, CheckFailed, Decision, Need, Observation, Plan, Progress, messages as msg,
+};
 use crate::telemetry::MetricLabels;
 
 /// The watch caches, as the metric resolution looks things up.
@@ -35,16 +38,13 @@ impl Lookups for Caches<'_> {
 impl From<ResolveError> for Hold {
     fn from(e: ResolveError) -> Hold {
         let reason = match &e {
-            ResolveError::TemplateNotFound { .. } => "MetricTemplateNotFound",
-            ResolveError::ProviderUnsupported { .. } => "MetricProviderUnsupported",
-            ResolveError::Render { .. } => "MetricQueryRenderError",
-            ResolveError::SecretNotFound { .. } => "MetricSecretNotFound",
-            ResolveError::NoUsableMetric { .. } => "NoUsableMetric",
+            ResolveError::TemplateNotFound { .. } => HoldReason::MetricTemplateNotFound,
+            ResolveError::ProviderUnsupported { .. } => HoldReason::MetricProviderUnsupported,
+            ResolveError::Render { .. } => HoldReason::MetricQueryRenderError,
+            ResolveError::SecretNotFound { .. } => HoldReason::MetricSecretNotFound,
+            ResolveError::NoUsableMetric { .. } => HoldReason::NoUsableMetric,
         };
-        Hold {
-            reason,
-            message: e.to_string(),
-        }
+        Hold::new(reason, e)
     }
 }
 
@@ -70,16 +70,16 @@ impl Reconcile {
                 },
             }
         }
-        Err(Hold {
-            reason: "InternalError",
-            message: "the rollout decision kept asking for checks; please report this".into(),
-        })
+        Err(Hold::new(
+            HoldReason::InternalError,
+            "the rollout decision kept asking for checks; please report this",
+        ))
     }
 
     /// Rollout webhooks, then the metrics in spec order; the first failure ends the analysis.
-    async fn analysis(&mut self, progress: &Progress) -> Result<Result<(), String>, Hold> {
-        if let Err(text) = self.rollout_hooks(progress).await {
-            return Ok(Err(text));
+    async fn analysis(&mut self, progress: &Progress) -> Result<Result<(), CheckFailed>, Hold> {
+        if let Err(failed) = self.rollout_hooks(progress).await {
+            return Ok(Err(failed));
         }
         let metrics = self
             .canary
@@ -126,19 +126,19 @@ impl Reconcile {
                         .set(gauge_value);
                     verdict(&check, v, &self.qualified())
                 }
-                QueryOutcome::NoValues => Err(m::no_values_text(&check, &target)),
+                QueryOutcome::NoValues => Err(CheckFailed(m::no_values_text(&check, &target))),
                 QueryOutcome::Error(e) if e.starts_with("bad_data") => {
-                    return Err(Hold {
-                        reason: "MetricQueryInvalid",
-                        message: format!(
+                    return Err(Hold::new(
+                        HoldReason::MetricQueryInvalid,
+                        format!(
                             "spec.analysis.metrics[{i}] ({}): Prometheus refused the query: {e}; fix the query",
                             check.name
                         ),
-                    });
+                    ));
                 }
-                QueryOutcome::Error(e) => Err(m::error_text(&check, &e)),
+                QueryOutcome::Error(e) => Err(CheckFailed(m::error_text(&check, &e))),
             };
-            if let Err(text) = &result {
+            if let Err(CheckFailed(text)) = &result {
                 status.message = Some(text.clone());
             }
             results.push(status);
@@ -168,12 +168,14 @@ impl Reconcile {
         if let Some(p) = cache.get(cfg) {
             return Ok(p.clone());
         }
-        let p = Prometheus::new(cfg).map_err(|e| Hold {
-            reason: "MetricProviderInvalid",
-            message: format!(
-                "spec.analysis.metrics[{i}]: {}",
-                msg::prometheus_client_error(&cfg.address, &e)
-            ),
+        let p = Prometheus::new(cfg).map_err(|e| {
+            Hold::new(
+                HoldReason::MetricProviderInvalid,
+                format!(
+                    "spec.analysis.metrics[{i}]: {}",
+                    msg::prometheus_client_error(&cfg.address, &e.to_string())
+                ),
+            )
         })?;
         cache.insert(cfg.clone(), p.clone());
         Ok(p)

@@ -71,7 +71,7 @@ impl Reconcile {
         if progress.phase != Some(Phase::Terminating) {
             progress.phase = Some(Phase::Terminating);
             progress.last_transition_time = Some(self.now);
-            self.write_status(&progress, Ok(())).await?;
+            self.write_status(&progress, None).await?;
             self.publish(KubeEventType::Normal, msg::terminating(&self.qualified()))
                 .await;
         }

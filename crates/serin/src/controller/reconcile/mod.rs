@@ -27,7 +27,8 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use super::{Ctx, Error, state};
+use super::state;
+use super::{Ctx, Error};
 use crate::api::{Canary, MetricCheckStatus};
 use crate::rollout::messages as msg;
 use crate::router;
@@ -36,12 +37,6 @@ use crate::telemetry::NameNs;
 /// How long to wait before looking again at a Canary that cannot progress until a person fixes
 /// something; a watch event on the Canary or its objects comes sooner.
 const HOLD_RETRY: Duration = Duration::from_secs(60);
-
-/// A configuration problem: no traffic moves until it is fixed.
-struct Hold {
-    reason: &'static str,
-    message: String,
-}
 
 /// Whether an Event is a warning.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -125,9 +120,7 @@ impl Reconcile {
     }
 
     fn owner(&self) -> Result<OwnerReference, Error> {
-        self.canary
-            .controller_owner_ref(&())
-            .ok_or_else(|| Error::Other("the Canary has no uid yet".into()))
+        self.canary.controller_owner_ref(&()).ok_or(Error::NoUid)
     }
 
     fn deployment(&self, name: &str) -> Option<Arc<Deployment>> {
@@ -170,7 +163,7 @@ impl Reconcile {
         // Record: Events before the status, so whoever sees the new phase finds its story
         // already told.
         self.record(&plan, &settings).await;
-        self.write_status(&plan.progress, Ok(())).await?;
+        self.write_status(&plan.progress, None).await?;
         let after = plan.requeue_after.unwrap_or(Duration::from_secs(300));
         Ok(Action::requeue(after.max(Duration::from_millis(200))))
     }

@@ -1,7 +1,6 @@
 //! Observe: what the caches hold about the Canary's workloads, or the configuration problem that
 //! holds it (an invalid spec, a missing target, config or autoscaler).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -9,12 +8,13 @@ use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::reflector::ObjectRef;
 
-use super::{Hold, Reconcile};
+use super::Reconcile;
 use crate::api::validate_canary;
 use crate::controller::autoscaler;
+use crate::controller::state::{Hold, HoldReason};
 use crate::rollout::{self, Observation};
-use crate::workload::hpa::PrimaryHpa;
-use crate::workload::{self, REVISION_ANNOTATION, SelectorLabel};
+use crate::workload::hpa::{HpaError, PrimaryHpa};
+use crate::workload::{self, ConfigChecksums, MissingConfig, REVISION_ANNOTATION, SelectorLabel};
 
 /// The Canary's workloads as the caches hold them.
 pub(super) struct Observed {
@@ -23,7 +23,7 @@ pub(super) struct Observed {
     /// The target's pod spec.
     pub pod: PodSpec,
     /// Checksums of the tracked ConfigMaps and Secrets.
-    pub configs: BTreeMap<String, String>,
+    pub configs: ConfigChecksums,
     /// The revision hash of the target's pod template.
     pub revision: String,
     /// The primary HPA `spec.autoscalerRef` asks for.
@@ -41,10 +41,7 @@ impl Reconcile {
                 .map(|p| format!("{}: {} ({})", p.path, p.message, p.hint))
                 .collect::<Vec<_>>()
                 .join("; ");
-            return Err(Hold {
-                reason: "InvalidSpec",
-                message: text,
-            });
+            return Err(Hold::new(HoldReason::InvalidSpec, text));
         }
         let Some(target) = self.deployment(self.target_name()) else {
             let message = format!(
@@ -52,14 +49,13 @@ impl Reconcile {
                 self.ns,
                 self.target_name()
             );
-            return Err(Hold {
-                reason: "TargetNotFound",
-                message,
-            });
+            return Err(Hold::new(HoldReason::TargetNotFound, message));
         };
-        let selector = workload::selector_label(&target).map_err(|e| Hold {
-            reason: "SelectorLabelMissing",
-            message: format!("spec.targetRef: {e}"),
+        let selector = workload::selector_label(&target).map_err(|e| {
+            Hold::new(
+                HoldReason::SelectorLabelMissing,
+                format!("spec.targetRef: {e}"),
+            )
         })?;
         let template = target
             .spec
@@ -67,17 +63,30 @@ impl Reconcile {
             .map(|s| s.template.clone())
             .unwrap_or_default();
         let pod = template.spec.clone().unwrap_or_default();
-        let configs = self.tracked_configs(&pod).map_err(|e| Hold {
-            reason: "ConfigNotFound",
-            message: format!(
-                "spec.targetRef: Deployment {}/{} references {e}; create it or mark the reference optional",
-                self.ns,
-                self.target_name()
-            ),
+        let configs = self.tracked_configs(&pod).map_err(|e| {
+            Hold::new(
+                HoldReason::ConfigNotFound,
+                format!(
+                    "spec.targetRef: Deployment {}/{} references {e}; create it or mark the reference optional",
+                    self.ns,
+                    self.target_name()
+                ),
+            )
         })?;
         let revision = workload::revision_hash(&template);
-        let scaler = autoscaler::desired(&self.ctx, &self.canary, &self.ns, owner)
-            .map_err(|(reason, message)| Hold { reason, message })?;
+        let scaler =
+            autoscaler::desired(&self.ctx, &self.canary, &self.ns, owner).map_err(|e| {
+                let reason = match &e {
+                    HpaError::ScaledObject { .. } | HpaError::UnsupportedKind { .. } => {
+                        HoldReason::AutoscalerUnsupported
+                    }
+                    HpaError::NotFound { .. } => HoldReason::AutoscalerNotFound,
+                    HpaError::Unreadable { .. } | HpaError::CrossedBounds { .. } => {
+                        HoldReason::AutoscalerInvalid
+                    }
+                };
+                Hold::new(reason, e)
+            })?;
         let primary = self.deployment(&self.primary_name());
         Ok(Observed {
             target,
@@ -115,7 +124,7 @@ impl Reconcile {
         }
     }
 
-    fn tracked_configs(&self, pod: &PodSpec) -> Result<BTreeMap<String, String>, String> {
+    fn tracked_configs(&self, pod: &PodSpec) -> Result<ConfigChecksums, MissingConfig> {
         let ns = self.ns.clone();
         workload::tracked_configs(
             pod,

@@ -8,9 +8,9 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{HOLD_RETRY, Hold, KubeEventType, Reconcile};
+use super::{HOLD_RETRY, KubeEventType, Reconcile};
 use crate::api::{self, Canary};
-use crate::controller::state::{self, VALID_CONDITION};
+use crate::controller::state::{self, Hold, VALID_CONDITION};
 use crate::controller::{Ctx, Error};
 use crate::rollout::{self, EventType, Outcome, Plan, Progress};
 use crate::telemetry::{NameNs, OutcomeLabels};
@@ -19,14 +19,14 @@ impl Reconcile {
     pub(super) async fn write_status(
         &self,
         progress: &Progress,
-        valid: Result<(), (String, String)>,
+        hold: Option<&Hold>,
     ) -> Result<(), Error> {
         let previous = self.canary.status.as_ref();
         let mut status = state::status(
             previous,
             progress,
             &self.canary.spec.target_ref.kind,
-            valid,
+            hold,
             self.now,
         );
         if let Some(results) = &self.metric_results {
@@ -80,16 +80,12 @@ impl Reconcile {
             c.status == "False" && c.message.as_deref() == Some(hold.message.as_str())
         });
         if !repeated {
-            warn!(canary = %self.qualified(), reason = hold.reason, "{}", hold.message);
+            warn!(canary = %self.qualified(), reason = hold.reason.as_str(), "{}", hold.message);
             self.publish(KubeEventType::Warning, hold.message.clone())
                 .await;
         }
         let progress = state::progress(self.canary.status.as_ref());
-        self.write_status(
-            &progress,
-            Err((hold.reason.to_string(), hold.message.clone())),
-        )
-        .await?;
+        self.write_status(&progress, Some(&hold)).await?;
         let interval = self
             .canary
             .spec

@@ -9,7 +9,9 @@ use tracing::{debug, warn};
 use super::{KubeEventType, Reconcile};
 use crate::api::{CanaryWebhook, HookType};
 use crate::hooks::{self, CallError, Outcome, Payload};
-use crate::rollout::{CheckResults, Gate, Phase, Progress, RollbackSignal, messages as msg};
+use crate::rollout::{
+    CheckFailed, CheckResults, Gate, Phase, Progress, RollbackSignal, messages as msg,
+};
 use crate::telemetry::WebhookLabels;
 
 impl Reconcile {
@@ -105,11 +107,11 @@ impl Reconcile {
         let mut outcome = Ok(());
         for hook in self.webhooks(HookType::PreRollout) {
             if let Err(e) = self.call(HookType::PreRollout, &hook, &payload).await {
-                outcome = Err(msg::halt_pre_rollout(
+                outcome = Err(CheckFailed(msg::halt_pre_rollout(
                     &self.qualified(),
                     &hook.name,
                     &e.message,
-                ));
+                )));
                 break;
             }
             results.answered.push((HookType::PreRollout, hook.name));
@@ -118,15 +120,15 @@ impl Reconcile {
     }
 
     /// Rollout hooks (type `rollout` or none): the first failure is the analysis' verdict.
-    pub(super) async fn rollout_hooks(&self, progress: &Progress) -> Result<(), String> {
+    pub(super) async fn rollout_hooks(&self, progress: &Progress) -> Result<(), CheckFailed> {
         let payload = self.payload(progress, Some(Phase::Progressing));
         for hook in self.webhooks(HookType::Rollout) {
             if let Err(e) = self.call(HookType::Rollout, &hook, &payload).await {
-                return Err(msg::halt_external_check(
+                return Err(CheckFailed(msg::halt_external_check(
                     &self.qualified(),
                     &hook.name,
                     &e.message,
-                ));
+                )));
             }
         }
         Ok(())
