@@ -190,10 +190,15 @@ impl Reconcile {
             return;
         }
         let mut errors = Vec::new();
+        // Each provider once, however many metrics share it.
+        let mut probed = std::collections::HashSet::new();
         for (i, metric) in analysis.metrics.iter().enumerate() {
             let Ok(Resolved { provider: cfg, .. }) = self.resolve(i, metric) else {
                 continue;
             };
+            if !probed.insert(cfg.clone()) {
+                continue;
+            }
             let Ok(p) = self.provider(i, &cfg).await else {
                 continue;
             };

@@ -28,7 +28,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::state;
-use super::{Ctx, Error};
+use super::{Ctx, Error, backoff};
 use crate::api::{Canary, MetricCheckStatus};
 use crate::rollout::messages as msg;
 use crate::router;
@@ -53,7 +53,9 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Err
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
     let start = Instant::now();
+    let key = backoff::key(&canary);
     let mut r = Reconcile {
+        retrying: ctx.backoff.retrying(&key),
         ns: canary.namespace().unwrap_or_default(),
         name: canary.name_any(),
         now: Utc::now(),
@@ -78,6 +80,15 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Err
             .observe(start.elapsed().as_secs_f64());
     }
     if res.is_ok() {
+        ctx.backoff.succeeded(&key);
+        // Deleted Canaries that were failing leave entries; a pass a minute drops them.
+        ctx.backoff.prune(Instant::now(), || {
+            ctx.canaries
+                .state()
+                .iter()
+                .map(|c| backoff::key(c))
+                .collect()
+        });
         ctx.metrics
             .reconciles
             .get_or_create(&crate::telemetry::ResultLabels {
@@ -89,6 +100,8 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Err
 }
 
 struct Reconcile {
+    /// The last reconcile of this Canary failed: Events it recorded are not counted again.
+    retrying: bool,
     ctx: Arc<Ctx>,
     canary: Arc<Canary>,
     ns: String,
@@ -144,9 +157,6 @@ impl Reconcile {
         self.ensure_primary(&seen).await?;
         let settings = state::settings(&self.canary);
         let progress = state::progress(self.canary.status.as_ref());
-        if progress.phase.is_none() {
-            self.check_providers().await;
-        }
 
         // Decide.
         let plan = match self
@@ -159,6 +169,11 @@ impl Reconcile {
 
         // Act.
         self.act(&seen, &plan).await?;
+        if progress.phase.is_none() {
+            // Flagger probes the providers once its Services exist; a Canary whose objects
+            // cannot be written is not analysing, and asks Prometheus nothing.
+            self.check_providers().await;
+        }
 
         // Record: Events before the status, so whoever sees the new phase finds its story
         // already told.

@@ -10,6 +10,7 @@ use tracing::{info, warn};
 
 use super::{HOLD_RETRY, KubeEventType, Reconcile};
 use crate::api::{self, Canary};
+use crate::controller::events::Repeat;
 use crate::controller::state::{self, Hold, VALID_CONDITION};
 use crate::controller::{Ctx, Error};
 use crate::rollout::{self, EventType, Outcome, Plan, Progress};
@@ -101,10 +102,15 @@ impl Reconcile {
             KubeEventType::Warning => warn!(canary = %self.qualified(), "{text}"),
         }
         let warning = kind == KubeEventType::Warning;
+        let repeat = if self.retrying {
+            Repeat::Skip
+        } else {
+            Repeat::Count
+        };
         if let Err(e) = self
             .ctx
             .recorder
-            .publish(&self.canary.object_ref(&()), warning, &text)
+            .publish(&self.canary.object_ref(&()), warning, &text, repeat)
             .await
         {
             warn!(canary = %self.qualified(), "publishing an event: {e}");
