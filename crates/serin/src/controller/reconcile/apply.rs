@@ -65,7 +65,7 @@ impl Reconcile {
                         autoscaler::apply_primary(&self.ctx, &self.canary, &self.ns, hpa, true)
                             .await?;
                     } else {
-                        warn!(canary = %self.qualified(), "not promoting: the target moved on to {}", seen.revision);
+                        warn!("not promoting: the target moved on to {}", seen.revision);
                     }
                 }
                 PlanAction::PostRollout(phase) => self.post_rollout(*phase, &plan.progress).await,

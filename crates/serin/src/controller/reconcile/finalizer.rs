@@ -131,7 +131,7 @@ impl Reconcile {
             VirtualServiceRevert::Restore(original) => original,
             VirtualServiceRevert::Leave => return Ok(()),
             VirtualServiceRevert::OriginalUnknown => {
-                warn!(canary = %self.qualified(), "original configuration not found, unable to revert");
+                warn!("original configuration not found, unable to revert");
                 return Ok(());
             }
         };

@@ -26,6 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
+use tracing::instrument;
 
 use super::state;
 use super::{Ctx, Error, backoff};
@@ -45,6 +46,9 @@ enum KubeEventType {
     Warning,
 }
 
+/// One reconcile, in a span naming the Canary (`name.namespace`) that every log line and
+/// Event of it carries.
+#[instrument(skip_all, fields(canary = %msg::qualified(&canary.name_any(), canary.namespace().as_deref().unwrap_or_default())))]
 pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if !ctx.caches_ready().await {
         return Ok(Action::requeue(Duration::from_secs(1)));

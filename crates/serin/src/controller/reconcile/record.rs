@@ -81,7 +81,7 @@ impl Reconcile {
             c.status == "False" && c.message.as_deref() == Some(hold.message.as_str())
         });
         if !repeated {
-            warn!(canary = %self.qualified(), reason = hold.reason.as_str(), "{}", hold.message);
+            warn!(reason = hold.reason.as_str(), "{}", hold.message);
             self.publish(KubeEventType::Warning, hold.message.clone())
                 .await;
         }
@@ -98,8 +98,8 @@ impl Reconcile {
 
     pub(super) async fn publish(&self, kind: KubeEventType, text: String) {
         match kind {
-            KubeEventType::Normal => info!(canary = %self.qualified(), "{text}"),
-            KubeEventType::Warning => warn!(canary = %self.qualified(), "{text}"),
+            KubeEventType::Normal => info!("{text}"),
+            KubeEventType::Warning => warn!("{text}"),
         }
         let warning = kind == KubeEventType::Warning;
         let repeat = if self.retrying {
@@ -113,7 +113,7 @@ impl Reconcile {
             .publish(&self.canary.object_ref(&()), warning, &text, repeat)
             .await
         {
-            warn!(canary = %self.qualified(), "publishing an event: {e}");
+            warn!("publishing an event: {e}");
         }
         self.send_event_hooks(warning, &text);
     }

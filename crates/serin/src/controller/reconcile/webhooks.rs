@@ -61,7 +61,7 @@ impl Reconcile {
             res.as_ref().map(|_| ()).map_err(|e| e.outcome),
         );
         if let Err(e) = &res {
-            debug!(canary = %self.qualified(), hook = %hook.name, "{} webhook: {e}", kind.as_str());
+            debug!(hook = %hook.name, "{} webhook: {e}", kind.as_str());
         }
         res
     }
@@ -169,28 +169,32 @@ impl Reconcile {
             })
             .collect();
         let ctx = self.ctx.clone();
-        let canary = self.qualified();
         let mut chain = match self.event_chain.lock() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
         let previous = chain.take();
-        *chain = Some(tokio::spawn(async move {
-            if let Some(p) = previous {
-                let _ = p.await;
-            }
-            for (hook, payload) in payloads {
-                let res = hooks::call(&ctx.http, &ctx.http_insecure, &hook, &payload).await;
-                count(
-                    &ctx,
-                    HookType::Event,
-                    res.as_ref().map(|_| ()).map_err(|e| e.outcome),
-                );
-                if let Err(e) = res {
-                    warn!(canary = %canary, hook = %hook.name, "error sending event to webhook: {e}");
+        // The delivery outlives the reconcile; it keeps the reconcile's span, and so the canary.
+        let span = tracing::Span::current();
+        *chain = Some(tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                if let Some(p) = previous {
+                    let _ = p.await;
                 }
-            }
-        }));
+                for (hook, payload) in payloads {
+                    let res = hooks::call(&ctx.http, &ctx.http_insecure, &hook, &payload).await;
+                    count(
+                        &ctx,
+                        HookType::Event,
+                        res.as_ref().map(|_| ()).map_err(|e| e.outcome),
+                    );
+                    if let Err(e) = res {
+                        warn!(hook = %hook.name, "error sending event to webhook: {e}");
+                    }
+                }
+            },
+            span,
+        )));
     }
 }
 
