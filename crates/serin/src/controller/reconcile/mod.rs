@@ -15,6 +15,8 @@ mod checks;
 mod finalizer;
 mod observe;
 mod record;
+#[cfg(test)]
+mod tests;
 mod webhooks;
 
 use std::sync::Arc;
