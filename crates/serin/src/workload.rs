@@ -238,6 +238,39 @@ pub fn tracked_configs(
     Ok(out)
 }
 
+/// The primary's copy of a tracked ConfigMap: `<name>-primary`, owned by the Canary, with the
+/// source's data.
+pub fn primary_config_map(src: &ConfigMap, owner: &OwnerReference) -> ConfigMap {
+    ConfigMap {
+        metadata: primary_copy_meta(&src.metadata, owner),
+        data: src.data.clone(),
+        binary_data: src.binary_data.clone(),
+        immutable: None,
+    }
+}
+
+/// The primary's copy of a tracked Secret, as [`primary_config_map`].
+pub fn primary_secret(src: &Secret, owner: &OwnerReference) -> Secret {
+    Secret {
+        metadata: primary_copy_meta(&src.metadata, owner),
+        data: src.data.clone(),
+        type_: src.type_.clone(),
+        ..Default::default()
+    }
+}
+
+fn primary_copy_meta(src: &ObjectMeta, owner: &OwnerReference) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(format!(
+            "{}-primary",
+            src.name.as_deref().unwrap_or_default()
+        )),
+        namespace: src.namespace.clone(),
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    }
+}
+
 /// Renames references to tracked configs to their `-primary` copies.
 pub fn rename_config_refs(spec: &mut PodSpec, tracked: &BTreeSet<String>) {
     let cm = |name: &mut String| {

@@ -125,6 +125,15 @@ impl Hold {
     }
 }
 
+/// Whether a hold is news: the `serin.dev/Valid` condition is not already false with the same
+/// message. Only news is logged and told in a Warning Event, so a Canary held for hours warns
+/// once, and again only when the problem changes.
+pub fn hold_is_new(status: Option<&CanaryStatus>, hold: &Hold) -> bool {
+    let valid = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == VALID_CONDITION));
+    !valid
+        .is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(hold.message.as_str()))
+}
+
 pub fn to_chrono(t: &Time) -> DateTime<Utc> {
     DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
         .unwrap_or_default()
@@ -422,6 +431,27 @@ mod tests {
         assert_eq!(json["conditions"][2]["type"], "serin.dev/Gate");
         assert_eq!(json["conditions"][2]["status"], "False");
         assert_eq!(json["conditions"][2]["reason"], "ConfirmPromotionClosed");
+    }
+
+    #[test]
+    fn a_hold_is_news_until_the_condition_says_it() {
+        let hold = Hold::new(HoldReason::TargetNotFound, "spec.targetRef.name: not found");
+        let p = Progress::default();
+        let valid = status(None, &p, "Deployment", None, now());
+        let held = status(None, &p, "Deployment", Some(&hold), now());
+        let other = Hold::new(HoldReason::TargetNotFound, "spec.targetRef.name: other");
+        let other_reason = Hold::new(HoldReason::InvalidSpec, "spec.targetRef.name: not found");
+        let cases = [
+            (None, &hold, true),
+            (Some(&valid), &hold, true),
+            (Some(&held), &hold, false),
+            (Some(&held), &other, true),
+            // The message names the field and the fix; the same text is the same problem.
+            (Some(&held), &other_reason, false),
+        ];
+        for (i, (st, h, want)) in cases.into_iter().enumerate() {
+            assert_eq!(hold_is_new(st, h), want, "case {i}");
+        }
     }
 
     #[test]

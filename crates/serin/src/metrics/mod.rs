@@ -281,6 +281,43 @@ pub fn verdict(check: &Check, value: f64, canary: &str) -> Result<(), CheckFaile
     Ok(())
 }
 
+/// A query outcome that does not pass.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Judged {
+    /// A failed check, counted towards the threshold: out of range, no values, or a query that
+    /// failed for a reason other than its text (Prometheus away, a timeout).
+    Failed(CheckFailed),
+    /// Prometheus refused the query as malformed (`bad_data`): a configuration problem that
+    /// holds the canary, never a failed check.
+    QueryRefused(String),
+}
+
+/// The verdict on one query's outcome for the canary `canary` (`name.namespace`) whose target
+/// is `target` (`name.namespace`).
+pub fn judge(
+    check: &Check,
+    outcome: &QueryOutcome,
+    canary: &str,
+    target: &str,
+) -> Result<(), Judged> {
+    match outcome {
+        QueryOutcome::Value(v) => verdict(check, *v, canary).map_err(Judged::Failed),
+        QueryOutcome::NoValues => Err(Judged::Failed(CheckFailed(no_values_text(check, target)))),
+        QueryOutcome::Error(e) if e.starts_with("bad_data") => Err(Judged::QueryRefused(e.clone())),
+        QueryOutcome::Error(e) => Err(Judged::Failed(CheckFailed(error_text(check, e)))),
+    }
+}
+
+/// The value of `flagger_canary_metric_analysis`: as queried, except request durations, which
+/// Flagger reports in seconds.
+pub fn gauge_value(check: &Check, value: f64) -> f64 {
+    if check.kind == MetricKind::Duration {
+        value / 1000.0
+    } else {
+        value
+    }
+}
+
 /// The event text when a query found nothing.
 pub fn no_values_text(check: &Check, target: &str) -> String {
     match check.kind {

@@ -445,3 +445,55 @@ fn resolve_errors_name_their_kind() {
         }
     ));
 }
+
+#[test]
+fn judge_table() {
+    let c = "podinfo.test";
+    let t = "podinfo.test";
+    let sr = check(MetricKind::SuccessRate, Some(99.0), None);
+    let failed = |text: &str| Err(Judged::Failed(CheckFailed(text.into())));
+    let cases = vec![
+        (sr.clone(), QueryOutcome::Value(99.5), Ok(())),
+        (
+            sr.clone(),
+            QueryOutcome::Value(93.456),
+            failed("Halt podinfo.test advancement success rate 93.46% < 99%"),
+        ),
+        (
+            Check {
+                name: REQUEST_SUCCESS_RATE.into(),
+                ..sr.clone()
+            },
+            QueryOutcome::NoValues,
+            failed(
+                "Halt advancement no values found for istio metric request-success-rate probably podinfo.test is not receiving traffic",
+            ),
+        ),
+        (
+            sr.clone(),
+            QueryOutcome::Error("timeout: query timed out".into()),
+            Err(Judged::Failed(CheckFailed(error_text(
+                &sr,
+                "timeout: query timed out",
+            )))),
+        ),
+        (
+            sr.clone(),
+            QueryOutcome::Error("bad_data: parse error at char 5".into()),
+            Err(Judged::QueryRefused(
+                "bad_data: parse error at char 5".into(),
+            )),
+        ),
+    ];
+    for (i, (ch, outcome, want)) in cases.into_iter().enumerate() {
+        assert_eq!(judge(&ch, &outcome, c, t), want, "case {i}");
+    }
+}
+
+#[test]
+fn durations_are_reported_in_seconds() {
+    let d = check(MetricKind::Duration, None, Some(500.0));
+    assert_eq!(gauge_value(&d, 1523.0), 1.523);
+    let sr = check(MetricKind::SuccessRate, Some(99.0), None);
+    assert_eq!(gauge_value(&sr, 99.5), 99.5);
+}

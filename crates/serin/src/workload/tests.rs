@@ -459,3 +459,41 @@ fn target_replicas_table() {
         );
     }
 }
+
+#[test]
+fn primary_copies_of_configs_carry_the_data_and_the_canary_as_owner() {
+    let owner = OwnerReference {
+        api_version: "flagger.app/v1beta1".into(),
+        kind: "Canary".into(),
+        name: "podinfo".into(),
+        uid: "u1".into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let mut src = cm("settings", &[("a", "1")]);
+    src.metadata.namespace = Some("test".into());
+    src.metadata.labels = Some(BTreeMap::from([("team".into(), "x".into())]));
+    src.metadata.resource_version = Some("9".into());
+    let copy = primary_config_map(&src, &owner);
+    assert_eq!(copy.metadata.name.as_deref(), Some("settings-primary"));
+    assert_eq!(copy.metadata.namespace.as_deref(), Some("test"));
+    assert_eq!(copy.metadata.owner_references, Some(vec![owner.clone()]));
+    assert_eq!(
+        copy.metadata.resource_version, None,
+        "nothing else of the source's metadata"
+    );
+    assert_eq!(copy.metadata.labels, None);
+    assert_eq!(copy.data, src.data);
+
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "token", "namespace": "test"},
+        "type": "Opaque",
+        "data": {"t": "c2VjcmV0"},
+    }))
+    .unwrap();
+    let copy = primary_secret(&secret, &owner);
+    assert_eq!(copy.metadata.name.as_deref(), Some("token-primary"));
+    assert_eq!(copy.type_.as_deref(), Some("Opaque"));
+    assert_eq!(copy.data, secret.data);
+    assert_eq!(copy.metadata.owner_references, Some(vec![owner]));
+}

@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -239,46 +238,29 @@ impl Reconcile {
             .await
     }
 
+    /// A cached object of the Canary's namespace.
+    fn at<K: Resource<DynamicType = ()>>(&self, name: &str) -> ObjectRef<K> {
+        ObjectRef::new(name).within(&self.ns)
+    }
+
+    /// Applies the `-primary` copy of one tracked config (`configmap/<name>` or `secret/<name>`).
     async fn copy_config(&self, key: &str, owner: &OwnerReference) -> Result<(), Error> {
-        let meta = |name: &str| ObjectMeta {
-            name: Some(format!("{name}-primary")),
-            namespace: Some(self.ns.clone()),
-            owner_references: Some(vec![owner.clone()]),
-            ..Default::default()
-        };
         if let Some(name) = key.strip_prefix("configmap/") {
-            let Some(src) = self
-                .ctx
-                .config_maps
-                .get(&ObjectRef::new(name).within(&self.ns))
-            else {
+            let Some(src) = self.ctx.config_maps.get(&self.at(name)) else {
                 return Ok(());
             };
-            let copy = ConfigMap {
-                metadata: meta(name),
-                data: src.data.clone(),
-                binary_data: src.binary_data.clone(),
-                immutable: None,
-            };
+            let copy = workload::primary_config_map(&src, owner);
             let cached = self
                 .ctx
                 .config_maps
-                .get(&ObjectRef::new(&format!("{name}-primary")).within(&self.ns));
+                .get(&self.at(&format!("{name}-primary")));
             self.apply(&copy, cached.as_deref(), "serin/config").await?;
         } else if let Some(name) = key.strip_prefix("secret/") {
-            let Some(src) = self.ctx.secrets.get(&ObjectRef::new(name).within(&self.ns)) else {
+            let Some(src) = self.ctx.secrets.get(&self.at(name)) else {
                 return Ok(());
             };
-            let copy = Secret {
-                metadata: meta(name),
-                data: src.data.clone(),
-                type_: src.type_.clone(),
-                ..Default::default()
-            };
-            let cached = self
-                .ctx
-                .secrets
-                .get(&ObjectRef::new(&format!("{name}-primary")).within(&self.ns));
+            let copy = workload::primary_secret(&src, owner);
+            let cached = self.ctx.secrets.get(&self.at(&format!("{name}-primary")));
             self.apply(&copy, cached.as_deref(), "serin/config").await?;
         }
         Ok(())

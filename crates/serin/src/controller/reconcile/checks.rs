@@ -12,9 +12,7 @@ use crate::api::{MetricCheckStatus, MetricTemplate};
 use crate::controller::Ctx;
 use crate::controller::state::{self, Hold, HoldReason};
 use crate::metrics::prometheus::{Prometheus, ProviderConfig};
-use crate::metrics::{
-    self as m, Lookups, MetricKind, QueryOutcome, ResolveError, Resolved, verdict,
-};
+use crate::metrics::{self as m, Judged, Lookups, QueryOutcome, ResolveError, Resolved};
 use crate::rollout::{
     self, CheckFailed, Decision, Need, Observation, Plan, Progress, messages as msg,
 };
@@ -107,27 +105,22 @@ impl Reconcile {
                 checked_at: state::to_time(self.now),
                 message: None,
             };
-            let result = match outcome {
-                QueryOutcome::Value(v) => {
-                    status.value = Some(v);
-                    let gauge_value = if check.kind == MetricKind::Duration {
-                        v / 1000.0
-                    } else {
-                        v
-                    };
-                    self.ctx
-                        .metrics
-                        .metric_analysis
-                        .get_or_create(&MetricLabels {
-                            name: self.target_name().to_string(),
-                            namespace: self.ns.clone(),
-                            metric: check.name.clone(),
-                        })
-                        .set(gauge_value);
-                    verdict(&check, v, &self.qualified())
-                }
-                QueryOutcome::NoValues => Err(CheckFailed(m::no_values_text(&check, &target))),
-                QueryOutcome::Error(e) if e.starts_with("bad_data") => {
+            if let QueryOutcome::Value(v) = outcome {
+                status.value = Some(v);
+                self.ctx
+                    .metrics
+                    .metric_analysis
+                    .get_or_create(&MetricLabels {
+                        name: self.target_name().to_string(),
+                        namespace: self.ns.clone(),
+                        metric: check.name.clone(),
+                    })
+                    .set(m::gauge_value(&check, v));
+            }
+            let result = match m::judge(&check, &outcome, &self.qualified(), &target) {
+                Ok(()) => Ok(()),
+                Err(Judged::Failed(failed)) => Err(failed),
+                Err(Judged::QueryRefused(e)) => {
                     return Err(Hold::new(
                         HoldReason::MetricQueryInvalid,
                         format!(
@@ -136,7 +129,6 @@ impl Reconcile {
                         ),
                     ));
                 }
-                QueryOutcome::Error(e) => Err(CheckFailed(m::error_text(&check, &e))),
             };
             if let Err(CheckFailed(text)) = &result {
                 status.message = Some(text.clone());

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use super::{HOLD_RETRY, KubeEventType, Reconcile};
 use crate::api::{self, Canary};
 use crate::controller::events::Repeat;
-use crate::controller::state::{self, Hold, VALID_CONDITION};
+use crate::controller::state::{self, Hold};
 use crate::controller::{Ctx, Error};
 use crate::rollout::{self, EventType, Outcome, Plan, Progress};
 use crate::telemetry::{NameNs, OutcomeLabels};
@@ -72,15 +72,7 @@ impl Reconcile {
     /// Keeps everything as it is, tells why on the `serin.dev/Valid` condition, and warns once
     /// when that condition turns false (or its message changes).
     pub(super) async fn hold(&self, hold: Hold) -> Result<Action, Error> {
-        let previous = self
-            .canary
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == VALID_CONDITION));
-        let repeated = previous.is_some_and(|c| {
-            c.status == "False" && c.message.as_deref() == Some(hold.message.as_str())
-        });
-        if !repeated {
+        if state::hold_is_new(self.canary.status.as_ref(), &hold) {
             warn!(reason = hold.reason.as_str(), "{}", hold.message);
             self.publish(KubeEventType::Warning, hold.message.clone())
                 .await;
