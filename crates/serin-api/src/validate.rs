@@ -68,7 +68,7 @@ fn duration_problem(out: &mut Vec<Problem>, path: &str, value: &str, example: &s
     if let Err(e) = parse_go_duration(value) {
         out.push(Problem::new(
             path,
-            e,
+            e.to_string(),
             format!("write a Go duration such as {example} (units ns, us, ms, s, m, h)"),
         ));
     }

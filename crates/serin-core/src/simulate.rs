@@ -21,7 +21,7 @@ pub trait Oracle {
     fn rollback(&mut self, _at: Time) -> RollbackSignal {
         RollbackSignal::None
     }
-    fn pre_rollout(&mut self, _at: Time) -> Result<(), String> {
+    fn pre_rollout(&mut self, _at: Time) -> Result<(), crate::CheckFailed> {
         Ok(())
     }
     /// The rollout hooks and metrics at `at`, with the progress before the step; a hold only
@@ -30,7 +30,7 @@ pub trait Oracle {
         &mut self,
         _at: Time,
         _progress: &Progress,
-    ) -> (Result<(), String>, Option<NoDataHold>) {
+    ) -> (Result<(), crate::CheckFailed>, Option<NoDataHold>) {
         (Ok(()), None)
     }
 }
@@ -54,7 +54,7 @@ pub struct Moment {
     /// Checks asked, in order; each runs the webhooks of its kind (and the metrics for analysis).
     pub needs: Vec<Need>,
     /// The analysis answer given at this moment, if one was asked.
-    pub analysis: Option<Result<(), String>>,
+    pub analysis: Option<Result<(), crate::CheckFailed>>,
     pub held: bool,
     pub actions: Vec<Action>,
     pub events: Vec<Event>,

@@ -55,6 +55,31 @@ pub struct OfflineMetric {
     pub on_no_data: OnNoData,
 }
 
+/// Why a metric of the manifest cannot be resolved offline; each names the field and the fix,
+/// as the controller's `serin.dev/Valid` condition would.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    #[error(
+        "{field}.templateRef: MetricTemplate {namespace}/{name} is not among the files; add it with -f"
+    )]
+    MissingTemplate {
+        field: String,
+        namespace: String,
+        name: String,
+    },
+    #[error("{field}: {}", crate::rollout::messages::NO_USABLE_METRIC)]
+    NoUsableMetric { field: String },
+    #[error("{place}: {source}")]
+    Render {
+        place: String,
+        source: metrics::RenderError,
+    },
+    #[error(
+        "{field}.compare: the query does not depend on {{{{ target }}}}, so the primary's query is the canary's; select the workload with {{{{ target }}}}"
+    )]
+    CompareWithoutTarget { field: String },
+}
+
 /// Resolves the `index`-th metric against the MetricTemplates at hand (files given to the CLI).
 /// `Err` names the field and the fix, as the controller's `serin.dev/Valid` condition would.
 pub fn resolve_offline(
@@ -62,7 +87,7 @@ pub fn resolve_offline(
     index: usize,
     metric: &CanaryMetric,
     templates: &[MetricTemplate],
-) -> Result<OfflineMetric, String> {
+) -> Result<OfflineMetric, OfflineError> {
     let m = model(canary, metric);
     let ns = m.namespace.clone();
     let field = format!("spec.analysis.metrics[{index}]");
@@ -72,10 +97,11 @@ pub fn resolve_offline(
             t.metadata.name.as_deref() == Some(tr.name.as_str())
                 && t.metadata.namespace.as_deref().unwrap_or(&ns) == tns
         }) else {
-            return Err(format!(
-                "{field}.templateRef: MetricTemplate {tns}/{} is not among the files; add it with -f",
-                tr.name
-            ));
+            return Err(OfflineError::MissingTemplate {
+                field,
+                namespace: tns,
+                name: tr.name.clone(),
+            });
         };
         (MetricKind::Template, t.spec.query.clone())
     } else if let Some(q) = &metric.query {
@@ -85,10 +111,7 @@ pub fn resolve_offline(
             metrics::REQUEST_SUCCESS_RATE => MetricKind::SuccessRate,
             metrics::REQUEST_DURATION => MetricKind::Duration,
             _ => {
-                return Err(format!(
-                    "{field}: {}",
-                    crate::rollout::messages::NO_USABLE_METRIC
-                ));
+                return Err(OfflineError::NoUsableMetric { field });
             }
         };
         let render =
@@ -106,17 +129,18 @@ pub fn resolve_offline(
         MetricKind::Template => "spec.query of the MetricTemplate".to_string(),
         _ => format!("{field}.query"),
     };
-    let rendered = metrics::render(&template, &m).map_err(|e| format!("{place}: {e}"))?;
+    let rendered = metrics::render(&template, &m).map_err(|source| OfflineError::Render {
+        place: place.clone(),
+        source,
+    })?;
     let check = Check::new(metric, kind, &rendered);
     let primary_query = match &metric.compare {
         Some(_) => {
             let q = metrics::render(&template, &primary_model(&m))
-                .map_err(|e| format!("{place}: {e}"))?;
+                .map_err(|source| OfflineError::Render { place, source })?;
             let q = metrics::trim_query(&q);
             if q == check.query {
-                return Err(format!(
-                    "{field}.compare: the query does not depend on {{{{ target }}}}, so the primary's query is the canary's; select the workload with {{{{ target }}}}"
-                ));
+                return Err(OfflineError::CompareWithoutTarget { field });
             }
             Some(q)
         }
@@ -311,11 +335,11 @@ mod tests {
             r.primary_query.as_deref(),
             Some(r#"sum(rate(errs{workload="podinfo-primary",ns="test"}[1m]))"#)
         );
-        let e = resolve_offline(&c, 0, &m, &[]).unwrap_err();
+        let e = resolve_offline(&c, 0, &m, &[]).unwrap_err().to_string();
         assert!(e.contains("MetricTemplate test/errors"), "{e}");
 
         t.spec.query = "sum(rate(errs[1m]))".into();
-        let e = resolve_offline(&c, 0, &m, &[t]).unwrap_err();
+        let e = resolve_offline(&c, 0, &m, &[t]).unwrap_err().to_string();
         assert!(e.contains("spec.analysis.metrics[0].compare"), "{e}");
     }
 

@@ -175,7 +175,7 @@ impl Oracle for Replayer<'_> {
         &mut self,
         at: Time,
         progress: &Progress,
-    ) -> (Result<(), String>, Option<NoDataHold>) {
+    ) -> (Result<(), crate::rollout::CheckFailed>, Option<NoDataHold>) {
         let t = at.timestamp_millis() as f64 / 1000.0;
         let target = &self.settings.target;
         let mut results = Vec::new();
@@ -204,8 +204,8 @@ impl Oracle for Replayer<'_> {
                         r.value = Some(v);
                         if let Err(text) = metrics::verdict(check, v, &self.settings.canary) {
                             r.verdict = "fail";
-                            r.message = Some(text.clone());
-                            failure = Some(text);
+                            r.message = Some(text.0.clone());
+                            failure = Some(text.0);
                         }
                     }
                     None => no_data = Some(metrics::no_values_text(check, target)),
@@ -281,25 +281,49 @@ impl Oracle for Replayer<'_> {
             failed_checks: progress.failed_checks,
             metrics: results,
         });
-        (result, held)
+        (result.map_err(crate::rollout::CheckFailed), held)
     }
 }
 
+/// A time the command line could not read, with the forms it accepts.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum TimeError {
+    #[error("{text:?}: {source}")]
+    Duration {
+        text: String,
+        source: crate::api::InvalidDuration,
+    },
+    #[error("{text:?}: the duration is out of range")]
+    OutOfRange { text: String },
+    #[error(
+        "{text:?} is not a time ({source}); write RFC 3339 (2026-01-02T15:04:05Z), now, now-1h or -90m"
+    )]
+    NotATime {
+        text: String,
+        source: chrono::ParseError,
+    },
+}
+
 /// A time on the command line: RFC 3339, `now`, `now-DURATION` or `-DURATION` (Go durations).
-pub fn parse_time(text: &str, now: Time) -> Result<Time, String> {
+pub fn parse_time(text: &str, now: Time) -> Result<Time, TimeError> {
     let t = text.trim();
     if t == "now" {
         return Ok(now);
     }
     if let Some(d) = t.strip_prefix("now-").or_else(|| t.strip_prefix('-')) {
-        let d = parse_go_duration(d).map_err(|e| format!("{text:?}: {e}"))?;
-        let d = chrono::Duration::from_std(d).map_err(|e| format!("{text:?}: {e}"))?;
+        let d = parse_go_duration(d).map_err(|source| TimeError::Duration {
+            text: text.into(),
+            source,
+        })?;
+        let d = chrono::Duration::from_std(d)
+            .map_err(|_| TimeError::OutOfRange { text: text.into() })?;
         return Ok(now - d);
     }
     DateTime::parse_from_rfc3339(t)
         .map(|d| d.with_timezone(&Utc))
-        .map_err(|e| {
-            format!("{text:?} is not a time ({e}); write RFC 3339 (2026-01-02T15:04:05Z), now, now-1h or -90m")
+        .map_err(|source| TimeError::NotATime {
+            text: text.into(),
+            source,
         })
 }
 
@@ -334,8 +358,8 @@ pub async fn run(args: &Args) -> anyhow::Result<(String, u8)> {
         ),
     };
     let now = Utc::now();
-    let from = parse_time(&args.from, now).map_err(anyhow::Error::msg)?;
-    let to = parse_time(&args.to, now).map_err(anyhow::Error::msg)?;
+    let from = parse_time(&args.from, now)?;
+    let to = parse_time(&args.to, now)?;
     anyhow::ensure!(from < to, "--from {from} is not before --to {to}");
     let client = prometheus_http_query::Client::try_from(args.prometheus.trim_end_matches('/'))
         .with_context(|| format!("--prometheus {:?}", args.prometheus))?;
@@ -369,8 +393,7 @@ async fn fetch(
     };
     let mut out = Vec::new();
     for (i, metric) in analysis.metrics.iter().enumerate() {
-        let resolved =
-            relative::resolve_offline(canary, i, metric, templates).map_err(anyhow::Error::msg)?;
+        let resolved = relative::resolve_offline(canary, i, metric, templates)?;
         let name = &resolved.check.name;
         let mut series = MetricSeries {
             canary: relative::range_samples(

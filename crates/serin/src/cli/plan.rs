@@ -178,7 +178,10 @@ impl Oracle for FailFrom {
         &mut self,
         at: Time,
         _: &Progress,
-    ) -> (Result<(), String>, Option<crate::rollout::NoDataHold>) {
+    ) -> (
+        Result<(), crate::rollout::CheckFailed>,
+        Option<crate::rollout::NoDataHold>,
+    ) {
         if at >= self.0 {
             (Err("planned failure".into()), None)
         } else {
@@ -288,7 +291,7 @@ pub fn plan(canary: &Canary, templates: &[MetricTemplate]) -> Plan {
 
 fn planned_metric(
     metric: &crate::api::CanaryMetric,
-    resolved: Result<OfflineMetric, String>,
+    resolved: Result<OfflineMetric, crate::relative::OfflineError>,
     analysis_moments: &[Time],
     traffic_from: Option<Time>,
 ) -> PlannedMetric {
@@ -303,7 +306,7 @@ fn planned_metric(
         error: None,
     };
     match resolved {
-        Err(e) => out.error = Some(e),
+        Err(e) => out.error = Some(e.to_string()),
         Ok(r) => {
             out.query = Some(r.check.query.clone());
             out.min = r.check.min;

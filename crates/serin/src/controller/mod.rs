@@ -10,6 +10,7 @@
 
 pub mod api_layer;
 pub mod autoscaler;
+pub mod backoff;
 mod events;
 pub mod index;
 pub mod leader;
@@ -80,12 +81,44 @@ impl Default for Options {
     }
 }
 
+/// Why a reconcile failed; it is tried again with a per-Canary backoff. (What a person must fix
+/// is no error: it holds the Canary with a condition, see [`state::HoldReason`].)
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("{0}")]
-    Other(String),
+    /// Only an object the API server has not stored yet lacks one.
+    #[error("the Canary has no uid yet")]
+    NoUid,
+    #[error("serializing an object to apply: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// The `kind` label of `serin_reconcile_errors_total`: a short fixed set, so that a dashboard
+    /// can tell a conflict from a refusal (invalid, forbidden: a person must look) and from an
+    /// API server that is away.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => match s.code {
+                409 => "conflict",
+                422 | 400 => "invalid",
+                401 | 403 => "forbidden",
+                404 => "not_found",
+                429 => "throttled",
+                500..=599 => "server_error",
+                _ => "api_error",
+            },
+            Error::Kube(kube::Error::Service(e))
+                if e.downcast_ref::<api_layer::NotLeader>().is_some() =>
+            {
+                "not_leader"
+            }
+            Error::Kube(_) => "transport",
+            Error::NoUid => "no_uid",
+            Error::Serialize(_) => "serialize",
+        }
+    }
 }
 
 /// What every reconcile shares.
@@ -118,6 +151,8 @@ pub struct Ctx {
     /// Set once every cache has listed: one initializer waits (see [`store_ready`]) and every
     /// reconcile that asks meanwhile is woken with it.
     pub ready: tokio::sync::OnceCell<bool>,
+    /// Consecutive failed reconciles per Canary, for [`error_policy`]'s delay.
+    pub backoff: backoff::Backoffs,
 }
 
 impl Ctx {
@@ -367,6 +402,7 @@ pub async fn run_with(
         metrics: metrics.clone(),
         written: written.clone(),
         ready: tokio::sync::OnceCell::new(),
+        backoff: Default::default(),
         autoscalers: autoscaler::Autoscalers {
             store: hpa_store,
             resource: hpa_resource.clone(),
@@ -555,6 +591,8 @@ async fn mark_synced(ctx: Arc<Ctx>) {
     }
 }
 
+/// Retries a failed reconcile after a per-Canary exponential backoff ([`backoff`]); a watch
+/// event on the Canary or its objects still reconciles it at once.
 fn error_policy(canary: Arc<Canary>, err: &Error, ctx: Arc<Ctx>) -> Action {
     ctx.metrics
         .reconciles
@@ -562,12 +600,29 @@ fn error_policy(canary: Arc<Canary>, err: &Error, ctx: Arc<Ctx>) -> Action {
             result: "error".into(),
         })
         .inc();
+    ctx.metrics
+        .ops
+        .reconcile_errors
+        .get_or_create(&crate::telemetry::ops::ErrorKindLabels {
+            kind: err.kind().into(),
+        })
+        .inc();
+    let retry_in = ctx.backoff.failed(&backoff::key(&canary));
+    ctx.backoff.prune(std::time::Instant::now(), || {
+        ctx.canaries
+            .state()
+            .iter()
+            .map(|c| backoff::key(c))
+            .collect()
+    });
     warn!(
         canary = canary.metadata.name.as_deref().unwrap_or(""),
         namespace = canary.metadata.namespace.as_deref().unwrap_or(""),
+        kind = err.kind(),
+        ?retry_in,
         "reconcile failed: {err}"
     );
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(retry_in)
 }
 
 fn namespaced_name(meta: &ObjectMeta) -> (String, String) {

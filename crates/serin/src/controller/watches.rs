@@ -387,7 +387,16 @@ pub async fn report_unreadable(
                     why.error
                 );
                 let message = why.message(&kind);
-                if let Err(e) = ctx.recorder.publish(&object, true, &message).await {
+                if let Err(e) = ctx
+                    .recorder
+                    .publish(
+                        &object,
+                        true,
+                        &message,
+                        crate::controller::events::Repeat::Skip,
+                    )
+                    .await
+                {
                     warn!(kind = %kind, namespace = %ns, name = %name, "recording the Warning Event: {e}");
                 }
                 if kind == "Canary"

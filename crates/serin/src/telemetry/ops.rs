@@ -2,8 +2,8 @@
 //!
 //! Names are fixed in advance so that dashboards and other parts can rely on them:
 //! `serin_reconcile_duration_seconds` (registered with Flagger's block), `serin_api_errors_total`,
-//! `serin_prometheus_query_duration_seconds`, `serin_canaries{phase}`, `serin_leader` and
-//! `serin_unreadable_objects{kind}`.
+//! `serin_reconcile_errors_total{kind}`, `serin_prometheus_query_duration_seconds`,
+//! `serin_canaries{phase}`, `serin_leader` and `serin_unreadable_objects{kind}`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +31,13 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorKindLabels {
+    /// A short fixed set: conflict, invalid, forbidden, not_found, throttled, server_error,
+    /// api_error, not_leader, transport, no_uid, serialize.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
     pub phase: String,
 }
@@ -39,6 +46,7 @@ pub struct PhaseLabels {
 #[derive(Clone)]
 pub struct OpsMetrics {
     pub api_errors: Family<ApiErrorLabels, Counter>,
+    pub reconcile_errors: Family<ErrorKindLabels, Counter>,
     pub prometheus_query_duration: Histogram,
     pub canaries: Family<PhaseLabels, Gauge>,
     pub leader: Gauge,
@@ -55,6 +63,12 @@ impl OpsMetrics {
             "serin_api_errors",
             "Kubernetes API requests that failed (transport error or HTTP status >= 400, except 404 on get and delete)",
             api_errors.clone(),
+        );
+        let reconcile_errors = Family::<ErrorKindLabels, Counter>::default();
+        registry.register(
+            "serin_reconcile_errors",
+            "Reconciles of a canary that failed and are retried with a backoff, by kind of error",
+            reconcile_errors.clone(),
         );
         let prometheus_query_duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
         registry.register(
@@ -83,6 +97,7 @@ impl OpsMetrics {
         OpsMetrics {
             unreadable,
             api_errors,
+            reconcile_errors,
             prometheus_query_duration,
             canaries,
             leader,

@@ -229,6 +229,7 @@ fn times_on_the_command_line() {
     assert!(
         parse_time("yesterday", now)
             .unwrap_err()
+            .to_string()
             .contains("RFC 3339")
     );
     assert_eq!(
