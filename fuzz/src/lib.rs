@@ -27,9 +27,12 @@ use serin::loadtester::{self, Gates, LoadTester, Options, TaskRequest};
 use serin::metrics::prometheus::{Prometheus, ProviderConfig, classify};
 use serin::metrics::{self, Check, MetricKind, QueryOutcome, TemplateModel};
 
+/// One fuzz target: it takes the fuzzer's bytes and must never panic.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets, by name: the directory names under `fuzz/corpus/` and the binaries under
 /// `fuzz/fuzz_targets/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("api_manifest", api_manifest),
     ("api_json", api_json),
     ("go_duration", go_duration),
