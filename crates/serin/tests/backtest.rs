@@ -112,9 +112,11 @@ async fn backtest_reproduces_a_recorded_promotion_and_a_recorded_rollback() {
     planned.dedup();
     assert_eq!(seen, planned, "VirtualService weights {:?}", weights.all());
     let planned_end = plan["promotion"]["succeededAtSeconds"].as_f64().unwrap();
+    // The plan gives the earliest moment; how much later a loaded machine gets there is no
+    // property of serin's (no upper bound: that would be a timing assertion).
     assert!(
-        planned_end <= took && took <= planned_end + 10.0,
-        "planned Succeeded at +{planned_end}s, the run took {took}s"
+        planned_end <= took,
+        "planned Succeeded at +{planned_end}s, but the run took only {took}s"
     );
 
     let bad = record(
