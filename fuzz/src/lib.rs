@@ -27,7 +27,7 @@ use serin::loadtester::{self, Gates, LoadTester, Options, TaskRequest};
 use serin::metrics::prometheus::{Prometheus, ProviderConfig, classify};
 use serin::metrics::{self, Check, MetricKind, QueryOutcome, TemplateModel};
 
-/// A fuzz target: any bytes in, a panic on a bug.
+/// One fuzz target: it takes the fuzzer's bytes and must never panic.
 pub type Target = fn(&[u8]);
 
 /// The fuzz targets, by name: the directory names under `fuzz/corpus/` and the binaries under

@@ -97,7 +97,7 @@ fn duration_problem(out: &mut Vec<Problem>, path: &str, value: &str, example: &s
     if let Err(e) = parse_go_duration(value) {
         out.push(Problem::new(
             path,
-            e,
+            e.to_string(),
             format!("write a Go duration such as {example} (units ns, us, ms, s, m, h)"),
         ));
     }
@@ -746,6 +746,9 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
                 "remove threshold and keep thresholdRange",
             ));
         }
+        if let Some(c) = &m.compare {
+            validate_compare(m, c, &format!("{mp}.compare"), out);
+        }
     }
 
     let mut names = BTreeSet::new();
@@ -817,6 +820,118 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
                 "write severity: info, warn or error",
             ));
         }
+    }
+}
+
+/// Most values a side of `compare` may hold: the Hodges-Lehmann shift looks at every pair.
+pub const MAX_COMPARE_SAMPLES: u64 = 1000;
+
+/// What the schema cannot say about `compare`: a window and step that give enough values, a
+/// confidence the sample size can reach, and a query that tells the primary from the canary.
+fn validate_compare(
+    m: &super::CanaryMetric,
+    c: &super::MetricComparison,
+    base: &str,
+    out: &mut Vec<Problem>,
+) {
+    let mut parsed = true;
+    for (field, value) in [("window", &c.window), ("step", &c.step)] {
+        if let Some(v) = value.as_deref() {
+            match parse_go_duration(v) {
+                Ok(d) if d.is_zero() => {
+                    parsed = false;
+                    out.push(Problem::new(
+                        format!("{base}.{field}"),
+                        format!("{field} {v:?} is zero"),
+                        "use a positive duration such as 15s or 5m",
+                    ));
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    parsed = false;
+                    duration_problem(out, &format!("{base}.{field}"), v, "15s or 5m");
+                }
+            }
+        }
+    }
+    if parsed {
+        let (window, step) = (c.window().as_millis(), c.step().as_millis().max(1));
+        let values = (window / step) as u64 + 1;
+        if step > window {
+            out.push(Problem::new(
+                format!("{base}.step"),
+                format!(
+                    "step {} is longer than window {}: each check would see one value per side",
+                    show(c.step()),
+                    show(c.window())
+                ),
+                "make step shorter than window (step is the range query's resolution)",
+            ));
+        } else if values > MAX_COMPARE_SAMPLES {
+            out.push(Problem::new(
+                format!("{base}.step"),
+                format!(
+                    "window {} at step {} gives {values} values per side, more than {MAX_COMPARE_SAMPLES}",
+                    show(c.window()),
+                    show(c.step())
+                ),
+                "use a longer step or a shorter window",
+            ));
+        } else if values < c.min_samples() as u64 {
+            out.push(Problem::new(
+                format!("{base}.minSamples"),
+                format!(
+                    "window {} at step {} holds at most {values} values per side, fewer than minSamples {}: the check would never have data",
+                    show(c.window()),
+                    show(c.step()),
+                    c.min_samples()
+                ),
+                "lengthen window, shorten step, or lower minSamples",
+            ));
+        }
+    }
+    // With n values on each side the smallest p-value the test can give is 1 / C(2n, n).
+    let n = c.min_samples() as u64;
+    let alpha = 1.0 - c.confidence() / 100.0;
+    if smallest_p(n) >= alpha {
+        out.push(Problem::new(
+            format!("{base}.minSamples"),
+            format!(
+                "{n} values per side can never show {}% confidence, so the check could never fail",
+                c.confidence()
+            ),
+            format!(
+                "raise minSamples to at least {}, or lower confidence",
+                (n..=64).find(|k| smallest_p(*k) < alpha).unwrap_or(64)
+            ),
+        ));
+    }
+    if let Some(q) = m.query.as_deref()
+        && !q.contains("target")
+    {
+        out.push(Problem::new(
+            base.to_string(),
+            "the query does not use {{ target }}, so the primary's query would be the canary's",
+            "select the workload with destination_workload=~\"{{ target }}\" (serin sets it to <target>-primary for the primary)",
+        ));
+    }
+}
+
+/// 1 / C(2n, n): the p-value of two fully separated samples of n values.
+fn smallest_p(n: u64) -> f64 {
+    let mut p = 1.0;
+    for i in 1..=n {
+        p *= i as f64 / (n + i) as f64;
+    }
+    p
+}
+
+fn show(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 60.0 && s % 60.0 == 0.0 {
+        format!("{}m", s / 60.0)
+    } else {
+        format!("{s}s")
     }
 }
 
@@ -1122,6 +1237,115 @@ mod tests {
                 "{name}: want {want}, got {got:?}"
             );
         }
+    }
+
+    #[test]
+    fn compare_checks() {
+        let with = |compare: MetricComparison, query: Option<&str>| {
+            let mut a = base();
+            a.metrics = vec![CanaryMetric {
+                name: if query.is_some() {
+                    "errors"
+                } else {
+                    "request-duration"
+                }
+                .into(),
+                query: query.map(str::to_string),
+                compare: Some(compare),
+                ..Default::default()
+            }];
+            validate_canary(&canary(a))
+        };
+        assert_eq!(with(MetricComparison::default(), None), vec![]);
+        let fine = MetricComparison {
+            window: Some("2m".into()),
+            step: Some("5s".into()),
+            min_samples: Some(20),
+            confidence: Some(95.0),
+            ..Default::default()
+        };
+        assert_eq!(with(fine.clone(), None), vec![]);
+        type Case = (
+            &'static str,
+            MetricComparison,
+            Option<&'static str>,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "step longer than window",
+                MetricComparison {
+                    window: Some("30s".into()),
+                    step: Some("1m".into()),
+                    ..Default::default()
+                },
+                None,
+                "spec.analysis.metrics[0].compare.step",
+            ),
+            (
+                "too many values",
+                MetricComparison {
+                    window: Some("120m".into()),
+                    step: Some("1s".into()),
+                    ..Default::default()
+                },
+                None,
+                "spec.analysis.metrics[0].compare.step",
+            ),
+            (
+                "window too short for minSamples",
+                MetricComparison {
+                    window: Some("1m".into()),
+                    step: Some("15s".into()),
+                    ..Default::default()
+                },
+                None,
+                "spec.analysis.metrics[0].compare.minSamples",
+            ),
+            (
+                "confidence out of reach",
+                MetricComparison {
+                    min_samples: Some(3),
+                    ..Default::default()
+                },
+                None,
+                "spec.analysis.metrics[0].compare.minSamples",
+            ),
+            (
+                "unparsable window",
+                MetricComparison {
+                    window: Some("5mm".into()),
+                    ..Default::default()
+                },
+                None,
+                "spec.analysis.metrics[0].compare.window",
+            ),
+            (
+                "query without target",
+                MetricComparison::default(),
+                Some("sum(rate(errors_total[1m]))"),
+                "spec.analysis.metrics[0].compare",
+            ),
+        ];
+        for (name, c, q, want) in cases {
+            let got = with(c, q);
+            assert!(
+                got.iter().any(|p| p.path == want && !p.hint.is_empty()),
+                "{name}: want {want}, got {got:#?}"
+            );
+        }
+        // 4 values per side reach 98 % (1/70), 3 do not (1/20).
+        assert!(smallest_p(4) < 0.02 && smallest_p(3) >= 0.02);
+        let got = with(
+            MetricComparison {
+                min_samples: Some(3),
+                ..Default::default()
+            },
+            None,
+        );
+        assert!(got[0].hint.contains("at least 4"), "{got:?}");
+        let ok = with(fine, Some("rate(x{pod=~\"{{ target }}-.*\"}[1m])"));
+        assert_eq!(ok, vec![]);
     }
 
     #[test]

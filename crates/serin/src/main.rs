@@ -32,6 +32,42 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
+    /// The timeline of a rollout, offline: each step's weights and earliest time, the webhooks
+    /// called, every query rendered, the promotion and the worst-case rollback.
+    Plan {
+        /// The Canary and the MetricTemplates it uses; files, or `-` for standard input.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Namespace of objects that name none (default: `default`).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// `table` for people, `json` for machines.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Replay a Canary's analysis against past Prometheus data: the values and verdicts at each
+    /// moment the analysis would have run, and whether the release would have been promoted or
+    /// rolled back. Writes nothing. Exit code 0 promoted, 1 rolled back, 2 unfinished, 3 errors.
+    Backtest {
+        /// The Canary and the MetricTemplates it uses; files, or `-` for standard input.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Namespace of objects that name none (default: `default`); the queries select it.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Prometheus to read (all metrics, templates included, are read from it).
+        #[arg(long, env = "METRICS_SERVER")]
+        prometheus: String,
+        /// When the release's new revision was detected: RFC 3339, `now-1h` or `-90m`.
+        #[arg(long, allow_hyphen_values = true)]
+        from: String,
+        /// End of the window (the analysis stops here if still running).
+        #[arg(long, default_value = "now", allow_hyphen_values = true)]
+        to: String,
+        /// `table` for people, `json` for machines.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Run the controller against the cluster of the kubeconfig (or in-cluster).
     Controller(Box<ControllerArgs>),
     /// A flagger-loadtester compatible webhook server: gates, `cmd`/`bash`/`helm`/`kubectl` tasks.
@@ -69,6 +105,12 @@ enum Command {
     Resume(RequestArgs),
     /// Analyse the same revision again after a failed run.
     Retry(RequestArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -295,6 +337,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Plan {
+            files,
+            namespace,
+            output,
+        } => {
+            let text = serin::cli::plan::run(&files, namespace.as_deref(), output == Output::Json)?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backtest {
+            files,
+            namespace,
+            prometheus,
+            from,
+            to,
+            output,
+        } => {
+            let args = serin::cli::backtest::Args {
+                files,
+                namespace,
+                prometheus,
+                from,
+                to,
+                json: output == Output::Json,
+            };
+            let res = runtime()?.block_on(serin::cli::backtest::run(&args));
+            Ok(ExitCode::from(match res {
+                Ok((text, code)) => {
+                    print!("{text}");
+                    code
+                }
+                Err(e) => {
+                    eprintln!("serin: {e:#}");
+                    3
+                }
+            }))
         }
         Command::Controller(args) => {
             serin::telemetry::init_logging(&args.log_level, args.log_format);

@@ -2,6 +2,7 @@
 //! §4.2–4.3), built as typed objects from the Canary and its progress. The shell compares them with
 //! the watch cache and applies them with server-side apply only when they differ.
 
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -644,3 +645,134 @@ fn set_cookie_headers(value: &str) -> Headers {
 
 #[cfg(test)]
 mod tests;
+
+// ---- taking over the user's objects, and handing them back (docs/flagger-contract.md §4.2) ----
+
+/// Where Flagger keeps the spec of a VirtualService it took over, for the revert.
+pub const ORIGINAL_CONFIGURATION: &str = "flagger.kubernetes.io/original-configuration";
+const LAST_APPLIED_CONFIGURATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Whether the Canary with `canary_uid` is the object's controller (it made the object, so the
+/// garbage collector removes it with the Canary).
+pub fn controlled_by(meta: &ObjectMeta, canary_uid: Option<&str>) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == canary_uid)
+}
+
+/// The Service to apply over `existing`: over a Service the user made, serin takes selector and
+/// ports but never ownership, so that deleting the Canary does not delete it.
+pub fn taken_over_service(
+    mut desired: Service,
+    existing: Option<&ObjectMeta>,
+    canary_uid: Option<&str>,
+) -> Service {
+    if existing.is_some_and(|m| !controlled_by(m, canary_uid)) {
+        desired.metadata.owner_references = None;
+    }
+    desired
+}
+
+/// The VirtualService to apply over `existing`. Over one the user made serin takes no
+/// ownership, and it records the user's spec under [`ORIGINAL_CONFIGURATION`] (unless recorded
+/// already, or kubectl's last-applied annotation keeps it) for [`reverted_virtual_service`].
+pub fn taken_over_virtual_service(
+    mut desired: VirtualService,
+    existing: Option<&kube::api::DynamicObject>,
+    canary_uid: Option<&str>,
+) -> VirtualService {
+    let Some(existing) = existing.filter(|e| !controlled_by(&e.metadata, canary_uid)) else {
+        return desired;
+    };
+    desired.metadata.owner_references = None;
+    let annotations = existing.metadata.annotations.clone().unwrap_or_default();
+    let original = annotations
+        .get(ORIGINAL_CONFIGURATION)
+        .cloned()
+        .or_else(|| {
+            (!annotations.contains_key(LAST_APPLIED_CONFIGURATION)).then(|| {
+                existing
+                    .data
+                    .get("spec")
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            })
+        });
+    if let Some(original) = original {
+        desired
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ORIGINAL_CONFIGURATION.into(), original);
+    }
+    desired
+}
+
+/// What `revertOnDeletion` does with the VirtualService.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VirtualServiceRevert {
+    /// Apply this: the user's original spec.
+    Restore(Value),
+    /// serin made it and no original is recorded: it goes with the Canary.
+    Leave,
+    /// Taken over, but the original spec is recorded nowhere: nothing can be restored.
+    OriginalUnknown,
+}
+
+/// The user's VirtualService as it was before serin took it over, from
+/// [`ORIGINAL_CONFIGURATION`] or else kubectl's last-applied annotation.
+pub fn reverted_virtual_service(
+    existing: &kube::api::DynamicObject,
+    canary_uid: Option<&str>,
+) -> VirtualServiceRevert {
+    let annotations = existing.metadata.annotations.clone().unwrap_or_default();
+    let original = annotations
+        .get(ORIGINAL_CONFIGURATION)
+        .and_then(|s| serde_json::from_str::<Value>(s).ok())
+        .or_else(|| {
+            annotations
+                .get(LAST_APPLIED_CONFIGURATION)
+                .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                .and_then(|v| v.get("spec").cloned())
+        });
+    match original {
+        Some(spec) => VirtualServiceRevert::Restore(json!({
+            "apiVersion": format!("{ISTIO_GROUP}/{ISTIO_VERSION}"),
+            "kind": "VirtualService",
+            "metadata": { "name": existing.metadata.name.clone().unwrap_or_default() },
+            "spec": spec,
+        })),
+        None if controlled_by(&existing.metadata, canary_uid) => VirtualServiceRevert::Leave,
+        None => VirtualServiceRevert::OriginalUnknown,
+    }
+}
+
+/// The apex Service handed back on `revertOnDeletion` (a merge patch): pointing at the target's
+/// pods again and no longer owned by the Canary, so the garbage collector leaves it serving.
+pub fn reverted_apex(existing: &ObjectMeta, selector: &SelectorLabel, canary_uid: &str) -> Service {
+    let owners: Vec<OwnerReference> = existing
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|o| o.uid != canary_uid)
+        .cloned()
+        .collect();
+    Service {
+        metadata: ObjectMeta {
+            owner_references: Some(owners),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([(
+                selector.key.clone(),
+                selector.value.clone(),
+            )])),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod takeover_tests;

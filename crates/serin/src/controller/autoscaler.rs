@@ -19,7 +19,7 @@ use tracing::info;
 
 use super::{Ctx, Error};
 use crate::api::Canary;
-use crate::workload::hpa::{self, HpaVersion, PrimaryHpa, PrimaryHpaInputs, UserHpa};
+use crate::workload::hpa::{self, HpaError, HpaVersion, PrimaryHpa, PrimaryHpaInputs, UserHpa};
 
 /// The HPA cache and the API version it was listed with.
 pub struct Autoscalers {
@@ -78,13 +78,13 @@ fn cached(ctx: &Ctx, ns: &str, name: &str) -> Option<UserHpa> {
 }
 
 /// The primary HPA the Canary asks for (`None` without an autoscalerRef), or the configuration
-/// problem that holds it, as `(reason, message)`.
+/// problem that holds it.
 pub fn desired(
     ctx: &Ctx,
     canary: &Canary,
     ns: &str,
     owner: OwnerReference,
-) -> Result<Option<PrimaryHpa>, (&'static str, String)> {
+) -> Result<Option<PrimaryHpa>, HpaError> {
     let Some(a) = &canary.spec.autoscaler_ref else {
         return Ok(None);
     };
@@ -92,13 +92,10 @@ pub fn desired(
     let user = match lookup(ctx, ns, &a.name) {
         None => return Err(hpa::not_found(a, ns)),
         Some(None) => {
-            return Err((
-                "AutoscalerInvalid",
-                format!(
-                    "spec.autoscalerRef.name: HorizontalPodAutoscaler {ns}/{} has no spec serin can read; fix the HPA",
-                    a.name
-                ),
-            ));
+            return Err(HpaError::Unreadable {
+                namespace: ns.to_string(),
+                name: a.name.clone(),
+            });
         }
         Some(Some(user)) => user,
     };
@@ -110,7 +107,6 @@ pub fn desired(
         owner,
     })
     .map(Some)
-    .map_err(|e| ("AutoscalerInvalid", e))
 }
 
 /// The user's HPA `minReplicas`, which a canary scaled up from zero starts with when above one
