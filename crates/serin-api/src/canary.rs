@@ -335,6 +335,103 @@ pub struct CanaryMetric {
     /// Values for `{{ variables.<key> }}` in the template.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub template_variables: BTreeMap<String, String>,
+    /// serin's addition: also judge this metric against the primary, statistically. The same
+    /// query runs for the canary and, with `{{ target }}` set to `<target>-primary`, for the
+    /// primary; the check fails when the canary is worse by more than the allowed degradation.
+    /// A `thresholdRange` still applies when both are set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compare: Option<MetricComparison>,
+    /// serin's addition: what a check without data means: `fail` (Flagger's behaviour, the
+    /// default), `hold` (neither advance nor count a failure, up to the progress deadline) or
+    /// `pass`. For `compare` "without data" includes fewer than `minSamples` values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_no_data: Option<OnNoData>,
+}
+
+/// `analysis.metrics[].compare`: the canary against the primary (serin's addition). Every field
+/// is optional; see the methods for the defaults.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricComparison {
+    /// What the canary is compared with: `primary` (the default and only value for now).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<CompareBaseline>,
+    /// `higherIsWorse` or `lowerIsWorse`; default `lowerIsWorse` for request-success-rate,
+    /// `higherIsWorse` otherwise (error rates, latencies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<CompareDirection>,
+    /// How much worse than the primary's median the canary may be, in percent (default 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_degradation: Option<f64>,
+    /// The same allowance in the metric's unit (default 0); the larger of the two applies. Use it
+    /// when the primary's value is often 0, as for error counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub tolerance: Option<f64>,
+    /// Confidence, in percent, needed to fail the canary (default 98).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 50, max = 99.99))]
+    pub confidence: Option<f64>,
+    /// Values needed on each side; with fewer the check has no data (default 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 3, max = 1000))]
+    pub min_samples: Option<i32>,
+    /// How far back the values of each check go, Go duration (default 5m).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(super::crd::DURATION_PATTERN))]
+    pub window: Option<String>,
+    /// Resolution of the range query: one value per step, Go duration (default 15s). Keep it at
+    /// or above Prometheus' scrape interval, or values repeat.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(super::crd::DURATION_PATTERN))]
+    pub step: Option<String>,
+}
+
+/// What the canary is compared with: `primary` (the default), the workload that serves the
+/// current release.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum CompareBaseline {
+    #[serde(rename = "primary")]
+    Primary,
+}
+
+/// Which way the metric gets worse: `higherIsWorse` (error rates, latencies) or `lowerIsWorse`
+/// (success rates, throughput). Default: `lowerIsWorse` for request-success-rate, else
+/// `higherIsWorse`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum CompareDirection {
+    #[serde(rename = "higherIsWorse")]
+    HigherIsWorse,
+    #[serde(rename = "lowerIsWorse")]
+    LowerIsWorse,
+}
+
+/// serin's addition: what a check without data means: `fail` (Flagger's behaviour, the default),
+/// `hold` (neither advance nor count a failure, up to the progress deadline) or `pass`. For
+/// `compare`, fewer than `minSamples` values count as no data.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum OnNoData {
+    /// A failed check, as in Flagger.
+    #[default]
+    #[serde(rename = "fail")]
+    Fail,
+    /// Neither advance nor count a failure, up to the progress deadline.
+    #[serde(rename = "hold")]
+    Hold,
+    /// Treat as a passed check.
+    #[serde(rename = "pass")]
+    Pass,
+}
+
+impl OnNoData {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnNoData::Fail => "fail",
+            OnNoData::Hold => "hold",
+            OnNoData::Pass => "pass",
+        }
+    }
 }
 
 /// Accepted range of a metric value; either bound may be open.
@@ -467,8 +564,9 @@ pub struct CanaryStatus {
     pub previous_session_affinity_cookie: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<CanaryCondition>,
-    /// serin's addition (Flagger [#1810](https://github.com/fluxcd/flagger/issues/1810)):
-    /// the last value of each metric check.
+    // Flagger issue: https://github.com/fluxcd/flagger/issues/1810 (doc comments become the
+    // CRD's descriptions, so the link stays out of them).
+    /// serin's addition (Flagger #1810): the last value of each metric check.
     #[serde(
         rename = "serin.dev/metrics",
         default,
@@ -737,6 +835,93 @@ impl CanaryMetric {
     pub fn is_builtin(&self) -> bool {
         BUILTIN_METRICS.contains(&self.name.as_str())
     }
+
+    /// What a check without data means (default `fail`).
+    pub fn on_no_data(&self) -> OnNoData {
+        self.on_no_data.unwrap_or_default()
+    }
+
+    /// The statistical criteria of `compare`, defaulted; `None` without `compare`.
+    pub fn compare_criteria(&self) -> Option<serin_core::compare::Criteria> {
+        self.compare.as_ref().map(|c| c.criteria(&self.name))
+    }
+}
+
+/// `compare.maxDegradation` default, in percent.
+pub const DEFAULT_COMPARE_MAX_DEGRADATION: f64 = 10.0;
+/// `compare.confidence` default, in percent (Kayenta's default confidence level).
+pub const DEFAULT_COMPARE_CONFIDENCE: f64 = 98.0;
+/// `compare.minSamples` default.
+pub const DEFAULT_COMPARE_MIN_SAMPLES: usize = 10;
+/// `compare.window` default.
+pub const DEFAULT_COMPARE_WINDOW: Duration = Duration::from_secs(300);
+/// `compare.step` default: Prometheus' usual scrape interval, so that values do not repeat.
+pub const DEFAULT_COMPARE_STEP: Duration = Duration::from_secs(15);
+
+impl MetricComparison {
+    /// The direction given, else the one that fits the metric: a success rate gets worse as it
+    /// falls, everything else (errors, latency) as it rises.
+    pub fn direction(&self, metric: &str) -> serin_core::compare::Direction {
+        use serin_core::compare::Direction;
+        match self.direction {
+            Some(CompareDirection::HigherIsWorse) => Direction::HigherIsWorse,
+            Some(CompareDirection::LowerIsWorse) => Direction::LowerIsWorse,
+            None if metric == BUILTIN_METRICS[0] => Direction::LowerIsWorse,
+            None => Direction::HigherIsWorse,
+        }
+    }
+
+    pub fn max_degradation(&self) -> f64 {
+        self.max_degradation
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .unwrap_or(DEFAULT_COMPARE_MAX_DEGRADATION)
+    }
+
+    pub fn tolerance(&self) -> f64 {
+        self.tolerance
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .unwrap_or(0.0)
+    }
+
+    /// In percent; values outside 50..100 fall back to the default.
+    pub fn confidence(&self) -> f64 {
+        self.confidence
+            .filter(|v| (50.0..100.0).contains(v))
+            .unwrap_or(DEFAULT_COMPARE_CONFIDENCE)
+    }
+
+    pub fn min_samples(&self) -> usize {
+        match self.min_samples {
+            Some(n) if n >= 1 => n as usize,
+            _ => DEFAULT_COMPARE_MIN_SAMPLES,
+        }
+    }
+
+    /// Absent or unparsable: 5m (`validate()` reports unparsable values).
+    pub fn window(&self) -> Duration {
+        positive_duration(self.window.as_deref()).unwrap_or(DEFAULT_COMPARE_WINDOW)
+    }
+
+    /// Absent or unparsable: 15s.
+    pub fn step(&self) -> Duration {
+        positive_duration(self.step.as_deref()).unwrap_or(DEFAULT_COMPARE_STEP)
+    }
+
+    /// The defaulted criteria for the metric named `metric`.
+    pub fn criteria(&self, metric: &str) -> serin_core::compare::Criteria {
+        serin_core::compare::Criteria {
+            direction: self.direction(metric),
+            max_degradation: self.max_degradation() / 100.0,
+            tolerance: self.tolerance(),
+            alpha: 1.0 - self.confidence() / 100.0,
+            min_samples: self.min_samples(),
+        }
+    }
+}
+
+fn positive_duration(text: Option<&str>) -> Option<Duration> {
+    text.and_then(|t| parse_go_duration(t).ok())
+        .filter(|d| !d.is_zero())
 }
 
 impl CanaryWebhook {
@@ -971,6 +1156,73 @@ mod tests {
             namespace: None,
         };
         assert_eq!(r.namespace_or("test"), "test");
+    }
+
+    #[test]
+    fn compare_defaults_and_wire_names() {
+        use serin_core::compare::Direction;
+        let m: CanaryMetric = serde_json::from_value(serde_json::json!({
+            "name": "request-success-rate", "compare": {}, "onNoData": "hold"
+        }))
+        .unwrap();
+        assert_eq!(m.on_no_data(), OnNoData::Hold);
+        let c = m.compare_criteria().unwrap();
+        assert_eq!(c.direction, Direction::LowerIsWorse, "a success rate falls");
+        assert_eq!(
+            (c.max_degradation, c.tolerance, c.min_samples),
+            (0.1, 0.0, 10)
+        );
+        assert!((c.alpha - 0.02).abs() < 1e-12);
+        let cmp = m.compare.clone().unwrap();
+        assert_eq!(
+            (cmp.window(), cmp.step()),
+            (Duration::from_secs(300), Duration::from_secs(15))
+        );
+        assert_eq!(CanaryMetric::default().on_no_data(), OnNoData::Fail);
+        assert_eq!(CanaryMetric::default().compare_criteria(), None);
+
+        let m: CanaryMetric = serde_json::from_value(serde_json::json!({
+            "name": "request-duration",
+            "compare": {"baseline": "primary", "direction": "lowerIsWorse", "maxDegradation": 5,
+                        "tolerance": 2.5, "confidence": 95, "minSamples": 20,
+                        "window": "2m", "step": "5s"},
+            "onNoData": "pass"
+        }))
+        .unwrap();
+        let c = m.compare_criteria().unwrap();
+        assert_eq!(c.direction, Direction::LowerIsWorse);
+        assert_eq!(
+            (c.max_degradation, c.tolerance, c.min_samples),
+            (0.05, 2.5, 20)
+        );
+        assert!((c.alpha - 0.05).abs() < 1e-12);
+        let cmp = m.compare.clone().unwrap();
+        assert_eq!(
+            (cmp.window(), cmp.step()),
+            (Duration::from_secs(120), Duration::from_secs(5))
+        );
+        let back = serde_json::to_value(&m).unwrap();
+        assert_eq!(back["compare"]["direction"], "lowerIsWorse");
+        assert_eq!(back["onNoData"], "pass");
+        // Absent fields stay absent: a Flagger manifest round-trips unchanged.
+        let plain = serde_json::to_value(CanaryMetric {
+            name: "x".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(plain, serde_json::json!({"name": "x"}));
+        let dur = MetricComparison::default();
+        assert_eq!(dur.direction("request-duration"), Direction::HigherIsWorse);
+        assert_eq!(dur.direction("my-template"), Direction::HigherIsWorse);
+        let bad = MetricComparison {
+            window: Some("soon".into()),
+            confidence: Some(120.0),
+            min_samples: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(bad.window(), Duration::from_secs(300));
+        assert_eq!(bad.confidence(), 98.0);
+        assert_eq!(bad.min_samples(), 10);
     }
 
     #[test]

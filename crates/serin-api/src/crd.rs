@@ -73,7 +73,49 @@ fn string_match_at_most_one() -> Value {
     ])
 }
 
+/// `minimum`/`maximum` for a field whose Rust type holds more than its meaning allows.
+fn range(min: i64, max: i64) -> Value {
+    json!({"minimum": min, "maximum": max})
+}
+
+/// Only the lower bound; the upper one stays the type's (from [`add_integer_bounds`]).
+fn at_least(min: i64) -> Value {
+    json!({"minimum": min})
+}
+
+/// Bounds narrower than the Rust types' (issue 11). The rule: refuse nothing that Flagger's CRD
+/// accepts and Flagger can run, so a manifest that works with Flagger keeps working. Flagger
+/// clamps a canary weight at 100 but not at 0, so a negative step drives a VirtualService weight
+/// below 0, which Istio refuses: steps are `>= 0`, while a step above 100 (one jump to maxWeight)
+/// stays allowed. maxWeight above 100 never promotes (the weight is clamped at 100 and never
+/// reaches it) and an Istio mirror percentage is 0 to 100, so both are percentages. Ports are
+/// what a Service accepts. Counts Flagger reads as "unset" when ≤ 0 (threshold, iterations,
+/// progressDeadlineSeconds, maxAge, retries, ready thresholds) keep the full int32 range;
+/// `validate()` reports the meaningless ones.
+fn canary_bounds() -> Vec<Patch> {
+    vec![
+        patch("spec.service.port", range(1, 65535)),
+        // Applies to the integer form only; a named port is a string.
+        patch("spec.service.targetPort", range(1, 65535)),
+        patch("spec.analysis.maxWeight", range(0, 100)),
+        patch("spec.analysis.mirrorWeight", range(0, 100)),
+        patch("spec.analysis.stepWeight", at_least(0)),
+        patch("spec.analysis.stepWeights[]", at_least(0)),
+        patch("spec.analysis.stepWeightPromotion", at_least(0)),
+        // Written by the controller only; Flagger's are within these too.
+        patch("status.canaryWeight", range(0, 100)),
+        patch("status.failedChecks", at_least(0)),
+        patch("status.iterations", at_least(0)),
+    ]
+}
+
 pub(crate) fn canary_patches() -> Vec<Patch> {
+    let mut patches = canary_bounds();
+    patches.extend(canary_more_patches());
+    patches
+}
+
+fn canary_more_patches() -> Vec<Patch> {
     vec![
         patch(
             "spec",
@@ -216,6 +258,7 @@ fn finish(mut crd: CustomResourceDefinition, patches: &[Patch]) -> CustomResourc
         };
         clean(&mut value);
         add_string_match_rules(&mut value);
+        add_integer_bounds(&mut value);
         for p in patches {
             if let (Some(node), Value::Object(change)) = (node_mut(&mut value, p.path), &p.change)
                 && let Value::Object(target) = node
@@ -245,6 +288,57 @@ fn clean(v: &mut Value) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(clean),
+        _ => {}
+    }
+}
+
+/// The largest `f64` below 2^63: a bound of exactly 2^63 would let through a value no `i64`
+/// holds.
+const I64_MAX_AS_F64: f64 = 9_223_372_036_854_774_784.0;
+
+/// Every integer gets the range of its Rust type as `minimum`/`maximum`. `format: int32` is not
+/// enforced by the API server, and a value the type cannot hold makes the object unreadable for
+/// the controller (issue 11: one `stepWeight: 99999999999` stopped every canary). Unsigned 64-bit
+/// values stop at 2^63, what the API server keeps as an exact integer. Narrower bounds come from
+/// the patch table.
+fn add_integer_bounds(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            let integer = map.get("type").and_then(Value::as_str) == Some("integer")
+                || map.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true));
+            if integer {
+                let (min, max) = match map.get("format").and_then(Value::as_str) {
+                    Some("uint8") => (json!(0), json!(u8::MAX)),
+                    Some("uint16") => (json!(0), json!(u16::MAX)),
+                    Some("uint32") => (json!(0), json!(u32::MAX)),
+                    Some("uint64" | "uint") => (json!(0), json!(I64_MAX_AS_F64)),
+                    Some("int8") => (json!(i8::MIN), json!(i8::MAX)),
+                    Some("int16") => (json!(i16::MIN), json!(i16::MAX)),
+                    Some("int64" | "int") => (json!(i64::MIN), json!(I64_MAX_AS_F64)),
+                    // int32, and int-or-string (`IntOrString::Int` holds an i32).
+                    _ => (json!(i32::MIN), json!(i32::MAX)),
+                };
+                // A bound the type declares itself (`#[schemars(range(...))]`) is kept when
+                // it is narrower.
+                let narrower = |key: &str, own: Value, keep: fn(f64, f64) -> bool| match map
+                    .get(key)
+                    .and_then(Value::as_f64)
+                {
+                    Some(declared) if own.as_f64().is_some_and(|t| keep(declared, t)) => {
+                        json!(declared)
+                    }
+                    _ => own,
+                };
+                let min = narrower("minimum", min, |declared, t| declared >= t);
+                let max = narrower("maximum", max, |declared, t| declared <= t);
+                map.insert("minimum".into(), min);
+                map.insert("maximum".into(), max);
+            }
+            for child in map.values_mut() {
+                add_integer_bounds(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(add_integer_bounds),
         _ => {}
     }
 }
@@ -372,6 +466,71 @@ mod tests {
                     assert!(m.contains_key("items"), "array without items at {path}");
                 }
             });
+        }
+    }
+
+    /// Issue 11: an integer the API server accepts but serin's types cannot hold made the object
+    /// unreadable. Every integer is bounded, within the range of its Rust type.
+    #[test]
+    fn every_integer_is_bounded() {
+        let mut seen = 0;
+        for crd in all() {
+            let v = crd.spec.versions[0].schema.as_ref().unwrap();
+            let v = serde_json::to_value(v.open_api_v3_schema.as_ref().unwrap()).unwrap();
+            visit_schema(&v, "", &mut |path, m| {
+                let int_or_string = m.get("x-kubernetes-int-or-string") == Some(&json!(true));
+                if m.get("type") != Some(&json!("integer")) && !int_or_string {
+                    return;
+                }
+                seen += 1;
+                let min = m.get("minimum").and_then(Value::as_f64);
+                let max = m.get("maximum").and_then(Value::as_f64);
+                let (Some(min), Some(max)) = (min, max) else {
+                    panic!("unbounded integer at {path}: {m:?}");
+                };
+                let (lo, hi) = match m.get("format").and_then(Value::as_str) {
+                    Some("uint32") => (0.0, f64::from(u32::MAX)),
+                    Some("uint64") => (0.0, I64_MAX_AS_F64),
+                    Some("int32") | None => (f64::from(i32::MIN), f64::from(i32::MAX)),
+                    other => panic!("unexpected format {other:?} at {path}"),
+                };
+                assert!(lo <= min && min <= max && max <= hi, "{path}: {min}..{max}");
+            });
+        }
+        assert!(seen >= 30, "{seen} integers");
+    }
+
+    #[test]
+    fn flagger_semantics_bounds() {
+        let mut c = schema("Canary");
+        let bounds = |c: &mut Value, path: &str| {
+            let n = node_mut(c, path).unwrap();
+            (
+                n["minimum"].as_f64().unwrap(),
+                n["maximum"].as_f64().unwrap(),
+            )
+        };
+        let int32 = (f64::from(i32::MIN), f64::from(i32::MAX));
+        let positive32 = (0.0, f64::from(i32::MAX));
+        for (path, want) in [
+            ("spec.progressDeadlineSeconds", int32),
+            ("spec.analysis.threshold", int32),
+            ("spec.analysis.iterations", int32),
+            ("spec.analysis.stepWeight", positive32),
+            ("spec.analysis.stepWeights[]", positive32),
+            ("spec.analysis.stepWeightPromotion", positive32),
+            ("spec.analysis.maxWeight", (0.0, 100.0)),
+            ("spec.analysis.mirrorWeight", (0.0, 100.0)),
+            ("spec.service.port", (1.0, 65535.0)),
+            ("spec.service.targetPort", (1.0, 65535.0)),
+            (
+                "spec.autoscalerRef.primaryScalerReplicas.minReplicas",
+                (1.0, f64::from(i32::MAX)),
+            ),
+            ("status.canaryWeight", (0.0, 100.0)),
+            ("status.failedChecks", positive32),
+        ] {
+            assert_eq!(bounds(&mut c, path), want, "{path}");
         }
     }
 

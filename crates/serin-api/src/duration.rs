@@ -2,10 +2,42 @@
 
 use std::time::Duration;
 
+/// A string that is no Go duration; the text quotes it and says what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {input:?}: {why}")]
+pub struct InvalidDuration {
+    pub input: String,
+    pub why: Why,
+}
+
+/// What is wrong with a duration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Why {
+    #[error("negative durations are not allowed")]
+    Negative,
+    #[error("empty")]
+    Empty,
+    #[error("expected a number")]
+    ExpectedNumber,
+    #[error("missing unit (use ns, us, ms, s, m or h)")]
+    MissingUnit,
+    #[error("unknown unit {0:?}")]
+    UnknownUnit(String),
+    #[error("number too large")]
+    TooLarge,
+    #[error("bad fraction")]
+    BadFraction,
+    #[error("overflow")]
+    Overflow,
+}
+
 /// Parses a Go duration ("1m30s", "500ms", "1.5h", "0"). Negative durations are refused: every
 /// duration in the Flagger API is a period or a timeout.
-pub fn parse_go_duration(input: &str) -> Result<Duration, String> {
-    let err = |why: &str| format!("invalid duration {input:?}: {why}");
+pub fn parse_go_duration(input: &str) -> Result<Duration, InvalidDuration> {
+    let err = |why: Why| InvalidDuration {
+        input: input.to_string(),
+        why,
+    };
     let mut s = input;
     if let Some(rest) = s.strip_prefix('+') {
         s = rest;
@@ -14,13 +46,13 @@ pub fn parse_go_duration(input: &str) -> Result<Duration, String> {
         if !rest.is_empty() && rest.chars().all(|c| c == '0') {
             return Ok(Duration::ZERO);
         }
-        return Err(err("negative durations are not allowed"));
+        return Err(err(Why::Negative));
     }
     if s == "0" {
         return Ok(Duration::ZERO);
     }
     if s.is_empty() {
-        return Err(err("empty"));
+        return Err(err(Why::Empty));
     }
     let mut total: u128 = 0; // nanoseconds
     while !s.is_empty() {
@@ -34,7 +66,7 @@ pub fn parse_go_duration(input: &str) -> Result<Duration, String> {
             s = &rest[frac_len..];
         }
         if int_part.is_empty() && frac_part.is_empty() {
-            return Err(err("expected a number"));
+            return Err(err(Why::ExpectedNumber));
         }
         let unit_len = s
             .char_indices()
@@ -50,28 +82,30 @@ pub fn parse_go_duration(input: &str) -> Result<Duration, String> {
             "s" => 1_000_000_000,
             "m" => 60_000_000_000,
             "h" => 3_600_000_000_000,
-            "" => return Err(err("missing unit (use ns, us, ms, s, m or h)")),
-            other => return Err(err(&format!("unknown unit {other:?}"))),
+            "" => return Err(err(Why::MissingUnit)),
+            other => return Err(err(Why::UnknownUnit(other.to_string()))),
         };
         let int: u128 = if int_part.is_empty() {
             0
         } else {
-            int_part.parse().map_err(|_| err("number too large"))?
+            int_part.parse().map_err(|_| err(Why::TooLarge))?
         };
-        let mut value = int.checked_mul(unit_nanos).ok_or_else(|| err("overflow"))?;
+        let mut value = int
+            .checked_mul(unit_nanos)
+            .ok_or_else(|| err(Why::Overflow))?;
         if !frac_part.is_empty() {
             // Digits beyond nanosecond precision cannot matter; cap them to keep the maths exact.
             let digits = &frac_part[..frac_part.len().min(30)];
-            let frac: u128 = digits.parse().map_err(|_| err("bad fraction"))?;
+            let frac: u128 = digits.parse().map_err(|_| err(Why::BadFraction))?;
             let scale = 10u128.pow(digits.len() as u32);
             value = value
                 .checked_add(frac.saturating_mul(unit_nanos) / scale)
-                .ok_or_else(|| err("overflow"))?;
+                .ok_or_else(|| err(Why::Overflow))?;
         }
-        total = total.checked_add(value).ok_or_else(|| err("overflow"))?;
+        total = total.checked_add(value).ok_or_else(|| err(Why::Overflow))?;
         // Go's limit: the value must fit an int64 of nanoseconds.
         if total > i64::MAX as u128 {
-            return Err(err("overflow"));
+            return Err(err(Why::Overflow));
         }
     }
     let secs = (total / 1_000_000_000) as u64;
@@ -130,7 +164,10 @@ mod tests {
         for input in bad {
             let res = parse_go_duration(input);
             assert!(res.is_err(), "{input:?} parsed as {res:?}");
-            assert!(res.unwrap_err().contains(input), "error names the input");
+            assert!(
+                res.unwrap_err().to_string().contains(input),
+                "error names the input"
+            );
         }
     }
 

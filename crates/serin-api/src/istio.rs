@@ -3,11 +3,14 @@
 //! They mirror `networking.istio.io/v1beta1` field for field (camelCase as Istio spells it), so the
 //! router copies them into the generated VirtualService and DestinationRules unchanged. Only the parts
 //! Flagger's CRD knows are typed; everything is optional because Istio treats absence as "not set".
+//! The same types make up the routes of the typed VirtualService ([`crate::istio_resources`]);
+//! those a user's VirtualService can fill with fields serin does not model keep them in `extra`.
 
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// A string matcher. At most one of the fields is set (the CRD enforces it with `oneOf`).
 /// `suffix` exists only in Flagger's A/B header matches; serin turns it into a regex for Istio.
@@ -23,6 +26,11 @@ pub struct StringMatch {
     /// RE2 syntax.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub regex: Option<String>,
+    /// What serin does not model, kept when a user's VirtualService is read and written back;
+    /// left out of the Canary's schema, so the API server prunes it from Canaries.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: BTreeMap<String, Value>,
 }
 
 /// Istio `HTTPMatchRequest`. In `spec.analysis.match` only `headers`, `queryParams` and
@@ -56,6 +64,11 @@ pub struct HTTPMatchRequest {
     pub gateways: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ignore_uri_case: Option<bool>,
+    /// What serin does not model, kept when a user's VirtualService is read and written back;
+    /// left out of the Canary's schema, so the API server prunes it from Canaries.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: BTreeMap<String, Value>,
 }
 
 /// Istio `HTTPRewrite`. `type` is Gateway API only (ignored by serin).
@@ -69,6 +82,11 @@ pub struct HTTPRewrite {
     /// Gateway API only; ignored by serin.
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<String>,
+    /// What serin does not model, kept when a user's VirtualService is read and written back;
+    /// left out of the Canary's schema, so the API server prunes it from Canaries.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: BTreeMap<String, Value>,
 }
 
 /// Istio `HTTPRetry`.
@@ -82,6 +100,11 @@ pub struct HTTPRetry {
     pub per_try_timeout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_on: Option<String>,
+    /// What serin does not model, kept when a user's VirtualService is read and written back;
+    /// left out of the Canary's schema, so the API server prunes it from Canaries.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: BTreeMap<String, Value>,
 }
 
 /// Istio `Headers`: operations on request and response headers.
@@ -92,6 +115,11 @@ pub struct Headers {
     pub request: Option<HeaderOperations>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<HeaderOperations>,
+    /// What serin does not model, kept when a user's VirtualService is read and written back;
+    /// left out of the Canary's schema, so the API server prunes it from Canaries.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: BTreeMap<String, Value>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -103,6 +131,11 @@ pub struct HeaderOperations {
     pub add: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove: Vec<String>,
+    /// What serin does not model, kept when a user's VirtualService is read and written back;
+    /// left out of the Canary's schema, so the API server prunes it from Canaries.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: BTreeMap<String, Value>,
 }
 
 /// Istio `CorsPolicy`. `allowOrigin` is the pre-1.5 plain list, kept because old manifests use it.
@@ -124,6 +157,11 @@ pub struct CorsPolicy {
     pub max_age: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_credentials: Option<bool>,
+    /// What serin does not model, kept when a user's VirtualService is read and written back;
+    /// left out of the Canary's schema, so the API server prunes it from Canaries.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: BTreeMap<String, Value>,
 }
 
 /// Istio DestinationRule `TrafficPolicy`, applied to both the primary and canary DestinationRules.

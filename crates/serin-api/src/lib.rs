@@ -6,6 +6,7 @@ pub mod canary;
 pub mod crd;
 mod duration;
 pub mod istio;
+pub mod istio_resources;
 pub mod lint;
 pub mod metric_template;
 pub mod schema;
@@ -17,7 +18,7 @@ pub use alert_provider::{
     DEFAULT_ALERT_CHANNEL, DEFAULT_ALERT_USERNAME,
 };
 pub use canary::*;
-pub use duration::parse_go_duration;
+pub use duration::{InvalidDuration, parse_go_duration};
 pub use metric_template::{
     MetricProviderType, MetricTemplate, MetricTemplateProvider, MetricTemplateSpec,
     MetricTemplateStatus,

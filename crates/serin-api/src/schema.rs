@@ -39,16 +39,71 @@ pub fn check(value: &Value, schema: &JSONSchemaProps) -> Vec<SchemaProblem> {
 /// Checks an object against serin's own CRD for its kind; `None` when the kind is not one of them.
 pub fn check_object(value: &Value) -> Option<Vec<SchemaProblem>> {
     let kind = value.get("kind")?.as_str()?;
-    let schema = super::crd::all()
-        .into_iter()
-        .find(|c| c.spec.names.kind == kind)?
-        .spec
-        .versions
-        .into_iter()
-        .next()?
-        .schema?
-        .open_api_v3_schema?;
-    Some(check(value, &schema))
+    Some(check(value, schema_of(kind)?))
+}
+
+/// The `openAPIV3Schema` of serin's CRD for `kind`, generated once: generating the CRDs (schemars,
+/// then the patch table) costs milliseconds, which made `serin validate` take seconds per
+/// megabyte when it was done for every document.
+pub fn schema_of(kind: &str) -> Option<&'static JSONSchemaProps> {
+    static SCHEMAS: std::sync::OnceLock<Vec<(String, JSONSchemaProps)>> =
+        std::sync::OnceLock::new();
+    SCHEMAS
+        .get_or_init(|| {
+            super::crd::all()
+                .into_iter()
+                .filter_map(|c| {
+                    let schema = c
+                        .spec
+                        .versions
+                        .into_iter()
+                        .next()?
+                        .schema?
+                        .open_api_v3_schema?;
+                    Some((c.spec.names.kind, schema))
+                })
+                .collect()
+        })
+        .iter()
+        .find(|(k, _)| k == kind)
+        .map(|(_, s)| s)
+}
+
+/// The numeric bounds (`minimum`, `maximum`, `multipleOf`) of `schema` that `value` breaks,
+/// following properties, items and map values only; `path` is where `value` sits in the object
+/// (`spec`). `validate()` applies them to typed objects
+/// so that the controller refuses what the API server would refuse, including objects stored
+/// before the CRD carried the bounds.
+pub fn bound_problems(value: &Value, schema: &JSONSchemaProps, path: &str) -> Vec<Problem> {
+    fn walk(v: &Value, s: &JSONSchemaProps, path: &str, out: &mut Vec<SchemaProblem>) {
+        match v {
+            Value::Number(n) => number_checks(n, s, path, out),
+            Value::Array(items) => {
+                if let Some(JSONSchemaPropsOrArray::Schema(item)) = &s.items {
+                    for (i, v) in items.iter().enumerate() {
+                        walk(v, item, &format!("{path}[{i}]"), out);
+                    }
+                }
+            }
+            Value::Object(map) => {
+                for (key, v) in map {
+                    let child = s.properties.as_ref().and_then(|p| p.get(key)).or(
+                        match &s.additional_properties {
+                            Some(JSONSchemaPropsOrBool::Schema(c)) => Some(c.as_ref()),
+                            _ => None,
+                        },
+                    );
+                    if let Some(child) = child {
+                        walk(v, child, &join(path, key), out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, schema, path, &mut out);
+    out.into_iter().map(|p| p.problem).collect()
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -195,8 +250,7 @@ fn article(t: &str) -> String {
 
 fn string_checks(text: &str, s: &JSONSchemaProps, path: &str, out: &mut Vec<SchemaProblem>) {
     if let Some(pattern) = &s.pattern
-        && let Ok(re) = regex::Regex::new(pattern)
-        && !re.is_match(text)
+        && !pattern_matches(pattern, text)
     {
         let hint = if pattern == super::crd::DURATION_PATTERN {
             "write a Go duration that starts with whole seconds or minutes, e.g. 30s, 1m or 1m30s"
@@ -244,6 +298,44 @@ fn string_checks(text: &str, s: &JSONSchemaProps, path: &str, out: &mut Vec<Sche
     }
 }
 
+/// Whether `text` matches `pattern`, compiling each of the CRDs' few patterns once per thread
+/// (compiling one per checked string dominated `serin validate`'s time). A pattern that does not
+/// compile matches everything: the API server would have refused such a CRD.
+fn pattern_matches(pattern: &str, text: &str) -> bool {
+    thread_local! {
+        static CACHE: std::cell::RefCell<std::collections::HashMap<String, Option<regex::Regex>>> =
+            std::cell::RefCell::default();
+    }
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let re = cache
+            .entry(pattern.to_string())
+            .or_insert_with(|| regex::Regex::new(pattern).ok());
+        re.as_ref().is_none_or(|re| re.is_match(text))
+    })
+}
+
+/// The hint for a value outside `[min, max]`: what the range means where it is a known one.
+fn bound_hint(s: &JSONSchemaProps, op: &str, limit: f64) -> String {
+    match (s.minimum, s.maximum) {
+        (Some(lo), Some(hi)) if lo == 0.0 && hi == 100.0 => {
+            "the value is a percentage: use 0 to 100".into()
+        }
+        (Some(lo), Some(hi)) if lo == 1.0 && hi == 65535.0 => {
+            "use a port number from 1 to 65535".into()
+        }
+        (Some(lo), Some(hi)) if lo == f64::from(i32::MIN) && hi == f64::from(i32::MAX) => format!(
+            "use a value {op} {limit} (the field is a 32-bit integer, from {} to {})",
+            i32::MIN,
+            i32::MAX
+        ),
+        (_, Some(hi)) if hi == f64::from(i32::MAX) && op == "<=" => {
+            format!("use a value <= {limit} (the field is a 32-bit integer)")
+        }
+        _ => format!("use a value {op} {limit}"),
+    }
+}
+
 fn number_checks(
     n: &serde_json::Number,
     s: &JSONSchemaProps,
@@ -259,7 +351,7 @@ fn number_checks(
                 out,
                 path,
                 format!("Invalid value: {n}: must be {op} {min}"),
-                format!("use a value {op} {min}"),
+                bound_hint(s, op, min),
             );
         }
     }
@@ -271,7 +363,7 @@ fn number_checks(
                 out,
                 path,
                 format!("Invalid value: {n}: must be {op} {max}"),
-                format!("use a value {op} {max}"),
+                bound_hint(s, op, max),
             );
         }
     }

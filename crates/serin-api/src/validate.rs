@@ -47,7 +47,7 @@ pub fn validate(value: &Value) -> Vec<Problem> {
         value: &Value,
         f: fn(&T) -> Vec<Problem>,
     ) -> Vec<Problem> {
-        match serde_json::from_value::<T>(value.clone()) {
+        match serde_json::from_value::<T>(as_stored(value)) {
             Ok(obj) => f(&obj),
             Err(e) => vec![Problem::new(
                 "",
@@ -64,11 +64,40 @@ pub fn validate(value: &Value) -> Vec<Problem> {
     }
 }
 
+/// `value` with its numbers as the API server stores and returns them: it decodes `3.0` or `1e1`
+/// as a float64 and Go prints a float64 without a fraction as `3` or `10`, so an integer field
+/// written that way passes the schema and reaches the controller as an integer. Without this,
+/// `serin validate` called such a manifest unreadable while `kubectl apply` took it and the
+/// controller ran it (found by the `api_json` fuzz target).
+fn as_stored(value: &Value) -> Value {
+    match value {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => match n.as_f64() {
+            // Go switches to exponent form from 1e21; below it, a whole float prints as an
+            // integer literal, which serde_json reads as i64 or u64 when it fits.
+            Some(f) if f.fract() == 0.0 && f.abs() < 1e21 => {
+                if f >= i64::MIN as f64 && f < i64::MAX as f64 {
+                    Value::from(f as i64)
+                } else if f >= 0.0 && f < u64::MAX as f64 {
+                    Value::from(f as u64)
+                } else {
+                    value.clone()
+                }
+            }
+            _ => value.clone(),
+        },
+        Value::Array(items) => Value::Array(items.iter().map(as_stored).collect()),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), as_stored(v))).collect())
+        }
+        _ => value.clone(),
+    }
+}
+
 fn duration_problem(out: &mut Vec<Problem>, path: &str, value: &str, example: &str) {
     if let Err(e) = parse_go_duration(value) {
         out.push(Problem::new(
             path,
-            e,
+            e.to_string(),
             format!("write a Go duration such as {example} (units ns, us, ms, s, m, h)"),
         ));
     }
@@ -104,10 +133,120 @@ fn percent_problem(out: &mut Vec<Problem>, path: &str, v: Option<i32>, lo: i32, 
     }
 }
 
+/// The CRD's numeric bounds applied to a typed spec, for objects that never met them: stored
+/// before the CRD carried them, or checked offline. A field already reported keeps its more
+/// specific problem.
+fn spec_bounds<T: Serialize>(kind: &str, spec: &T, out: &mut Vec<Problem>) {
+    let (Ok(value), Some(schema)) = (serde_json::to_value(spec), super::schema::schema_of(kind))
+    else {
+        return;
+    };
+    let Some(spec_schema) = schema.properties.as_ref().and_then(|p| p.get("spec")) else {
+        return;
+    };
+    for p in super::schema::bound_problems(&value, spec_schema, "spec") {
+        if !out.iter().any(|o| o.path == p.path) {
+            out.push(p);
+        }
+    }
+}
+
+/// What Kubernetes accepts as a Service name (a DNS-1035 label), at most 63 characters.
+const DNS1035_LABEL_MAX: usize = 63;
+/// Object names (DNS-1123 subdomains), for the primary Deployment and HPA.
+const DNS1123_SUBDOMAIN_MAX: usize = 253;
+/// The longest suffix serin appends to a generated name.
+const PRIMARY_SUFFIX: &str = "-primary";
+
+fn is_dns1035_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[b.len() - 1] != b'-'
+}
+
+/// The names serin generates from the Canary: Services `<apex>`, `<apex>-primary` and
+/// `<apex>-canary` (DNS-1035 labels, also used as label values: 63 characters at most), the
+/// primary Deployment `<target>-primary` and HPA `<hpa>-primary` (253). The API server refuses
+/// a name beyond these, on every retry, so the Canary can never initialize (issue 11): reported
+/// here, before anything is written. The primary's selector label (`<app label>-primary`) comes
+/// from the Deployment's labels, which only the controller sees.
+fn validate_generated_names(c: &Canary, out: &mut Vec<Problem>) {
+    let spec = &c.spec;
+    let target = spec.target_ref.name.as_str();
+    let (field, apex) = match spec.service.name.as_deref() {
+        Some(n) if !n.is_empty() => ("spec.service.name", n),
+        _ => ("spec.targetRef.name", target),
+    };
+    if !apex.is_empty() {
+        let longest = format!("{apex}{PRIMARY_SUFFIX}");
+        let room = DNS1035_LABEL_MAX - PRIMARY_SUFFIX.len();
+        if longest.len() > DNS1035_LABEL_MAX {
+            let also = if field == "spec.targetRef.name" {
+                ", or set spec.service.name to a shorter name for the Services"
+            } else {
+                ""
+            };
+            out.push(Problem::new(
+                field,
+                format!(
+                    "the generated Service name {longest:?} is {} characters; Kubernetes allows at most {DNS1035_LABEL_MAX} for Service names and label values",
+                    longest.len()
+                ),
+                format!("shorten {field} to at most {room} characters{also}"),
+            ));
+        } else if !is_dns1035_label(apex) {
+            out.push(Problem::new(
+                field,
+                format!(
+                    "{apex:?} cannot name a Service: Service names are DNS-1035 labels                      (lowercase letters, digits and '-', starting with a letter)"
+                ),
+                format!(
+                    "rename it{}",
+                    if field == "spec.targetRef.name" {
+                        ", or set spec.service.name to such a name"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+    }
+    for (field, name) in [
+        ("spec.targetRef.name", target),
+        (
+            "spec.autoscalerRef.name",
+            spec.autoscaler_ref.as_ref().map_or("", |a| a.name.as_str()),
+        ),
+    ] {
+        let generated = name.len() + PRIMARY_SUFFIX.len();
+        if !name.is_empty() && generated > DNS1123_SUBDOMAIN_MAX {
+            out.push(Problem::new(
+                field,
+                format!(
+                    "the generated name \"{name}{PRIMARY_SUFFIX}\" is {generated} characters; Kubernetes allows at most {DNS1123_SUBDOMAIN_MAX} for object names"
+                ),
+                format!(
+                    "shorten {field} to at most {} characters",
+                    DNS1123_SUBDOMAIN_MAX - PRIMARY_SUFFIX.len()
+                ),
+            ));
+        }
+    }
+}
+
 /// Every problem `validate()` finds in a Canary.
+///
+/// `interval: 0s` and `threshold: 0` (issue 11) are not problems: Flagger accepts both and runs
+/// them as 10s and 1 (`GetAnalysisInterval` raises any interval below 10s to 10s,
+/// `GetAnalysisThreshold` reads ≤ 0 as 1), and so does serin ([`CanaryAnalysis::interval`],
+/// [`CanaryAnalysis::threshold`]). Refusing them would break manifests that work with Flagger.
 pub fn validate_canary(c: &Canary) -> Vec<Problem> {
     let mut out = Vec::new();
     let spec = &c.spec;
+    validate_generated_names(c, &mut out);
 
     if spec.target_ref.kind != "Deployment" {
         out.push(Problem::new(
@@ -183,6 +322,7 @@ pub fn validate_canary(c: &Canary) -> Vec<Problem> {
             "add an analysis with interval, threshold and stepWeight (or iterations)",
         )),
     }
+    spec_bounds("Canary", spec, &mut out);
     out
 }
 
@@ -606,6 +746,9 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
                 "remove threshold and keep thresholdRange",
             ));
         }
+        if let Some(c) = &m.compare {
+            validate_compare(m, c, &format!("{mp}.compare"), out);
+        }
     }
 
     let mut names = BTreeSet::new();
@@ -680,6 +823,118 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
     }
 }
 
+/// Most values a side of `compare` may hold: the Hodges-Lehmann shift looks at every pair.
+pub const MAX_COMPARE_SAMPLES: u64 = 1000;
+
+/// What the schema cannot say about `compare`: a window and step that give enough values, a
+/// confidence the sample size can reach, and a query that tells the primary from the canary.
+fn validate_compare(
+    m: &super::CanaryMetric,
+    c: &super::MetricComparison,
+    base: &str,
+    out: &mut Vec<Problem>,
+) {
+    let mut parsed = true;
+    for (field, value) in [("window", &c.window), ("step", &c.step)] {
+        if let Some(v) = value.as_deref() {
+            match parse_go_duration(v) {
+                Ok(d) if d.is_zero() => {
+                    parsed = false;
+                    out.push(Problem::new(
+                        format!("{base}.{field}"),
+                        format!("{field} {v:?} is zero"),
+                        "use a positive duration such as 15s or 5m",
+                    ));
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    parsed = false;
+                    duration_problem(out, &format!("{base}.{field}"), v, "15s or 5m");
+                }
+            }
+        }
+    }
+    if parsed {
+        let (window, step) = (c.window().as_millis(), c.step().as_millis().max(1));
+        let values = (window / step) as u64 + 1;
+        if step > window {
+            out.push(Problem::new(
+                format!("{base}.step"),
+                format!(
+                    "step {} is longer than window {}: each check would see one value per side",
+                    show(c.step()),
+                    show(c.window())
+                ),
+                "make step shorter than window (step is the range query's resolution)",
+            ));
+        } else if values > MAX_COMPARE_SAMPLES {
+            out.push(Problem::new(
+                format!("{base}.step"),
+                format!(
+                    "window {} at step {} gives {values} values per side, more than {MAX_COMPARE_SAMPLES}",
+                    show(c.window()),
+                    show(c.step())
+                ),
+                "use a longer step or a shorter window",
+            ));
+        } else if values < c.min_samples() as u64 {
+            out.push(Problem::new(
+                format!("{base}.minSamples"),
+                format!(
+                    "window {} at step {} holds at most {values} values per side, fewer than minSamples {}: the check would never have data",
+                    show(c.window()),
+                    show(c.step()),
+                    c.min_samples()
+                ),
+                "lengthen window, shorten step, or lower minSamples",
+            ));
+        }
+    }
+    // With n values on each side the smallest p-value the test can give is 1 / C(2n, n).
+    let n = c.min_samples() as u64;
+    let alpha = 1.0 - c.confidence() / 100.0;
+    if smallest_p(n) >= alpha {
+        out.push(Problem::new(
+            format!("{base}.minSamples"),
+            format!(
+                "{n} values per side can never show {}% confidence, so the check could never fail",
+                c.confidence()
+            ),
+            format!(
+                "raise minSamples to at least {}, or lower confidence",
+                (n..=64).find(|k| smallest_p(*k) < alpha).unwrap_or(64)
+            ),
+        ));
+    }
+    if let Some(q) = m.query.as_deref()
+        && !q.contains("target")
+    {
+        out.push(Problem::new(
+            base.to_string(),
+            "the query does not use {{ target }}, so the primary's query would be the canary's",
+            "select the workload with destination_workload=~\"{{ target }}\" (serin sets it to <target>-primary for the primary)",
+        ));
+    }
+}
+
+/// 1 / C(2n, n): the p-value of two fully separated samples of n values.
+fn smallest_p(n: u64) -> f64 {
+    let mut p = 1.0;
+    for i in 1..=n {
+        p *= i as f64 / (n + i) as f64;
+    }
+    p
+}
+
+fn show(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 60.0 && s % 60.0 == 0.0 {
+        format!("{}m", s / 60.0)
+    } else {
+        format!("{s}s")
+    }
+}
+
 /// Variables Flagger's template model offers (`{{ namespace }}` etc.).
 const TEMPLATE_VARIABLES: [&str; 8] = [
     "name",
@@ -731,6 +986,7 @@ pub fn validate_metric_template(t: &MetricTemplate) -> Vec<Problem> {
         ));
     }
     check_template(&t.spec.query, &mut out);
+    spec_bounds("MetricTemplate", &t.spec, &mut out);
     out
 }
 
@@ -805,6 +1061,7 @@ pub fn validate_alert_provider(a: &AlertProvider) -> Vec<Problem> {
             "name the Secret that holds the address",
         ));
     }
+    spec_bounds("AlertProvider", &a.spec, &mut out);
     out
 }
 
@@ -983,6 +1240,115 @@ mod tests {
     }
 
     #[test]
+    fn compare_checks() {
+        let with = |compare: MetricComparison, query: Option<&str>| {
+            let mut a = base();
+            a.metrics = vec![CanaryMetric {
+                name: if query.is_some() {
+                    "errors"
+                } else {
+                    "request-duration"
+                }
+                .into(),
+                query: query.map(str::to_string),
+                compare: Some(compare),
+                ..Default::default()
+            }];
+            validate_canary(&canary(a))
+        };
+        assert_eq!(with(MetricComparison::default(), None), vec![]);
+        let fine = MetricComparison {
+            window: Some("2m".into()),
+            step: Some("5s".into()),
+            min_samples: Some(20),
+            confidence: Some(95.0),
+            ..Default::default()
+        };
+        assert_eq!(with(fine.clone(), None), vec![]);
+        type Case = (
+            &'static str,
+            MetricComparison,
+            Option<&'static str>,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "step longer than window",
+                MetricComparison {
+                    window: Some("30s".into()),
+                    step: Some("1m".into()),
+                    ..Default::default()
+                },
+                None,
+                "spec.analysis.metrics[0].compare.step",
+            ),
+            (
+                "too many values",
+                MetricComparison {
+                    window: Some("120m".into()),
+                    step: Some("1s".into()),
+                    ..Default::default()
+                },
+                None,
+                "spec.analysis.metrics[0].compare.step",
+            ),
+            (
+                "window too short for minSamples",
+                MetricComparison {
+                    window: Some("1m".into()),
+                    step: Some("15s".into()),
+                    ..Default::default()
+                },
+                None,
+                "spec.analysis.metrics[0].compare.minSamples",
+            ),
+            (
+                "confidence out of reach",
+                MetricComparison {
+                    min_samples: Some(3),
+                    ..Default::default()
+                },
+                None,
+                "spec.analysis.metrics[0].compare.minSamples",
+            ),
+            (
+                "unparsable window",
+                MetricComparison {
+                    window: Some("5mm".into()),
+                    ..Default::default()
+                },
+                None,
+                "spec.analysis.metrics[0].compare.window",
+            ),
+            (
+                "query without target",
+                MetricComparison::default(),
+                Some("sum(rate(errors_total[1m]))"),
+                "spec.analysis.metrics[0].compare",
+            ),
+        ];
+        for (name, c, q, want) in cases {
+            let got = with(c, q);
+            assert!(
+                got.iter().any(|p| p.path == want && !p.hint.is_empty()),
+                "{name}: want {want}, got {got:#?}"
+            );
+        }
+        // 4 values per side reach 98 % (1/70), 3 do not (1/20).
+        assert!(smallest_p(4) < 0.02 && smallest_p(3) >= 0.02);
+        let got = with(
+            MetricComparison {
+                min_samples: Some(3),
+                ..Default::default()
+            },
+            None,
+        );
+        assert!(got[0].hint.contains("at least 4"), "{got:?}");
+        let ok = with(fine, Some("rate(x{pod=~\"{{ target }}-.*\"}[1m])"));
+        assert_eq!(ok, vec![]);
+    }
+
+    #[test]
     fn spec_level_checks() {
         let mut c = canary(base());
         c.spec.target_ref.kind = "DaemonSet".into();
@@ -1057,5 +1423,137 @@ mod tests {
             prop_assert_eq!(validate_canary(&canary(a.clone())), vec![]);
             prop_assert_eq!(a.max_weight(), *steps.last().unwrap());
         }
+    }
+
+    /// `threshold: 3.0` passes the schema and the API server stores it as `3` (checked against
+    /// kube-apiserver 1.20); `serin validate` called it unreadable. Regression input:
+    /// fuzz/corpus/api_json/regress-whole-float-integer.
+    #[test]
+    fn whole_floats_in_integer_fields_read_as_the_api_server_returns_them() {
+        let manifest = |threshold: &str| {
+            serde_json::from_str::<Value>(&format!(
+                r#"{{"apiVersion": "flagger.app/v1beta1", "kind": "Canary",
+                    "metadata": {{"name": "podinfo", "namespace": "test"}},
+                    "spec": {{"targetRef": {{"apiVersion": "apps/v1", "kind": "Deployment",
+                    "name": "podinfo"}}, "service": {{"port": 9898.0}},
+                    "analysis": {{"interval": "1m", "threshold": {threshold}, "maxWeight": 5e1,
+                    "stepWeight": 10}}}}}}"#
+            ))
+            .unwrap()
+        };
+        assert_eq!(validate(&manifest("3.0")), vec![]);
+        assert_eq!(validate(&manifest("1e1")), vec![]);
+        // A fraction stays a float: refused, naming why.
+        let p = validate(&manifest("2.5"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].message.contains("floating point `2.5`"), "{p:?}");
+        // Whole floats beyond u64 stay floats; the schema's bounds refuse them first.
+        assert_eq!(as_stored(&serde_json::json!(1e20)), serde_json::json!(1e20));
+        assert_eq!(
+            as_stored(&serde_json::json!([-0.0, 7.0, 0.5])),
+            serde_json::json!([0, 7, 0.5])
+        );
+    }
+
+    fn named(target: &str, service: Option<&str>) -> Canary {
+        let mut c = canary(base());
+        c.spec.target_ref.name = target.into();
+        c.spec.service.name = service.map(str::to_string);
+        c
+    }
+
+    /// Issue 11: a 60-character target name looped on 422s without a word on the Canary.
+    #[test]
+    fn generated_names_within_kubernetes_limits() {
+        let ok = "a".repeat(55);
+        assert_eq!(validate_canary(&named(&ok, None)), vec![]);
+
+        let long = "a".repeat(56);
+        let p = validate_canary(&named(&long, None));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].path, "spec.targetRef.name");
+        assert!(
+            p[0].message
+                .contains(&format!("\"{long}-primary\" is 64 characters")),
+            "{p:?}"
+        );
+        assert!(p[0].message.contains("at most 63"), "{p:?}");
+        assert!(p[0].hint.contains("at most 55 characters"), "{p:?}");
+
+        // A short Service name takes the Services off the target's name.
+        assert_eq!(
+            validate_canary(&named(&"a".repeat(60), Some("app"))),
+            vec![]
+        );
+        let p = validate_canary(&named("app", Some(&"s".repeat(60))));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].path, "spec.service.name");
+
+        let p = validate_canary(&named(&"a".repeat(250), Some("app")));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].path, "spec.targetRef.name");
+        assert!(p[0].message.contains("at most 253"), "{p:?}");
+
+        for bad in ["1app", "my.app", "App"] {
+            let p = validate_canary(&named(bad, None));
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert!(p[0].message.contains("DNS-1035"), "{p:?}");
+        }
+
+        let mut c = named("app", None);
+        c.spec.autoscaler_ref = Some(AutoscalerRef {
+            api_version: "autoscaling/v2".into(),
+            kind: "HorizontalPodAutoscaler".into(),
+            name: "h".repeat(246),
+            ..Default::default()
+        });
+        assert_eq!(paths(&c), ["spec.autoscalerRef.name"]);
+    }
+
+    /// The CRD's bounds hold in `validate()` too, once per field.
+    #[test]
+    fn schema_bounds_apply_to_typed_objects() {
+        let mut c = canary(base());
+        c.spec.autoscaler_ref = Some(AutoscalerRef {
+            api_version: "autoscaling/v2".into(),
+            kind: "HorizontalPodAutoscaler".into(),
+            name: "podinfo".into(),
+            primary_scaler_replicas: Some(ScalerReplicas {
+                min_replicas: Some(0),
+                max_replicas: Some(3),
+            }),
+            ..Default::default()
+        });
+        let p = validate_canary(&c);
+        assert_eq!(
+            p.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(),
+            ["spec.autoscalerRef.primaryScalerReplicas.minReplicas"]
+        );
+        assert_eq!(p[0].message, "Invalid value: 0: must be >= 1");
+
+        let mut a = base();
+        a.step_weight = Some(-5);
+        a.mirror_weight = Some(120);
+        a.mirror = Some(true);
+        let p = validate_canary(&canary(a));
+        let mut got: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            ["spec.analysis.mirrorWeight", "spec.analysis.stepWeight"],
+            "{p:?}"
+        );
+    }
+
+    /// Issue 11, finding 8: Flagger runs `interval: 0s` as 10s and `threshold: 0` as 1, so serin
+    /// accepts both and does the same.
+    #[test]
+    fn zero_interval_and_threshold_follow_flagger() {
+        let mut a = base();
+        a.interval = Some("0s".into());
+        a.threshold = Some(0);
+        assert_eq!(validate_canary(&canary(a.clone())), vec![]);
+        assert_eq!(a.interval(), std::time::Duration::from_secs(10));
+        assert_eq!(a.threshold(), 1);
     }
 }

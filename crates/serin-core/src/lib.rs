@@ -25,8 +25,10 @@
 //!   [#1444](https://github.com/fluxcd/flagger/issues/1444)), and a primary that never becomes
 //!   ready leaves the target alone.
 
+pub mod compare;
 pub mod messages;
 pub mod request;
+pub mod simulate;
 mod weights;
 
 use std::collections::BTreeMap;
@@ -158,19 +160,56 @@ pub enum RollbackSignal {
     Requested { hook: String },
 }
 
+/// A check that did not pass (the analysis, a pre-rollout hook, a workload that will not become
+/// ready), as the Event text that tells it: Flagger's "Halt advancement ...".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckFailed(pub String);
+
+impl std::fmt::Display for CheckFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CheckFailed {}
+
+impl From<String> for CheckFailed {
+    fn from(text: String) -> Self {
+        CheckFailed(text)
+    }
+}
+
+impl From<&str> for CheckFailed {
+    fn from(text: &str) -> Self {
+        CheckFailed(text.to_string())
+    }
+}
+
 /// Answers to the checks the decision asked for in this reconcile.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CheckResults {
     pub gate: Option<(HookType, Gate)>,
     pub rollback: Option<RollbackSignal>,
     /// Pre-rollout hooks: `Err` carries the Flagger event text of the failure.
-    pub pre_rollout: Option<Result<(), String>>,
+    pub pre_rollout: Option<Result<(), CheckFailed>>,
     /// Rollout hooks then metrics, in Flagger's order: `Err` carries the first failure's text.
-    pub analysis: Option<Result<(), String>>,
+    pub analysis: Option<Result<(), CheckFailed>>,
+    /// With `analysis: Some(Ok(()))`: a metric with `onNoData: hold` found no data, so the step
+    /// neither advances nor counts a failure, until the progress deadline runs out.
+    pub analysis_hold: Option<NoDataHold>,
     /// Hooks that answered without holding anything up, in call order: gate and pre-rollout
     /// hooks that passed, rollback hooks that did not signal. The decision tells them in Events
     /// at Flagger's place in the story.
     pub answered: Vec<(HookType, String)>,
+}
+
+/// A hold for want of data (`onNoData: hold`). The shell keeps `since` (the first check of the
+/// current stretch without data) and forgets it once data comes or a new run starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NoDataHold {
+    pub since: Time,
+    /// The no-data text of the first metric that holds (Flagger's "no values found" wording).
+    pub text: String,
 }
 
 /// What the shell saw this time.
@@ -719,7 +758,7 @@ impl Draft<'_> {
     /// Checks a workload's readiness against serin's own deadline. `Ok(true)`: ready;
     /// `Ok(false)`: still waiting; `Err(text)`: give up (deadline passed or the Deployment
     /// reports a permanent failure).
-    fn check_ready(&mut self, which: Workload) -> Result<bool, String> {
+    fn check_ready(&mut self, which: Workload) -> Result<bool, CheckFailed> {
         let readiness = match which {
             Workload::Canary => self.o.canary.clone(),
             Workload::Primary => self
@@ -743,15 +782,15 @@ impl Draft<'_> {
                 *since = None;
                 Ok(true)
             }
-            Readiness::Failed(why) => Err(text(self, &why)),
+            Readiness::Failed(why) => Err(CheckFailed(text(self, &why))),
             Readiness::Waiting(why) => {
                 let start = *since.get_or_insert(now);
                 if now >= start + deadline {
                     let secs = self.s.progress_deadline.as_secs();
-                    Err(text(
+                    Err(CheckFailed(text(
                         self,
                         &format!("{why} (not ready within progressDeadlineSeconds {secs})"),
-                    ))
+                    )))
                 } else {
                     if self.due() {
                         self.consume_step();
@@ -775,7 +814,7 @@ impl Draft<'_> {
         match self.check_ready(Workload::Canary) {
             Ok(true) => {}
             Ok(false) => return Ok(()),
-            Err(text) => {
+            Err(CheckFailed(text)) => {
                 self.warn(text.clone());
                 self.rollback(Cause::Deadline(text));
                 return Ok(());
@@ -785,7 +824,7 @@ impl Draft<'_> {
             match self.check_ready(Workload::Primary) {
                 Ok(true) => {}
                 Ok(false) => return Ok(()),
-                Err(text) => {
+                Err(CheckFailed(text)) => {
                     self.warn(text.clone());
                     self.rollback(Cause::Deadline(text));
                     return Ok(());
@@ -831,7 +870,7 @@ impl Draft<'_> {
             if self.s.has(HookType::PreRollout) {
                 match &self.o.results.pre_rollout {
                     None => return Err(Need::PreRollout),
-                    Some(Err(text)) => {
+                    Some(Err(CheckFailed(text))) => {
                         let text = text.clone();
                         self.tell_answered(HookType::PreRollout);
                         self.consume_step();
@@ -850,13 +889,26 @@ impl Draft<'_> {
         } else if !first_step {
             match &self.o.results.analysis {
                 None => return Err(Need::Analysis),
-                Some(Err(text)) => {
+                Some(Err(CheckFailed(text))) => {
                     let text = text.clone();
                     self.consume_step();
                     self.fail_check(text);
                     return Ok(());
                 }
-                Some(Ok(())) => {}
+                Some(Ok(())) => {
+                    if let Some(hold) = self.o.results.analysis_hold.clone() {
+                        self.consume_step();
+                        if self.now >= hold.since + self.deadline() {
+                            let secs = self.s.progress_deadline.as_secs();
+                            let text = msg::no_data_deadline(&hold.text, secs);
+                            self.warn(text.clone());
+                            self.rollback(Cause::Deadline(text));
+                        } else {
+                            self.warn(msg::holding_no_data(&hold.text));
+                        }
+                        return Ok(());
+                    }
+                }
             }
         }
         // Gates are asked before the step is consumed, so a missing answer repeats nothing.
@@ -994,7 +1046,7 @@ impl Draft<'_> {
             && self.o.primary_revision == self.plan.progress.last_applied_spec;
         let ready = match self.check_ready(Workload::Primary) {
             Ok(ready) => ready,
-            Err(text) => {
+            Err(CheckFailed(text)) => {
                 self.failed_promotion(text);
                 return Ok(());
             }

@@ -199,6 +199,16 @@ pub fn no_values_inline(metric: &str) -> String {
     format!("Halt advancement no values found for metric: {metric}")
 }
 
+/// serin's: a metric with `onNoData: hold` found no data; the step waits (not a failed check).
+pub fn holding_no_data(no_values: &str) -> String {
+    format!("{no_values} (onNoData: hold, not counted as a failed check)")
+}
+
+/// serin's: the hold for want of data outlasted the progress deadline.
+pub fn no_data_deadline(no_values: &str, deadline_secs: u64) -> String {
+    format!("{no_values} for longer than progressDeadlineSeconds {deadline_secs} (onNoData: hold)")
+}
+
 pub fn prometheus_query_failed(metric: &str, err: &str) -> String {
     format!("Prometheus query failed for {metric}: {err}")
 }

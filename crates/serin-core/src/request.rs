@@ -151,7 +151,7 @@ impl Draft<'_> {
         let phase = self.phase();
         let ending = matches!(phase, Some(Phase::Terminating | Phase::Terminated));
         let by = req.by.as_str();
-        let answer: Result<(String, bool), String> = match &req.verb {
+        let answer: Result<(String, bool), Refusal> = match &req.verb {
             Verb::Promote => match phase {
                 Some(Phase::Progressing | Phase::WaitingPromotion) if self.revision_moved() => Err(
                     "the target changed since the analysis started; the new revision is analysed first"
@@ -172,7 +172,7 @@ impl Draft<'_> {
                 p => Err(format!(
                     "no analysis is running (phase {}); promote applies while Progressing or WaitingPromotion",
                     phase_name(p)
-                )),
+                ).into()),
             },
             Verb::Abort => match phase {
                 Some(Phase::Progressing | Phase::WaitingPromotion | Phase::Waiting) => {
@@ -192,7 +192,7 @@ impl Draft<'_> {
                 p => Err(format!(
                     "nothing to roll back (phase {}); abort applies while Waiting, Progressing or WaitingPromotion",
                     phase_name(p)
-                )),
+                ).into()),
             },
             Verb::Retry => match phase {
                 Some(Phase::Failed) if self.plan.progress.canary_weight == 0 => {
@@ -211,7 +211,7 @@ impl Draft<'_> {
                 p => Err(format!(
                     "retry applies after a failed analysis (phase {})",
                     phase_name(p)
-                )),
+                ).into()),
             },
             Verb::Pause if !ending => {
                 let t = text::paused(&canary, by);
@@ -220,7 +220,7 @@ impl Draft<'_> {
                 self.requests().paused_by = Some(by.to_string());
                 Ok((t, false))
             }
-            Verb::Pause => Err(format!("the canary is {}", phase_name(phase))),
+            Verb::Pause => Err(format!("the canary is {}", phase_name(phase)).into()),
             Verb::Resume => {
                 if self.plan.progress.requests.paused_by.is_some() {
                     let t = text::resumed(&canary, by);
@@ -234,11 +234,11 @@ impl Draft<'_> {
             }
             Verb::Unknown(v) => Err(format!(
                 "unknown request {v:?}; serin knows promote, abort, pause, resume and retry"
-            )),
+            ).into()),
         };
         let (message, accepted, moved) = match answer {
             Ok((t, moved)) => (t, true, moved),
-            Err(why) => {
+            Err(Refusal(why)) => {
                 let t = text::refused(req.verb.as_str(), &canary, by, &why);
                 self.warn(t.clone());
                 (t, false, false)
@@ -278,6 +278,21 @@ impl Draft<'_> {
 
     fn requests(&mut self) -> &mut RequestState {
         &mut self.plan.progress.requests
+    }
+}
+
+/// Why a request is refused, for the Event that answers it.
+struct Refusal(String);
+
+impl From<&str> for Refusal {
+    fn from(why: &str) -> Self {
+        Refusal(why.to_string())
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(why: String) -> Self {
+        Refusal(why)
     }
 }
 

@@ -51,8 +51,9 @@ struct World {
     canary: Readiness,
     primary: Option<Readiness>,
     primary_revision: Option<String>,
-    analysis: Result<(), String>,
-    pre_rollout: Result<(), String>,
+    analysis: Result<(), CheckFailed>,
+    hold: Option<NoDataHold>,
+    pre_rollout: Result<(), CheckFailed>,
     gates: HashMap<HookType, Gate>,
     rollback: RollbackSignal,
     needs: Vec<Need>,
@@ -75,6 +76,7 @@ impl World {
             primary: None,
             primary_revision: None,
             analysis: Ok(()),
+            hold: None,
             pre_rollout: Ok(()),
             gates: HashMap::new(),
             rollback: RollbackSignal::None,
@@ -127,7 +129,10 @@ impl World {
                         Need::PreRollout => {
                             obs.results.pre_rollout = Some(self.pre_rollout.clone())
                         }
-                        Need::Analysis => obs.results.analysis = Some(self.analysis.clone()),
+                        Need::Analysis => {
+                            obs.results.analysis = Some(self.analysis.clone());
+                            obs.results.analysis_hold = self.hold.clone();
+                        }
                     }
                 }
                 Decision::Plan(plan) => {
@@ -911,3 +916,76 @@ proptest! {
 }
 
 mod hooks;
+
+#[test]
+fn on_no_data_hold_waits_without_failing_then_rolls_back_at_the_deadline() {
+    let mut w = World::initialized(settings());
+    w.revision = rev("b");
+    w.step(); // new revision: Progressing at 0
+    w.step(); // first step: weight 10
+    assert_eq!(w.state(), (Phase::Progressing, 10));
+    let since = w.now + chrono::Duration::seconds(60);
+    let text = "Halt advancement no values found for metric: errors".to_string();
+    w.hold = Some(NoDataHold {
+        since,
+        text: text.clone(),
+    });
+    w.events.clear();
+    for _ in 0..5 {
+        w.tick();
+        assert_eq!(w.state(), (Phase::Progressing, 10), "held, not advanced");
+        assert_eq!(w.p.failed_checks, 0, "a hold is not a failed check");
+    }
+    assert_eq!(w.events.len(), 5);
+    assert!(
+        w.events
+            .iter()
+            .all(|e| e.kind == EventType::Warning && e.message == msg::holding_no_data(&text))
+    );
+    // Data comes back: the run goes on.
+    w.hold = None;
+    w.tick();
+    assert_eq!(w.state(), (Phase::Progressing, 20));
+    // A new stretch without data that outlasts the deadline (600 s) rolls back.
+    w.hold = Some(NoDataHold {
+        since: w.now + chrono::Duration::seconds(60),
+        text: text.clone(),
+    });
+    let mut ticks = 0;
+    while w.p.phase == Some(Phase::Progressing) && ticks < 30 {
+        w.tick();
+        ticks += 1;
+    }
+    assert_eq!(w.p.phase, Some(Phase::Failed));
+    assert_eq!(
+        ticks, 11,
+        "held at 60..=540 s after the stretch began, failed at 600 s"
+    );
+    assert_eq!(w.p.failed_checks, 0);
+    let deadline = msg::no_data_deadline(&text, 600);
+    assert!(
+        w.messages().contains(&deadline.as_str()),
+        "{:?}",
+        w.messages()
+    );
+    assert!(
+        w.messages()
+            .contains(&msg::rolling_back_deadline("podinfo.test", &deadline).as_str())
+    );
+    assert_eq!(w.outcomes.last(), Some(&Outcome::Failed));
+}
+
+#[test]
+fn a_failure_wins_over_a_hold() {
+    let mut w = World::initialized(settings());
+    w.revision = rev("b");
+    w.step();
+    w.step();
+    w.hold = Some(NoDataHold {
+        since: w.now,
+        text: "no values".into(),
+    });
+    w.analysis = Err("Halt advancement".into());
+    w.tick();
+    assert_eq!(w.p.failed_checks, 1);
+}

@@ -132,6 +132,10 @@ pub struct Sandbox {
     kubelet: Option<Kubelet>,
     flux: Option<crate::flux::Flux>,
     stopped: bool,
+    /// How the API server was started, to start it again ([`Sandbox::start_apiserver`]).
+    apiserver: Option<(PathBuf, Vec<String>)>,
+    /// Set while the API server is stopped on purpose, so that its exit is not a death.
+    apiserver_down: Arc<AtomicBool>,
 }
 
 struct Ports {
@@ -260,6 +264,8 @@ impl Sandbox {
             kubelet: None,
             flux: None,
             stopped: false,
+            apiserver: None,
+            apiserver_down: Arc::new(AtomicBool::new(false)),
         };
         // On any error `sb` is dropped here, which tears down whatever did start.
         sb.boot(bins, &ports).await?;
@@ -315,51 +321,37 @@ impl Sandbox {
         service_account_keys(&sa_key, &sa_pub).await?;
         let tokens = pki.join("tokens.csv");
         write_file(&tokens, &token_csv(&self.admin_token, &self.users))?;
-        self.spawn(
+        let apiserver_args = vec![
+            format!("--etcd-servers={etcd_client}"),
+            format!("--cert-dir={}", pki.join("serving").display()),
+            format!("--secure-port={}", ports.apiserver),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--service-account-key-file={}", sa_pub.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--token-auth-file={}", tokens.display()),
+            "--authorization-mode=RBAC".into(),
+            // Room for tens of thousands of Services (a /24 is full at about 84 canaries).
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            "--allow-privileged=true".into(),
+            // Otherwise it refuses to start: 127.0.0.1 is no address to publish as the
+            // `kubernetes` Service's endpoint, and no pod here needs that endpoint.
+            "--endpoint-reconciler-type=none".into(),
+        ];
+        self.apiserver = Some((bins.kube_apiserver.clone(), apiserver_args.clone()));
+        let down = self.apiserver_down.clone();
+        self.spawn_flagged(
             "kube-apiserver",
             &bins.kube_apiserver,
-            &[
-                format!("--etcd-servers={etcd_client}"),
-                format!("--cert-dir={}", pki.join("serving").display()),
-                format!("--secure-port={}", ports.apiserver),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--service-account-key-file={}", sa_pub.display()),
-                format!("--service-account-signing-key-file={}", sa_key.display()),
-                "--service-account-issuer=https://kubernetes.default.svc".into(),
-                format!("--token-auth-file={}", tokens.display()),
-                "--authorization-mode=RBAC".into(),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
-                "--allow-privileged=true".into(),
-                // Otherwise it refuses to start: 127.0.0.1 is no address to publish as the
-                // `kubernetes` Service's endpoint, and no pod here needs that endpoint.
-                "--endpoint-reconciler-type=none".into(),
-            ],
+            &apiserver_args,
+            down,
         )?;
         write_file(
             &self.kubeconfig,
             &kubeconfig_yaml(&self.api_url, "admin", &self.admin_token),
         )?;
-
-        let http = reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
-            .no_proxy()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| Error::Other(format!("building an HTTP client: {e}")))?;
-        let readyz = format!("{}/readyz", self.api_url);
-        let token = self.admin_token.clone();
-        self.until_ready("kube-apiserver", || {
-            let (http, readyz, token) = (http.clone(), readyz.clone(), token.clone());
-            async move {
-                http.get(&readyz)
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        })
-        .await?;
+        self.wait_apiserver_ready().await?;
 
         self.spawn(
             "kube-controller-manager",
@@ -395,6 +387,7 @@ impl Sandbox {
         })
         .await?;
 
+        let http = probe_client()?;
         let prom_ready = format!("{}/-/ready", self.prometheus_url);
         self.until_ready("prometheus", || {
             let (http, url) = (http.clone(), prom_ready.clone());
@@ -427,6 +420,70 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Polls the API server's `/readyz` until it answers OK.
+    async fn wait_apiserver_ready(&self) -> Result<(), Error> {
+        let http = probe_client()?;
+        let readyz = format!("{}/readyz", self.api_url);
+        let token = self.admin_token.clone();
+        self.until_ready("kube-apiserver", || {
+            let (http, readyz, token) = (http.clone(), readyz.clone(), token.clone());
+            async move {
+                http.get(&readyz)
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await
+    }
+
+    /// Kills the API server (SIGKILL, as a crash or a node loss would) and waits until it has
+    /// exited. etcd and everything else keep running; [`Sandbox::start_apiserver`] brings it back.
+    pub fn stop_apiserver(&mut self) -> Result<(), Error> {
+        let Some(i) = self
+            .children
+            .iter()
+            .position(|c| c.name() == "kube-apiserver")
+        else {
+            return Err(Error::Other("the API server is not running".into()));
+        };
+        self.apiserver_down.store(true, Ordering::SeqCst);
+        let child = self.children.remove(i);
+        child.signal(libc::SIGKILL);
+        if !child.wait_until(Instant::now() + Duration::from_secs(10)) {
+            return Err(Error::Other(format!(
+                "kube-apiserver (pid {}) survived SIGKILL",
+                child.pid()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts the API server again with the same port, etcd data, certificates and tokens, so
+    /// that every kubeconfig and client keeps working, and waits until it is ready.
+    pub async fn start_apiserver(&mut self) -> Result<(), Error> {
+        let Some((program, args)) = self.apiserver.clone() else {
+            return Err(Error::Other("the API server was never started".into()));
+        };
+        if self.children.iter().any(|c| c.name() == "kube-apiserver") {
+            return Err(Error::Other("the API server is already running".into()));
+        }
+        // A fresh flag: the stopped process's waiter holds the old one (set).
+        self.apiserver_down = Arc::new(AtomicBool::new(false));
+        let down = self.apiserver_down.clone();
+        self.spawn_flagged("kube-apiserver", &program, &args, down)?;
+        self.wait_apiserver_ready().await
+    }
+
+    /// [`Sandbox::stop_apiserver`], `down` of outage, then [`Sandbox::start_apiserver`]: what a
+    /// control-plane upgrade does to the controllers of a cluster.
+    pub async fn restart_apiserver(&mut self, down: Duration) -> Result<(), Error> {
+        self.stop_apiserver()?;
+        tokio::time::sleep(down).await;
+        self.start_apiserver().await
+    }
+
     /// Starts a program beside the control plane (the demo's controller and load tester). It is
     /// supervised like the others: its death shows in [`Sandbox::died`], and it stops with them.
     pub fn spawn_service(
@@ -439,12 +496,24 @@ impl Sandbox {
     }
 
     fn spawn(&mut self, name: &str, program: &Path, args: &[String]) -> Result<(), Error> {
+        let stopping = self.stopping.clone();
+        self.spawn_flagged(name, program, args, stopping)
+    }
+
+    /// [`Sandbox::spawn`] for a child whose exit is also expected once `expected` is set.
+    fn spawn_flagged(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        expected: Arc<AtomicBool>,
+    ) -> Result<(), Error> {
         let child = Supervised::spawn(
             name,
             program,
             args,
             &self.logs.join(format!("{name}.log")),
-            self.stopping.clone(),
+            expected,
             self.exit_hook(),
         )
         .map_err(io_err(format!("starting {}", program.display())))?;
@@ -456,7 +525,11 @@ impl Sandbox {
     /// unexpectedly: [`Sandbox::died`] resolves with its exit.
     pub(crate) fn exit_hook(&self) -> process::OnExit {
         let died = self.died.clone();
+        let stopping = self.stopping.clone();
         Box::new(move |exit| {
+            if stopping.load(Ordering::SeqCst) {
+                return;
+            }
             died.send_if_modified(|d| {
                 if d.is_none() {
                     *d = Some(exit);
@@ -708,6 +781,16 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The HTTP client of readiness probes: the sandbox's self-signed certificates, no proxy.
+fn probe_client() -> Result<reqwest::Client, Error> {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| Error::Other(format!("building an HTTP client: {e}")))
 }
 
 /// Every CRD the sandbox installs: serin's own and Istio's, as Istio publishes them.

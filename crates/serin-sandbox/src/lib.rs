@@ -138,8 +138,7 @@ fn running_pid(dir: &Path) -> Option<i32> {
     (process::pid_alive(pid) && is_serin_up(pid)).then_some(pid)
 }
 
-/// Guards against a recycled pid: the process must be a `serin-sandbox ... up` (or, as it was
-/// called before the workspace split, `serin sandbox up`).
+/// Guards against a recycled pid: the process must be a `serin-sandbox ... up`.
 fn is_serin_up(pid: i32) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
@@ -148,9 +147,8 @@ fn is_serin_up(pid: i32) -> bool {
         .split(|b| *b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    let sandbox = args.first().is_some_and(|a| a.ends_with("serin-sandbox"))
-        || args.iter().any(|a| a == "sandbox");
-    sandbox && args.iter().any(|a| a == "up")
+    let program = args.first().map(Path::new).and_then(|p| p.file_name());
+    program.is_some_and(|n| n == "serin-sandbox") && args.iter().skip(1).any(|a| a == "up")
 }
 
 /// `serin-sandbox down --dir DIR`: stops a sandbox started by another `serin-sandbox up`.

@@ -460,6 +460,8 @@ struct State {
     request_carry: HashMap<(String, String, String, bool), f64>,
     /// Fractional errors not yet answered, per series without the response code.
     error_carry: HashMap<Series, f64>,
+    /// Fractional requests not yet arrived, per series, for workloads with `traffic` below 100%.
+    traffic_carry: HashMap<Series, f64>,
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -479,8 +481,18 @@ fn take_whole(carry: &mut f64, add: f64) -> u64 {
 }
 
 impl State {
-    /// Records `n` answers of a workload: its error share as 500s, the rest 200s.
+    /// Records `n` answers of a workload: its error share as 500s, the rest 200s. Only its
+    /// `traffic` share of them arrives; nothing is recorded when none does.
     fn answer(&mut self, base: &Series, n: u64, b: &Behaviour) {
+        let n = if b.traffic_percent >= 100.0 {
+            n
+        } else {
+            let carry = self.traffic_carry.entry(base.clone()).or_default();
+            take_whole(carry, n as f64 * b.traffic_percent / 100.0).min(n)
+        };
+        if n == 0 {
+            return;
+        }
         let carry = self.error_carry.entry(base.clone()).or_default();
         let errors = take_whole(carry, n as f64 * b.error_percent / 100.0).min(n);
         let mut s = base.clone();
@@ -802,6 +814,7 @@ mod tests {
         let b = Behaviour {
             error_percent: 10.0,
             latency_ms: 300.0,
+            ..Default::default()
         };
         for _ in 0..333 {
             st.answer(&base, 3, &b);
@@ -810,6 +823,28 @@ mod tests {
         let errors = st.registry.requests(|s| s.response_code == 500);
         assert_eq!(total, 999);
         assert!((99..=100).contains(&errors), "errors {errors}");
+
+        // traffic=25%: a quarter arrives; traffic=0%: nothing, not even a zero series.
+        let quarter = Behaviour {
+            traffic_percent: 25.0,
+            ..Default::default()
+        };
+        let mut st = State::default();
+        for _ in 0..100 {
+            st.answer(&base, 4, &quarter);
+        }
+        assert_eq!(st.registry.requests(|_| true), 100);
+        let none = Behaviour {
+            traffic_percent: 0.0,
+            ..Default::default()
+        };
+        let mut st = State::default();
+        st.answer(&base, 50, &none);
+        assert_eq!(st.registry.requests(|_| true), 0);
+        assert!(
+            !st.registry.render().contains("podinfo"),
+            "no series at all"
+        );
     }
 
     #[test]

@@ -93,32 +93,37 @@ impl SharedEnv {
     }
 
     /// Creates a namespace `PREFIX-XXXXXX` labelled `serin.dev/test=true` and waits until pods
-    /// can be created in it (its default service account has a token). Panics on failure.
+    /// can be created in it (its default service account exists). Panics on failure.
     pub async fn namespace(&self, prefix: &str) -> String {
-        let client = self.client();
-        let name = format!("{prefix}-{}", random_hex(6));
-        let ns: Namespace = match serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "labels": {TEST_LABEL: "true"}}
-        })) {
-            Ok(ns) => ns,
-            Err(e) => panic!("namespace object: {e}"),
-        };
-        let api: Api<Namespace> = Api::all(client.clone());
-        if let Err(e) = api.create(&PostParams::default(), &ns).await {
-            panic!("creating test namespace {name}: {e}");
+        namespace(&self.sandbox, prefix).await
+    }
+}
+
+/// [`SharedEnv::namespace`] in any sandbox, such as a test's private one.
+pub async fn namespace(sandbox: &Sandbox, prefix: &str) -> String {
+    let client = sandbox.client();
+    let name = format!("{prefix}-{}", random_hex(6));
+    let ns: Namespace = match serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {TEST_LABEL: "true"}}
+    })) {
+        Ok(ns) => ns,
+        Err(e) => panic!("namespace object: {e}"),
+    };
+    let api: Api<Namespace> = Api::all(client.clone());
+    if let Err(e) = api.create(&PostParams::default(), &ns).await {
+        panic!("creating test namespace {name}: {e}");
+    }
+    let sa: Api<ServiceAccount> = Api::namespaced(client, &name);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        // Pods are refused until the controller manager made the default service account.
+        if let Ok(Some(_)) = sa.get_opt("default").await {
+            return name;
         }
-        let sa: Api<ServiceAccount> = Api::namespaced(client, &name);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            // Pods are refused until the controller manager made the default service account.
-            if let Ok(Some(_)) = sa.get_opt("default").await {
-                return name;
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!("namespace {name}: no default service account after 60 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if tokio::time::Instant::now() > deadline {
+            panic!("namespace {name}: no default service account after 60 s");
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -9,6 +9,7 @@ pub mod controller;
 pub mod hooks;
 pub mod loadtester;
 pub mod metrics;
+pub mod relative;
 pub mod router;
 pub mod telemetry;
 pub mod workload;

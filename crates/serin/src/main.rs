@@ -21,10 +21,52 @@ enum Command {
     /// Print the CRDs (Canary, MetricTemplate, AlertProvider) as YAML.
     Crds,
     /// Check Canary, MetricTemplate and AlertProvider manifests offline (schema and semantic checks).
+    ///
+    /// Prints one line per problem on standard output (`FILE: Kind/name: field: message (hint)`)
+    /// and a summary of what was checked on standard error. Exit code 0 when at least one
+    /// Canary, MetricTemplate or AlertProvider was checked and none has a problem; 1 when there
+    /// is a problem (including a document that is not a Kubernetes object), when nothing at all
+    /// was checked (an empty file, /dev/null, only other kinds), or when a path cannot be read.
     Validate {
         /// Files or directories to check; `-` reads standard input.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
+    },
+    /// The timeline of a rollout, offline: each step's weights and earliest time, the webhooks
+    /// called, every query rendered, the promotion and the worst-case rollback.
+    Plan {
+        /// The Canary and the MetricTemplates it uses; files, or `-` for standard input.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Namespace of objects that name none (default: `default`).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// `table` for people, `json` for machines.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Replay a Canary's analysis against past Prometheus data: the values and verdicts at each
+    /// moment the analysis would have run, and whether the release would have been promoted or
+    /// rolled back. Writes nothing. Exit code 0 promoted, 1 rolled back, 2 unfinished, 3 errors.
+    Backtest {
+        /// The Canary and the MetricTemplates it uses; files, or `-` for standard input.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Namespace of objects that name none (default: `default`); the queries select it.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Prometheus to read (all metrics, templates included, are read from it).
+        #[arg(long, env = "METRICS_SERVER")]
+        prometheus: String,
+        /// When the release's new revision was detected: RFC 3339, `now-1h` or `-90m`.
+        #[arg(long, allow_hyphen_values = true)]
+        from: String,
+        /// End of the window (the analysis stops here if still running).
+        #[arg(long, default_value = "now", allow_hyphen_values = true)]
+        to: String,
+        /// `table` for people, `json` for machines.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Run the controller against the cluster of the kubeconfig (or in-cluster).
     Controller(Box<ControllerArgs>),
@@ -63,6 +105,12 @@ enum Command {
     Resume(RequestArgs),
     /// Analyse the same revision again after a failed run.
     Retry(RequestArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -238,6 +286,14 @@ async fn loadtester(args: LoadtesterArgs) -> anyhow::Result<()> {
 }
 // ---- end serin loadtester ----
 
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -256,13 +312,68 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { files } => {
-            let mut out = std::io::stdout().lock();
-            let problems = serin::api::lint::run(&files, &mut out)?;
-            Ok(if problems == 0 {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let summary = serin::api::lint::run(&files, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            for path in &summary.nothing_found {
+                let path = if path == "-" { "standard input" } else { path };
+                eprintln!(
+                    "serin validate: no Canary, MetricTemplate or AlertProvider found in {path}"
+                );
+            }
+            eprintln!(
+                "serin validate: {} checked in {}: {}",
+                plural(summary.objects, "object"),
+                plural(summary.files, "file"),
+                match (summary.problems, summary.objects) {
+                    (0, 0) => "nothing to check".to_string(),
+                    (0, _) => "no problems".to_string(),
+                    (n, _) => plural(n, "problem"),
+                }
+            );
+            // Nothing checked fails too: a CI step pointed at the wrong file must not pass.
+            Ok(if summary.problems == 0 && summary.objects > 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Plan {
+            files,
+            namespace,
+            output,
+        } => {
+            let text = serin::cli::plan::run(&files, namespace.as_deref(), output == Output::Json)?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backtest {
+            files,
+            namespace,
+            prometheus,
+            from,
+            to,
+            output,
+        } => {
+            let args = serin::cli::backtest::Args {
+                files,
+                namespace,
+                prometheus,
+                from,
+                to,
+                json: output == Output::Json,
+            };
+            let res = runtime()?.block_on(serin::cli::backtest::run(&args));
+            Ok(ExitCode::from(match res {
+                Ok((text, code)) => {
+                    print!("{text}");
+                    code
+                }
+                Err(e) => {
+                    eprintln!("serin: {e:#}");
+                    3
+                }
+            }))
         }
         Command::Controller(args) => {
             serin::telemetry::init_logging(&args.log_level, args.log_format);

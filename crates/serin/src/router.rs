@@ -1,19 +1,26 @@
 //! Desired Services, DestinationRules and the VirtualService of a canary (docs/flagger-contract.md
-//! §4.2–4.3), built as plain values from the Canary and its progress. The shell compares them with
+//! §4.2–4.3), built as typed objects from the Canary and its progress. The shell compares them with
 //! the watch cache and applies them with server-side apply only when they differ.
 
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde_json::{Value, json};
 
-use crate::api::istio::{HTTPMatchRequest, HeaderOperations, Headers, StringMatch};
+use crate::api::istio::{HTTPMatchRequest, HTTPRewrite, HeaderOperations, Headers, StringMatch};
+use crate::api::istio_resources::{
+    Destination, DestinationRule, DestinationRuleSpec, HTTPRoute, HTTPRouteDestination,
+    L4MatchAttributes, Percent, PortSelector, RouteDestination, TCPRoute, VirtualService,
+    VirtualServiceSpec,
+};
 use crate::api::{Canary, CanaryStatus, CustomMetadata, SameSite, SessionAffinity, Strategy};
 use crate::rollout::{self, Phase, Progress, Routes};
 use crate::workload::SelectorLabel;
 
+/// Group and version of [`VirtualService`] and [`DestinationRule`], for code that speaks to Istio
+/// untyped (the watch caches, the revert of a user's VirtualService).
 pub const ISTIO_GROUP: &str = "networking.istio.io";
 pub const ISTIO_VERSION: &str = "v1beta1";
 
@@ -148,35 +155,28 @@ pub fn desired_services(inp: &RouterInputs<'_>) -> Vec<Service> {
 }
 
 /// The two DestinationRules, each carrying `service.trafficPolicy`.
-pub fn desired_destination_rules(inp: &RouterInputs<'_>) -> Vec<Value> {
+pub fn desired_destination_rules(inp: &RouterInputs<'_>) -> Vec<DestinationRule> {
     let apex = inp.apex();
-    let policy = inp
-        .canary
-        .spec
-        .service
-        .traffic_policy
-        .as_ref()
-        .and_then(|p| serde_json::to_value(p).ok());
+    let policy = &inp.canary.spec.service.traffic_policy;
     ["canary", "primary"]
         .into_iter()
         .map(|which| {
             let name = format!("{apex}-{which}");
-            let mut spec = json!({ "host": name });
-            if let Some(p) = &policy {
-                spec["trafficPolicy"] = p.clone();
+            DestinationRule {
+                metadata: inp.meta(name.clone(), None),
+                spec: DestinationRuleSpec {
+                    host: name,
+                    traffic_policy: policy.clone(),
+                    ..Default::default()
+                },
             }
-            json!({
-                "apiVersion": format!("{ISTIO_GROUP}/{ISTIO_VERSION}"),
-                "kind": "DestinationRule",
-                "metadata": meta_json(&inp.meta(name, None)),
-                "spec": spec,
-            })
         })
         .collect()
 }
 
-fn meta_json(meta: &ObjectMeta) -> Value {
-    serde_json::to_value(meta).unwrap_or_else(|_| json!({}))
+/// Routes carry weights as `u32`, Istio as int32; a weight is at most 100.
+fn istio_weight(w: u32) -> i32 {
+    i32::try_from(w).unwrap_or(i32::MAX)
 }
 
 /// Istio has no `suffix` matcher; Flagger's A/B header suffix becomes an anchored regex.
@@ -230,7 +230,7 @@ pub fn ab_matches(
 
 /// The VirtualService `<apex>` with the given routes, its session-affinity rules built from the
 /// cookies in the Canary's current status.
-pub fn desired_virtual_service(inp: &RouterInputs<'_>, routes: Routes) -> Value {
+pub fn desired_virtual_service(inp: &RouterInputs<'_>, routes: Routes) -> VirtualService {
     let cookies = AffinityCookies::from_status(inp.canary.status.as_ref());
     desired_virtual_service_with_affinity(inp, routes, &cookies)
 }
@@ -248,7 +248,7 @@ pub fn desired_virtual_service_with_affinity(
     inp: &RouterInputs<'_>,
     routes: Routes,
     cookies: &AffinityCookies,
-) -> Value {
+) -> VirtualService {
     let canary = inp.canary;
     let svc = &canary.spec.service;
     let apex = inp.apex();
@@ -270,54 +270,58 @@ pub fn desired_virtual_service_with_affinity(
     if !delegation && !hosts.iter().any(|h| *h == apex || h == "*") {
         hosts.push(apex.clone());
     }
+    // The CRD and validate() keep the port in 1..=65535.
     let port = (svc.port_discovery
         && (delegation || gateways.first().map(String::as_str) != Some("mesh")))
-    .then_some(svc.port);
-    let dest = |host: &str, weight: Option<u32>| {
-        let mut d = json!({ "destination": { "host": host } });
-        if let Some(p) = port {
-            d["destination"]["port"] = json!({ "number": p });
-        }
-        if let Some(w) = weight {
-            d["weight"] = json!(w);
-        }
-        d
+    .then(|| u32::try_from(svc.port).ok())
+    .flatten();
+    let dest = |host: &str, weight: Option<u32>| HTTPRouteDestination {
+        destination: Destination {
+            host: host.to_string(),
+            port: port.map(|p| PortSelector {
+                number: Some(p),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        weight: weight.map(istio_weight),
+        ..Default::default()
     };
     let weighted = vec![
         dest(&primary_host, Some(routes.primary)),
         dest(&canary_host, Some(routes.canary)),
     ];
 
-    let mut spec = json!({});
+    let mut spec = VirtualServiceSpec::default();
     if svc.app_protocol.as_deref() == Some("tcp") {
-        let mut route = json!({ "route": weighted });
-        route["match"] = json!([{ "port": svc.port }]);
-        spec["tcp"] = json!([route]);
+        spec.tcp = vec![TCPRoute {
+            match_: vec![L4MatchAttributes {
+                port: u32::try_from(svc.port).ok(),
+                ..Default::default()
+            }],
+            route: weighted
+                .into_iter()
+                .map(|d| RouteDestination {
+                    destination: d.destination,
+                    weight: d.weight,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }];
     } else {
-        let base = |matches: &[HTTPMatchRequest], route: Vec<Value>| {
-            let mut r = json!({});
-            if !matches.is_empty() {
-                r["match"] = serde_json::to_value(matches).unwrap_or(Value::Null);
-            }
-            if let Some(rw) = &svc.rewrite {
-                let mut rw = rw.clone();
-                rw.type_ = None;
-                r["rewrite"] = serde_json::to_value(rw).unwrap_or(Value::Null);
-            }
-            if let Some(t) = &svc.timeout {
-                r["timeout"] = json!(t);
-            }
-            if let Some(x) = &svc.retries {
-                r["retries"] = serde_json::to_value(x).unwrap_or(Value::Null);
-            }
-            if let Some(x) = &svc.cors_policy {
-                r["corsPolicy"] = serde_json::to_value(x).unwrap_or(Value::Null);
-            }
-            if let Some(x) = &svc.headers {
-                r["headers"] = serde_json::to_value(x).unwrap_or(Value::Null);
-            }
-            r["route"] = Value::Array(route);
-            r
+        let base = |matches: &[HTTPMatchRequest], route: Vec<HTTPRouteDestination>| HTTPRoute {
+            match_: matches.to_vec(),
+            rewrite: svc
+                .rewrite
+                .clone()
+                .map(|rw| HTTPRewrite { type_: None, ..rw }),
+            timeout: svc.timeout.clone(),
+            retries: svc.retries.clone(),
+            cors_policy: svc.cors_policy.clone(),
+            headers: svc.headers.clone(),
+            route,
+            ..Default::default()
         };
         let service_matches: Vec<HTTPMatchRequest> = svc.match_.iter().map(istio_match).collect();
         let analysis = canary.spec.analysis();
@@ -334,15 +338,17 @@ pub fn desired_virtual_service_with_affinity(
                 base(&service_matches, vec![dest(&primary_host, None)]),
             ]
         } else if let Some(sa) = affinity {
-            let sticky = |cookie: &str, route: Vec<Value>, name: &str| {
-                let mut r = base(&sticky_matches(cookie, &svc.match_), route);
-                r["name"] = json!(name);
-                r
+            let sticky = |cookie: &str, route: Vec<HTTPRouteDestination>, name: &str| HTTPRoute {
+                name: Some(name.to_string()),
+                ..base(&sticky_matches(cookie, &svc.match_), route)
             };
             if let Some(canary_cookie) = &cookies.canary {
                 let mut weighted = weighted;
-                weighted[1]["headers"] =
-                    set_cookie_headers(&set_cookie(sa, canary_cookie, i64::from(sa.max_age())));
+                weighted[1].headers = Some(set_cookie_headers(&set_cookie(
+                    sa,
+                    canary_cookie,
+                    i64::from(sa.max_age()),
+                )));
                 let mut http = vec![sticky(
                     canary_cookie,
                     vec![dest(&primary_host, Some(0)), dest(&canary_host, Some(100))],
@@ -351,8 +357,8 @@ pub fn desired_virtual_service_with_affinity(
                 if let Some(primary_cookie) = &cookies.primary {
                     let interval = analysis.map(|a| a.interval()).unwrap_or_default();
                     let age = i64::try_from(interval.as_secs()).unwrap_or(i64::MAX);
-                    weighted[0]["headers"] =
-                        set_cookie_headers(&set_cookie(sa, primary_cookie, age));
+                    weighted[0].headers =
+                        Some(set_cookie_headers(&set_cookie(sa, primary_cookie, age)));
                     http.push(sticky(
                         primary_cookie,
                         vec![dest(&primary_host, Some(100)), dest(&canary_host, Some(0))],
@@ -369,7 +375,7 @@ pub fn desired_virtual_service_with_affinity(
                     .get_or_insert_with(HeaderOperations::default)
                     .add
                     .insert(SET_COOKIE.into(), set_cookie(sa, previous, -1));
-                expiry["headers"] = header_json(&headers);
+                expiry.headers = Some(headers);
                 vec![expiry, base(&service_matches, weighted)]
             } else {
                 vec![base(&service_matches, weighted)]
@@ -387,61 +393,70 @@ pub fn desired_virtual_service_with_affinity(
         if routes.mirror
             && let Some(r) = http.get_mut(mirrored_route)
         {
-            r["mirror"] = json!({ "host": canary_host });
-            if let Some(w) = analysis.and_then(|a| a.mirror_weight) {
-                r["mirrorPercentage"] = json!({ "value": w });
-            }
+            r.mirror = Some(Destination {
+                host: canary_host,
+                ..Default::default()
+            });
+            r.mirror_percentage = analysis.and_then(|a| a.mirror_weight).map(|w| Percent {
+                value: f64::from(w),
+            });
         }
-        spec["http"] = Value::Array(http);
+        spec.http = http;
     }
-    if !hosts.is_empty() || !delegation {
-        spec["hosts"] = json!(hosts);
+    spec.hosts = hosts;
+    spec.gateways = gateways;
+    VirtualService {
+        metadata: inp.meta(apex, svc.apex.as_ref()),
+        spec,
     }
-    if !gateways.is_empty() {
-        spec["gateways"] = json!(gateways);
-    }
-    json!({
-        "apiVersion": format!("{ISTIO_GROUP}/{ISTIO_VERSION}"),
-        "kind": "VirtualService",
-        "metadata": meta_json(&inp.meta(apex, svc.apex.as_ref())),
-        "spec": spec,
-    })
 }
 
 /// Reads the weights back from a VirtualService (Flagger's `GetRoutes`): the first HTTP (or TCP)
-/// route that has the canary host, session-affinity rules skipped. `None` when serin's routes are
-/// not there.
-pub fn read_routes(vs: &Value, apex: &str) -> Option<Routes> {
+/// route that has both the primary and the canary host, session-affinity rules skipped. `None`
+/// when serin's routes are not there.
+pub fn read_routes(vs: &VirtualService, apex: &str) -> Option<Routes> {
     let primary_host = format!("{apex}-primary");
     let canary_host = format!("{apex}-canary");
-    let spec = vs.get("spec")?;
-    let routes = spec
-        .get("http")
-        .or_else(|| spec.get("tcp"))
-        .and_then(Value::as_array)?;
-    // Session-affinity rules route by cookie, not by weight.
-    let sticky = |r: &Value| {
-        r.get("name")
-            .and_then(Value::as_str)
-            .is_some_and(|n| n.starts_with(STICKY_ROUTE))
-    };
-    for r in routes.iter().filter(|r| !sticky(r)) {
-        let dests = r.get("route").and_then(Value::as_array)?;
+    let weights = |dests: &[(&str, Option<i32>)]| {
         let weight_of = |host: &str| {
             dests
                 .iter()
-                .find(|d| d["destination"]["host"].as_str() == Some(host))
-                .map(|d| d.get("weight").and_then(Value::as_u64).unwrap_or(0) as u32)
+                .find(|(h, _)| *h == host)
+                .map(|(_, w)| w.and_then(|w| u32::try_from(w).ok()).unwrap_or(0))
         };
-        if let (Some(p), Some(c)) = (weight_of(&primary_host), weight_of(&canary_host)) {
-            return Some(Routes {
-                primary: p,
-                canary: c,
-                mirror: r.get("mirror").is_some(),
-            });
-        }
+        Some((weight_of(&primary_host)?, weight_of(&canary_host)?))
+    };
+    let found = |(primary, canary), mirror| Routes {
+        primary,
+        canary,
+        mirror,
+    };
+    let spec = &vs.spec;
+    if !spec.http.is_empty() {
+        // Session-affinity rules route by cookie, not by weight.
+        let sticky = |r: &HTTPRoute| {
+            r.name
+                .as_deref()
+                .is_some_and(|n| n.starts_with(STICKY_ROUTE))
+        };
+        spec.http.iter().filter(|r| !sticky(r)).find_map(|r| {
+            let dests: Vec<_> = r
+                .route
+                .iter()
+                .map(|d| (d.destination.host.as_str(), d.weight))
+                .collect();
+            weights(&dests).map(|w| found(w, r.mirror.is_some()))
+        })
+    } else {
+        spec.tcp.iter().find_map(|r| {
+            let dests: Vec<_> = r
+                .route
+                .iter()
+                .map(|d| (d.destination.host.as_str(), d.weight))
+                .collect();
+            weights(&dests).map(|w| found(w, false))
+        })
     }
-    None
 }
 
 // ---- session affinity (docs/flagger-contract.md §4.3, §1.4, §9.17) ----
@@ -619,19 +634,146 @@ pub fn sticky_matches(cookie: &str, service: &[HTTPMatchRequest]) -> Vec<HTTPMat
         .collect()
 }
 
-fn header_json(h: &Headers) -> Value {
-    serde_json::to_value(h).unwrap_or(Value::Null)
-}
-
-fn set_cookie_headers(value: &str) -> Value {
-    header_json(&Headers {
-        request: None,
+fn set_cookie_headers(value: &str) -> Headers {
+    Headers {
         response: Some(HeaderOperations {
             add: BTreeMap::from([(SET_COOKIE.to_string(), value.to_string())]),
             ..Default::default()
         }),
-    })
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
 mod tests;
+
+// ---- taking over the user's objects, and handing them back (docs/flagger-contract.md §4.2) ----
+
+/// Where Flagger keeps the spec of a VirtualService it took over, for the revert.
+pub const ORIGINAL_CONFIGURATION: &str = "flagger.kubernetes.io/original-configuration";
+const LAST_APPLIED_CONFIGURATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Whether the Canary with `canary_uid` is the object's controller (it made the object, so the
+/// garbage collector removes it with the Canary).
+pub fn controlled_by(meta: &ObjectMeta, canary_uid: Option<&str>) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == canary_uid)
+}
+
+/// The Service to apply over `existing`: over a Service the user made, serin takes selector and
+/// ports but never ownership, so that deleting the Canary does not delete it.
+pub fn taken_over_service(
+    mut desired: Service,
+    existing: Option<&ObjectMeta>,
+    canary_uid: Option<&str>,
+) -> Service {
+    if existing.is_some_and(|m| !controlled_by(m, canary_uid)) {
+        desired.metadata.owner_references = None;
+    }
+    desired
+}
+
+/// The VirtualService to apply over `existing`. Over one the user made serin takes no
+/// ownership, and it records the user's spec under [`ORIGINAL_CONFIGURATION`] (unless recorded
+/// already, or kubectl's last-applied annotation keeps it) for [`reverted_virtual_service`].
+pub fn taken_over_virtual_service(
+    mut desired: VirtualService,
+    existing: Option<&kube::api::DynamicObject>,
+    canary_uid: Option<&str>,
+) -> VirtualService {
+    let Some(existing) = existing.filter(|e| !controlled_by(&e.metadata, canary_uid)) else {
+        return desired;
+    };
+    desired.metadata.owner_references = None;
+    let annotations = existing.metadata.annotations.clone().unwrap_or_default();
+    let original = annotations
+        .get(ORIGINAL_CONFIGURATION)
+        .cloned()
+        .or_else(|| {
+            (!annotations.contains_key(LAST_APPLIED_CONFIGURATION)).then(|| {
+                existing
+                    .data
+                    .get("spec")
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            })
+        });
+    if let Some(original) = original {
+        desired
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ORIGINAL_CONFIGURATION.into(), original);
+    }
+    desired
+}
+
+/// What `revertOnDeletion` does with the VirtualService.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VirtualServiceRevert {
+    /// Apply this: the user's original spec.
+    Restore(Value),
+    /// serin made it and no original is recorded: it goes with the Canary.
+    Leave,
+    /// Taken over, but the original spec is recorded nowhere: nothing can be restored.
+    OriginalUnknown,
+}
+
+/// The user's VirtualService as it was before serin took it over, from
+/// [`ORIGINAL_CONFIGURATION`] or else kubectl's last-applied annotation.
+pub fn reverted_virtual_service(
+    existing: &kube::api::DynamicObject,
+    canary_uid: Option<&str>,
+) -> VirtualServiceRevert {
+    let annotations = existing.metadata.annotations.clone().unwrap_or_default();
+    let original = annotations
+        .get(ORIGINAL_CONFIGURATION)
+        .and_then(|s| serde_json::from_str::<Value>(s).ok())
+        .or_else(|| {
+            annotations
+                .get(LAST_APPLIED_CONFIGURATION)
+                .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                .and_then(|v| v.get("spec").cloned())
+        });
+    match original {
+        Some(spec) => VirtualServiceRevert::Restore(json!({
+            "apiVersion": format!("{ISTIO_GROUP}/{ISTIO_VERSION}"),
+            "kind": "VirtualService",
+            "metadata": { "name": existing.metadata.name.clone().unwrap_or_default() },
+            "spec": spec,
+        })),
+        None if controlled_by(&existing.metadata, canary_uid) => VirtualServiceRevert::Leave,
+        None => VirtualServiceRevert::OriginalUnknown,
+    }
+}
+
+/// The apex Service handed back on `revertOnDeletion` (a merge patch): pointing at the target's
+/// pods again and no longer owned by the Canary, so the garbage collector leaves it serving.
+pub fn reverted_apex(existing: &ObjectMeta, selector: &SelectorLabel, canary_uid: &str) -> Service {
+    let owners: Vec<OwnerReference> = existing
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|o| o.uid != canary_uid)
+        .cloned()
+        .collect();
+    Service {
+        metadata: ObjectMeta {
+            owner_references: Some(owners),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([(
+                selector.key.clone(),
+                selector.value.clone(),
+            )])),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod takeover_tests;

@@ -26,16 +26,39 @@ pub enum LogFormat {
 /// Installs the global tracing subscriber. `RUST_LOG` wins over `level` when set.
 pub fn init_logging(level: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::util::SubscriberInitExt;
     // An insecure-skip-verify kubeconfig (the sandbox's) would log a warning per connection.
     let default = format!("{level},kube_client::client::tls=error");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let _ = subscriber(filter, format, std::io::stderr).try_init();
+}
+
+fn subscriber<W>(
+    filter: tracing_subscriber::EnvFilter,
+    format: LogFormat,
+    writer: W,
+) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let fmt = match format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
     };
+    // Applied whatever `RUST_LOG` says: a log level is no reason to leak object bodies.
+    let no_bodies = tracing_subscriber::filter::filter_fn(|meta| !logs_bodies(meta));
+    tracing_subscriber::registry().with(fmt.with_filter(filter).with_filter(no_bodies))
+}
+
+/// kube_client's WARNs of its `client` module print a whole response body (a list of every
+/// Canary with its spec and webhook URLs, 10 KB and more) when one object fails to deserialize;
+/// serin reports such objects itself, by name (see `controller::unreadable`). The module's only
+/// other WARNs are a watch stream's timeout and end, after which kube resumes the watch.
+fn logs_bodies(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target() == "kube_client::client" && *meta.level() == tracing::Level::WARN
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -281,6 +304,40 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn kube_clients_body_dumps_never_reach_the_log_even_at_trace() {
+        for format in [LogFormat::Text, LogFormat::Json] {
+            let buf = Buf::default();
+            let out = buf.clone();
+            let sub = subscriber(
+                tracing_subscriber::EnvFilter::new("trace"),
+                format,
+                move || out.clone(),
+            );
+            tracing::subscriber::with_default(sub, || {
+                tracing::warn!(target: "kube_client::client", "{{\"items\":[{{\"spec\":\"https://hooks.example/secret\"}}]}}, Error(\"invalid value\")");
+                tracing::error!(target: "kube_client::client::builder", "failed with status 500");
+                tracing::warn!(target: "serin::controller", "kept");
+            });
+            let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+            assert!(!text.contains("hooks.example"), "{text}");
+            assert!(text.contains("failed with status 500"), "{text}");
+            assert!(text.contains("kept"), "{text}");
+        }
+    }
 
     #[test]
     fn exposition_uses_flaggers_names_and_labels() {

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, PodTemplateSpec, Secret, Vo
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use sha2::{Digest, Sha256};
 
-use crate::rollout::{REVISION_PREFIX, Readiness};
+use crate::rollout::{REVISION_PREFIX, Readiness, Scale};
 
 pub mod hpa;
 
@@ -55,8 +55,18 @@ pub struct SelectorLabel {
     pub value: String,
 }
 
+/// A target without a selector label serin can key on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "deployment {deployment} spec.selector.matchLabels must contain one of [{}]",
+    SELECTOR_LABELS.join(", ")
+)]
+pub struct NoSelectorLabel {
+    pub deployment: String,
+}
+
 /// Finds the selector label as Flagger does; the error names the field and the accepted keys.
-pub fn selector_label(target: &Deployment) -> Result<SelectorLabel, String> {
+pub fn selector_label(target: &Deployment) -> Result<SelectorLabel, NoSelectorLabel> {
     let labels = target.spec.selector.match_labels.as_ref();
     for key in SELECTOR_LABELS {
         if let Some(value) = labels.and_then(|l| l.get(key)) {
@@ -66,11 +76,9 @@ pub fn selector_label(target: &Deployment) -> Result<SelectorLabel, String> {
             });
         }
     }
-    Err(format!(
-        "deployment {} spec.selector.matchLabels must contain one of [{}]",
-        target.metadata.name.as_deref().unwrap_or(""),
-        SELECTOR_LABELS.join(", ")
-    ))
+    Err(NoSelectorLabel {
+        deployment: target.metadata.name.clone().unwrap_or_default(),
+    })
 }
 
 /// ConfigMaps and Secrets a pod spec refers to; `true` when every reference is optional.
@@ -184,13 +192,25 @@ pub fn secret_checksum(secret: &Secret) -> Option<String> {
     Some(hex(&Sha256::digest(json.as_bytes())[..8]))
 }
 
+/// A mandatory reference of the pod spec to a ConfigMap or Secret that does not exist.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MissingConfig {
+    #[error("configmap {0} not found")]
+    ConfigMap(String),
+    #[error("secret {0} not found")]
+    Secret(String),
+}
+
+/// Checksums of tracked configs by key (`configmap/<name>`, `secret/<name>`).
+pub type ConfigChecksums = BTreeMap<String, String>;
+
 /// The tracked configs of a pod spec (`configmap/<name>` → checksum), looked up through `get_cm`
 /// and `get_secret` (the watch caches). A missing mandatory reference is an error naming it.
 pub fn tracked_configs(
     spec: &PodSpec,
     get_cm: impl Fn(&str) -> Option<ConfigMap>,
     get_secret: impl Fn(&str) -> Option<Secret>,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<ConfigChecksums, MissingConfig> {
     let refs = config_refs(spec);
     let mut out = BTreeMap::new();
     for (name, optional) in &refs.config_maps {
@@ -201,7 +221,7 @@ pub fn tracked_configs(
                 }
             }
             None if *optional => {}
-            None => return Err(format!("configmap {name} not found")),
+            None => return Err(MissingConfig::ConfigMap(name.clone())),
         }
     }
     for (name, optional) in &refs.secrets {
@@ -212,10 +232,43 @@ pub fn tracked_configs(
                 }
             }
             None if *optional => {}
-            None => return Err(format!("secret {name} not found")),
+            None => return Err(MissingConfig::Secret(name.clone())),
         }
     }
     Ok(out)
+}
+
+/// The primary's copy of a tracked ConfigMap: `<name>-primary`, owned by the Canary, with the
+/// source's data.
+pub fn primary_config_map(src: &ConfigMap, owner: &OwnerReference) -> ConfigMap {
+    ConfigMap {
+        metadata: primary_copy_meta(&src.metadata, owner),
+        data: src.data.clone(),
+        binary_data: src.binary_data.clone(),
+        immutable: None,
+    }
+}
+
+/// The primary's copy of a tracked Secret, as [`primary_config_map`].
+pub fn primary_secret(src: &Secret, owner: &OwnerReference) -> Secret {
+    Secret {
+        metadata: primary_copy_meta(&src.metadata, owner),
+        data: src.data.clone(),
+        type_: src.type_.clone(),
+        ..Default::default()
+    }
+}
+
+fn primary_copy_meta(src: &ObjectMeta, owner: &OwnerReference) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(format!(
+            "{}-primary",
+            src.name.as_deref().unwrap_or_default()
+        )),
+        namespace: src.namespace.clone(),
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    }
 }
 
 /// Renames references to tracked configs to their `-primary` copies.
@@ -492,6 +545,41 @@ pub fn scale_up_replicas(
         return r;
     }
     autoscaler_min.filter(|m| *m > 1).unwrap_or(1)
+}
+
+/// Replicas to write on the primary Deployment: none under an autoscaler (its HPA owns them,
+/// and an apply that set them would fight it), else as many as a canary scaled up from zero
+/// would get, so a target scaled to zero never leaves the primary at zero.
+pub fn primary_replicas(
+    target_replicas: Option<i32>,
+    primary_replicas: Option<i32>,
+    has_autoscaler: bool,
+) -> Option<i32> {
+    (!has_autoscaler).then(|| scale_up_replicas(target_replicas, primary_replicas, None, false))
+}
+
+/// The replicas to set on the target for the decision's `scale`, or `None` when it already has
+/// them (an unset count means one, as for the API server). Scaling up starts from
+/// [`scale_up_replicas`].
+pub fn target_replicas(
+    scale: Scale,
+    target_replicas: Option<i32>,
+    primary_replicas: Option<i32>,
+    autoscaler_min: Option<i32>,
+    has_autoscaler: bool,
+) -> Option<i32> {
+    let current = target_replicas.unwrap_or(1);
+    match scale {
+        Scale::Keep => None,
+        Scale::Zero => (current != 0).then_some(0),
+        Scale::Up if current > 0 => None,
+        Scale::Up => Some(scale_up_replicas(
+            Some(current),
+            primary_replicas,
+            autoscaler_min,
+            has_autoscaler,
+        )),
+    }
 }
 
 #[cfg(test)]

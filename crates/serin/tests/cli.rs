@@ -100,7 +100,7 @@ async fn status_weight(w: &World) -> i32 {
 
 async fn vs_canary_weight(w: &World) -> Option<u32> {
     let vs = w.virtual_service("podinfo").await?;
-    serin::router::read_routes(&vs, "podinfo").map(|r| r.canary)
+    routes_of(&vs, "podinfo").map(|r| r.canary)
 }
 
 #[tokio::test]

@@ -849,7 +849,7 @@ async fn a_user_apex_service_and_virtual_service_are_taken_over_and_reverted() {
     );
     let vs = t.w.virtual_service("podinfo").await.unwrap();
     assert_eq!(
-        serin::router::read_routes(&vs, "podinfo"),
+        support::routes_of(&vs, "podinfo"),
         Some(routes(100, 0, false)),
         "{vs}"
     );

@@ -69,7 +69,7 @@ async fn initialization_creates_the_objects_and_hands_traffic_to_the_primary() {
     }
     let vs = w.virtual_service("podinfo").await.expect("virtual service");
     assert_eq!(
-        serin::router::read_routes(&vs, "podinfo"),
+        routes_of(&vs, "podinfo"),
         Some(Routes {
             primary: 100,
             canary: 0,

@@ -80,7 +80,7 @@ async fn mid_run(w: &World) -> (Canary, Value) {
             .await
             .ok_or("no VirtualService")?;
         let regex = vs["spec"]["http"][0]["match"][0]["headers"]["Cookie"]["regex"].clone();
-        let routes = serin::router::read_routes(&vs, "podinfo");
+        let routes = routes_of(&vs, "podinfo");
         if regex != json!(regex_for(&cookie)) || routes.map(|r| r.canary) != Some(weight as u32) {
             return Err(format!(
                 "VirtualService not yet at {cookie} / {weight}: {vs}"
@@ -197,7 +197,7 @@ async fn a_promoted_run_pins_users_then_expires_the_cookie() {
         ])
     );
     assert_eq!(
-        serin::router::read_routes(&vs, "podinfo"),
+        routes_of(&vs, "podinfo"),
         Some(Routes {
             primary: 100,
             canary: 0,
@@ -253,8 +253,5 @@ async fn a_rolled_back_run_expires_its_cookie_too() {
         }
     })
     .await;
-    assert_eq!(
-        serin::router::read_routes(&vs, "podinfo").map(|r| r.canary),
-        Some(0)
-    );
+    assert_eq!(routes_of(&vs, "podinfo").map(|r| r.canary), Some(0));
 }

@@ -12,7 +12,7 @@ struct World {
     revision: String,
     primary_revision: String,
     canary: Readiness,
-    analysis: Result<(), String>,
+    analysis: Result<(), CheckFailed>,
     request: Option<Request>,
     plan: Option<Plan>,
     events: Vec<Event>,

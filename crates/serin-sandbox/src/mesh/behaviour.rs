@@ -16,6 +16,10 @@ pub struct Behaviour {
     pub error_percent: f64,
     /// Response time of every request, in milliseconds.
     pub latency_ms: f64,
+    /// Share of the requests routed to the workload that reach it, in percent (0..=100):
+    /// `traffic=0%` is a workload nobody calls although routes point at it, so its queries find
+    /// no values (the `onNoData` cases).
+    pub traffic_percent: f64,
 }
 
 impl Default for Behaviour {
@@ -23,6 +27,7 @@ impl Default for Behaviour {
         Behaviour {
             error_percent: 0.0,
             latency_ms: DEFAULT_LATENCY_MS,
+            traffic_percent: 100.0,
         }
     }
 }
@@ -41,7 +46,7 @@ impl fmt::Display for InvalidSimulate {
         write!(
             f,
             "annotation {SIMULATE_ANNOTATION}={:?} is invalid: {}; expected comma-separated \
-             errors=P% and latency=Dms, e.g. \"errors=10%,latency=300ms\"",
+             errors=P%, latency=Dms and traffic=P%, e.g. \"errors=10%,latency=300ms\"",
             self.value, self.problem
         )
     }
@@ -65,7 +70,7 @@ pub fn parse(value: Option<&str>) -> Result<Behaviour, InvalidSimulate> {
             "the value is empty (remove the annotation for a healthy workload)".into(),
         ));
     }
-    let (mut seen_errors, mut seen_latency) = (false, false);
+    let (mut seen_errors, mut seen_latency, mut seen_traffic) = (false, false, false);
     for item in value.split(',') {
         let item = item.trim();
         let Some((key, val)) = item.split_once('=') else {
@@ -95,9 +100,21 @@ pub fn parse(value: Option<&str>) -> Result<Behaviour, InvalidSimulate> {
                     ))
                 })?;
             }
+            "traffic" => {
+                if std::mem::replace(&mut seen_traffic, true) {
+                    return Err(bad("traffic is given twice".into()));
+                }
+                out.traffic_percent = number_with_unit(val, "%")
+                    .filter(|p| *p <= 100.0)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "traffic={val:?} is not a percentage between 0% and 100%"
+                        ))
+                    })?;
+            }
             other => {
                 return Err(bad(format!(
-                    "unknown key {other:?} (known: errors, latency)"
+                    "unknown key {other:?} (known: errors, latency, traffic)"
                 )));
             }
         }
@@ -128,6 +145,7 @@ mod tests {
         Ok(Behaviour {
             error_percent,
             latency_ms,
+            ..Default::default()
         })
     }
 
@@ -144,6 +162,26 @@ mod tests {
             (Some("errors=0%"), ok(0.0, d)),
             (Some("errors=100%"), ok(100.0, d)),
             (Some("latency=0ms"), ok(0.0, 0.0)),
+            (
+                Some("traffic=0%"),
+                Ok(Behaviour {
+                    traffic_percent: 0.0,
+                    ..Default::default()
+                }),
+            ),
+            (
+                Some("errors=1%,traffic=25%"),
+                Ok(Behaviour {
+                    error_percent: 1.0,
+                    traffic_percent: 25.0,
+                    ..Default::default()
+                }),
+            ),
+            (Some("traffic=101%"), Err("traffic=\"101%\"".into())),
+            (
+                Some("traffic=0%,traffic=1%"),
+                Err("traffic is given twice".into()),
+            ),
             (Some(""), Err("the value is empty".into())),
             (Some("errors=abc"), Err("errors=\"abc\"".into())),
             (Some("errors=5"), Err("errors=\"5\"".into())),
@@ -193,8 +231,8 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "annotation serin.dev/simulate=\"errors=abc\" is invalid: errors=\"abc\" is not a \
-             percentage between 0% and 100%; expected comma-separated errors=P% and latency=Dms, \
-             e.g. \"errors=10%,latency=300ms\""
+             percentage between 0% and 100%; expected comma-separated errors=P%, latency=Dms and \
+             traffic=P%, e.g. \"errors=10%,latency=300ms\""
         );
     }
 }

@@ -204,7 +204,7 @@ impl GlobalArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     #[error("invalid address: {0}")]
-    Address(String),
+    Address(payload::InvalidUrl),
     #[error("proxy {proxy}: {error}")]
     Proxy { proxy: String, error: String },
     #[error("sending notification failed: {0}")]
@@ -354,7 +354,7 @@ impl Alerter {
             }
             match resolve::destination(client, secrets, &namespace, i, entry).await {
                 Ok(d) => self.spawn(d, message.clone()),
-                Err(p) => problems.push(p),
+                Err(p) => problems.push(p.to_string()),
             }
         }
         problems

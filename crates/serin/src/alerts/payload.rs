@@ -49,12 +49,21 @@ pub fn body(kind: AlertProviderType, channel: &str, username: &str, m: &Message)
     }
 }
 
+/// A webhook address that is no URL to POST to. The address is often a secret (Slack webhook
+/// URLs are credentials), so the text leaves it out.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidUrl {
+    #[error("invalid URL: {0}")]
+    Parse(#[from] url::ParseError),
+    #[error("invalid URL: the scheme must be http or https")]
+    Scheme,
+}
+
 /// Where to POST: Discord's Slack-compatible endpoint is the webhook URL plus `/slack`.
-pub fn url(kind: AlertProviderType, address: &str) -> Result<url::Url, String> {
-    // The address is often a secret (Slack webhook URLs are credentials): errors leave it out.
-    let mut u = url::Url::parse(address).map_err(|e| format!("invalid URL: {e}"))?;
+pub fn url(kind: AlertProviderType, address: &str) -> Result<url::Url, InvalidUrl> {
+    let mut u = url::Url::parse(address)?;
     if !matches!(u.scheme(), "http" | "https") {
-        return Err("invalid URL: the scheme must be http or https".into());
+        return Err(InvalidUrl::Scheme);
     }
     if kind == AlertProviderType::Discord && !u.path().ends_with("/slack") {
         let path = format!("{}/slack", u.path().trim_end_matches('/'));

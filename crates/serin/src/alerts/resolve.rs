@@ -25,20 +25,85 @@ fn text(
         .filter(|s| !s.is_empty())
 }
 
-/// Resolves entry `index` of `analysis.alerts`. The error names the field and the fix; it goes
-/// into a Warning Event on the Canary.
+/// An alert that cannot be sent until someone fixes its provider. The text names the alert, the
+/// field and the fix; it goes into a Warning Event on the Canary.
+#[derive(Debug, thiserror::Error)]
+#[error("{who}: {problem}")]
+pub struct ResolveError {
+    /// `alert "name" (analysis.alerts[i])`.
+    pub who: String,
+    pub problem: Problem,
+}
+
+/// What is wrong with an alert's provider; `provider` is `AlertProvider ns/name`.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error("{provider} not found: create it, or fix {field}.providerRef")]
+    ProviderNotFound { provider: String, field: String },
+    #[error("reading {provider}: {source}")]
+    ReadProvider {
+        provider: String,
+        source: kube::Error,
+    },
+    #[error(
+        "{provider} has spec.type {kind:?}, which serin does not support: use one of {types}",
+        types = TYPES.join(", ")
+    )]
+    UnsupportedType { provider: String, kind: String },
+    #[error("{provider} has an invalid spec: {source}")]
+    InvalidSpec {
+        provider: String,
+        source: serde_json::Error,
+    },
+    #[error("reading Secret {namespace}/{secret} of {provider}: {source}")]
+    ReadSecret {
+        namespace: String,
+        secret: String,
+        provider: String,
+        source: kube::Error,
+    },
+    #[error(
+        "Secret {namespace}/{secret} named by {provider} spec.secretRef not found: create it with the key `address` (and optionally `token`)"
+    )]
+    SecretNotFound {
+        namespace: String,
+        secret: String,
+        provider: String,
+    },
+    #[error(
+        "Secret {namespace}/{secret} of {provider} has no key `address` and spec.address is unset: add the webhook URL under the key `address`"
+    )]
+    SecretWithoutAddress {
+        namespace: String,
+        secret: String,
+        provider: String,
+    },
+    #[error("{provider} has neither spec.address nor spec.secretRef: set one of them")]
+    NoAddress { provider: String },
+    #[error("{provider} address: {source}: use the chat service's webhook URL")]
+    BadAddress {
+        provider: String,
+        source: payload::InvalidUrl,
+    },
+}
+
+/// Resolves entry `index` of `analysis.alerts`.
 pub async fn destination(
     client: &kube::Client,
     secrets: &Store<Secret>,
     canary_ns: &str,
     index: usize,
     entry: &CanaryAlert,
-) -> Result<Destination, String> {
+) -> Result<Destination, ResolveError> {
     let ns = entry.provider_ref.namespace_or(canary_ns).to_string();
     let name = entry.provider_ref.name.clone();
     let field = format!("analysis.alerts[{index}]");
     let who = format!("alert {:?} ({field})", entry.name);
     let provider = format!("AlertProvider {ns}/{name}");
+    let fail = |problem: Problem| ResolveError {
+        who: who.clone(),
+        problem,
+    };
 
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("flagger.app", "v1beta1", "AlertProvider"),
@@ -48,22 +113,22 @@ pub async fn destination(
     let obj = match api.get_opt(&name).await {
         Ok(Some(o)) => o,
         Ok(None) => {
-            return Err(format!(
-                "{who}: {provider} not found: create it, or fix {field}.providerRef"
-            ));
+            return Err(fail(Problem::ProviderNotFound { provider, field }));
         }
-        Err(e) => return Err(format!("{who}: reading {provider}: {e}")),
+        Err(source) => return Err(fail(Problem::ReadProvider { provider, source })),
     };
     let spec_json = obj.data.get("spec").cloned().unwrap_or_default();
     let kind = spec_json.get("type").and_then(|t| t.as_str()).unwrap_or("");
     if !TYPES.contains(&kind) {
-        return Err(format!(
-            "{who}: {provider} has spec.type {kind:?}, which serin does not support: use one of {}",
-            TYPES.join(", ")
-        ));
+        return Err(fail(Problem::UnsupportedType {
+            provider,
+            kind: kind.to_string(),
+        }));
     }
-    let spec: AlertProviderSpec = serde_json::from_value(spec_json)
-        .map_err(|e| format!("{who}: {provider} has an invalid spec: {e}"))?;
+    let spec: AlertProviderSpec = match serde_json::from_value(spec_json) {
+        Ok(s) => s,
+        Err(source) => return Err(fail(Problem::InvalidSpec { provider, source })),
+    };
 
     let mut address = spec.address.clone().filter(|a| !a.trim().is_empty());
     let mut token = None;
@@ -73,39 +138,44 @@ pub async fn destination(
             Some(s) => Some((*s).clone()),
             None => {
                 let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
-                api.get_opt(&sref.name).await.map_err(|e| {
-                    format!(
-                        "{who}: reading Secret {ns}/{} of {provider}: {e}",
-                        sref.name
-                    )
-                })?
+                match api.get_opt(&sref.name).await {
+                    Ok(s) => s,
+                    Err(source) => {
+                        return Err(fail(Problem::ReadSecret {
+                            namespace: ns,
+                            secret: sref.name.clone(),
+                            provider,
+                            source,
+                        }));
+                    }
+                }
             }
         };
         let Some(secret) = secret else {
-            return Err(format!(
-                "{who}: Secret {ns}/{} named by {provider} spec.secretRef not found: create it with the key `address` (and optionally `token`)",
-                sref.name
-            ));
+            return Err(fail(Problem::SecretNotFound {
+                namespace: ns,
+                secret: sref.name.clone(),
+                provider,
+            }));
         };
         if let Some(a) = text(&secret.data, "address") {
             address = Some(a);
         }
         token = text(&secret.data, "token");
         if address.is_none() {
-            return Err(format!(
-                "{who}: Secret {ns}/{} of {provider} has no key `address` and spec.address is unset: add the webhook URL under the key `address`",
-                sref.name
-            ));
+            return Err(fail(Problem::SecretWithoutAddress {
+                namespace: ns,
+                secret: sref.name.clone(),
+                provider,
+            }));
         }
     }
     let Some(address) = address.map(|a| a.trim().to_string()) else {
-        return Err(format!(
-            "{who}: {provider} has neither spec.address nor spec.secretRef: set one of them"
-        ));
+        return Err(fail(Problem::NoAddress { provider }));
     };
-    payload::url(spec.type_, &address).map_err(|e| {
-        format!("{who}: {provider} address: {e}: use the chat service's webhook URL")
-    })?;
+    if let Err(source) = payload::url(spec.type_, &address) {
+        return Err(fail(Problem::BadAddress { provider, source }));
+    }
     Ok(Destination {
         kind: spec.type_,
         address,

@@ -7,8 +7,10 @@
 //! [#1814](https://github.com/fluxcd/flagger/issues/1814),
 //! [#724](https://github.com/fluxcd/flagger/issues/724)).
 
+pub mod backtest;
 pub mod get;
 pub mod identity;
+pub mod plan;
 pub mod status;
 
 use std::path::PathBuf;

@@ -1,4 +1,5 @@
-//! `spec.autoscalerRef`, the acting side: the cache of HPAs and applying the primary HPA built by [`crate::workload::hpa`].
+//! `spec.autoscalerRef`, the acting side: the cache of HPAs and applying the primary HPA built
+//! by [`crate::workload::hpa`].
 //!
 //! The primary HPA is created as soon as the primary Deployment exists and updated only when a
 //! revision is promoted (also with skipAnalysis), so a change of the user's HPA reaches the
@@ -18,7 +19,7 @@ use tracing::info;
 
 use super::{Ctx, Error};
 use crate::api::Canary;
-use crate::workload::hpa::{self, PrimaryHpa, PrimaryHpaInputs, UserHpa};
+use crate::workload::hpa::{self, HpaError, PrimaryHpa, PrimaryHpaInputs, UserHpa};
 
 /// The HPA cache.
 pub struct Autoscalers {
@@ -48,13 +49,13 @@ fn cached(ctx: &Ctx, ns: &str, name: &str) -> Option<UserHpa> {
 }
 
 /// The primary HPA the Canary asks for (`None` without an autoscalerRef), or the configuration
-/// problem that holds it, as `(reason, message)`.
+/// problem that holds it.
 pub fn desired(
     ctx: &Ctx,
     canary: &Canary,
     ns: &str,
     owner: OwnerReference,
-) -> Result<Option<PrimaryHpa>, (&'static str, String)> {
+) -> Result<Option<PrimaryHpa>, HpaError> {
     let Some(a) = &canary.spec.autoscaler_ref else {
         return Ok(None);
     };
@@ -62,13 +63,10 @@ pub fn desired(
     let user = match lookup(ctx, ns, &a.name) {
         None => return Err(hpa::not_found(a, ns)),
         Some(None) => {
-            return Err((
-                "AutoscalerInvalid",
-                format!(
-                    "spec.autoscalerRef.name: HorizontalPodAutoscaler {ns}/{} has no spec serin can read; fix the HPA",
-                    a.name
-                ),
-            ));
+            return Err(HpaError::Unreadable {
+                namespace: ns.to_string(),
+                name: a.name.clone(),
+            });
         }
         Some(Some(user)) => user,
     };
@@ -80,7 +78,6 @@ pub fn desired(
         owner,
     })
     .map(Some)
-    .map_err(|e| ("AutoscalerInvalid", e))
 }
 
 /// The user's HPA `minReplicas`, which a canary scaled up from zero starts with when above one

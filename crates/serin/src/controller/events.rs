@@ -20,6 +20,16 @@ use tokio::sync::Mutex;
 pub const COMPONENT: &str = "serin";
 pub const REASON: &str = "Synced";
 
+/// What a repeat of an Event already recorded does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Repeat {
+    /// Bumps its count and last timestamp: the thing happened again.
+    Count,
+    /// Nothing: a reconcile retried after a failure tells the same story again, and patching
+    /// the Event on every retry would only load the API server.
+    Skip,
+}
+
 pub struct EventRecorder {
     client: Client,
     instance: String,
@@ -36,12 +46,14 @@ impl EventRecorder {
         }
     }
 
-    /// Records `message` on the object; a repeat of the same type and message bumps the count.
+    /// Records `message` on the object; a repeat of the same type and message bumps the count
+    /// unless `repeat` says to skip it.
     pub async fn publish(
         &self,
         object: &ObjectReference,
         warning: bool,
         message: &str,
+        repeat: Repeat,
     ) -> Result<(), kube::Error> {
         let ns = object.namespace.clone().unwrap_or_else(|| "default".into());
         let type_ = if warning { "Warning" } else { "Normal" };
@@ -89,6 +101,10 @@ impl EventRecorder {
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
                 Err(e) => return Err(e),
             }
+        }
+        if repeat == Repeat::Skip {
+            counts.insert(name, count.max(1));
+            return Ok(());
         }
         let next = count.max(1) + 1;
         let patch = serde_json::json!({ "count": next, "lastTimestamp": now });

@@ -40,30 +40,65 @@ pub struct LeaderOptions {
     pub retry_period: Duration,
 }
 
+/// Leader-election timings that would let two leaders overlap.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TimingError {
+    #[error("--leader-elect-lease-duration must be at least 1s")]
+    LeaseTooShort,
+    #[error(
+        "--leader-elect-renew-deadline ({renew_deadline:?}) must be shorter than --leader-elect-lease-duration ({lease_duration:?})"
+    )]
+    RenewDeadline {
+        renew_deadline: Duration,
+        lease_duration: Duration,
+    },
+    #[error(
+        "--leader-elect-retry-period ({retry_period:?}) must be above zero and shorter than --leader-elect-renew-deadline ({renew_deadline:?})"
+    )]
+    RetryPeriod {
+        retry_period: Duration,
+        renew_deadline: Duration,
+    },
+}
+
 impl LeaderOptions {
     /// The timing rules client-go enforces; without them two leaders could overlap.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), TimingError> {
         if self.lease_duration < Duration::from_secs(1) {
-            return Err("--leader-elect-lease-duration must be at least 1s".into());
+            return Err(TimingError::LeaseTooShort);
         }
         if self.renew_deadline >= self.lease_duration {
-            return Err(format!(
-                "--leader-elect-renew-deadline ({:?}) must be shorter than --leader-elect-lease-duration ({:?})",
-                self.renew_deadline, self.lease_duration
-            ));
+            return Err(TimingError::RenewDeadline {
+                renew_deadline: self.renew_deadline,
+                lease_duration: self.lease_duration,
+            });
         }
         if self.retry_period.is_zero() || self.retry_period >= self.renew_deadline {
-            return Err(format!(
-                "--leader-elect-retry-period ({:?}) must be above zero and shorter than --leader-elect-renew-deadline ({:?})",
-                self.retry_period, self.renew_deadline
-            ));
+            return Err(TimingError::RetryPeriod {
+                retry_period: self.retry_period,
+                renew_deadline: self.renew_deadline,
+            });
         }
         Ok(())
     }
 }
 
+/// A flag value that is no duration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadDuration {
+    #[error("{0:?} is not a duration (examples: 15s, 500ms, 1m)")]
+    NotANumber(String),
+    #[error("{input:?}: unknown unit {unit:?} (use ms, s or m)")]
+    UnknownUnit { input: String, unit: String },
+    #[error("{input:?}: {source}")]
+    OutOfRange {
+        input: String,
+        source: std::time::TryFromFloatSecsError,
+    },
+}
+
 /// Parses `15s`, `500ms`, `2m` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, BadDuration> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
         Some(i) => s.split_at(i),
@@ -71,14 +106,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration (examples: 15s, 500ms, 1m)"))?;
+        .map_err(|_| BadDuration::NotANumber(s.to_string()))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+        _ => {
+            return Err(BadDuration::UnknownUnit {
+                input: s.to_string(),
+                unit: unit.to_string(),
+            });
+        }
     };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+    Duration::try_from_secs_f64(secs).map_err(|source| BadDuration::OutOfRange {
+        input: s.to_string(),
+        source,
+    })
 }
 
 /// `POD_NAMESPACE`, else the service account's namespace in a pod, else `default`.
@@ -161,7 +204,8 @@ pub enum Holder {
     /// Nobody, or a holder whose record has not changed for its lease duration.
     Free,
     Me,
-    Other(String),
+    /// Another candidate, by identity.
+    Another(String),
 }
 
 /// The part of a record whose change proves the holder alive.
@@ -204,7 +248,7 @@ pub fn judge(
         .map(|d| Duration::from_secs(d as u64))
         .unwrap_or(fallback);
     if now.duration_since(observed_at) < duration {
-        Holder::Other(holder.to_string())
+        Holder::Another(holder.to_string())
     } else {
         Holder::Free
     }
@@ -235,7 +279,7 @@ pub fn next_spec(current: &LeaseSpec, me: &str, now: Timestamp, duration: Durati
 #[derive(Debug)]
 enum Attempt {
     Leading,
-    Other(String),
+    Another(String),
     Failed(String),
 }
 
@@ -316,7 +360,7 @@ impl Elector {
             now,
             self.opts.lease_duration,
         ) {
-            Holder::Other(h) => return Attempt::Other(h),
+            Holder::Another(h) => return Attempt::Another(h),
             Holder::Me | Holder::Free => {}
         }
         let mut updated = lease.clone();
@@ -360,7 +404,7 @@ impl Elector {
                     );
                     return;
                 }
-                Attempt::Other(h) => {
+                Attempt::Another(h) => {
                     if last_holder.as_ref() != Some(&h) {
                         info!(lease = %self.lease_ref(), holder = %h, "standing by: the Lease is held by another");
                         last_holder = Some(h);
@@ -390,7 +434,7 @@ impl Elector {
                     self.gate.extend(start + self.opts.renew_deadline);
                     last_ok = start;
                 }
-                Attempt::Other(h) => {
+                Attempt::Another(h) => {
                     self.gate.close();
                     return Lost::TakenOver(self.lease_ref(), h);
                 }
@@ -460,7 +504,7 @@ mod tests {
         let fb = Duration::from_secs(15);
         assert_eq!(
             judge(&s, "a", t0, t0 + Duration::from_millis(3999), fb),
-            Holder::Other("b".into())
+            Holder::Another("b".into())
         );
         assert_eq!(
             judge(&s, "a", t0, t0 + Duration::from_secs(4), fb),
@@ -474,7 +518,7 @@ mod tests {
         s.lease_duration_seconds = None;
         assert_eq!(
             judge(&s, "a", t0, t0 + Duration::from_secs(14), fb),
-            Holder::Other("b".into())
+            Holder::Another("b".into())
         );
     }
 
@@ -534,11 +578,21 @@ mod tests {
             renew_deadline: Duration::from_secs(15),
             ..ok.clone()
         };
-        assert!(bad.validate().unwrap_err().contains("renew-deadline"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("renew-deadline")
+        );
         let bad = LeaderOptions {
             retry_period: Duration::from_secs(10),
             ..ok
         };
-        assert!(bad.validate().unwrap_err().contains("retry-period"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("retry-period")
+        );
     }
 }

@@ -2,14 +2,22 @@
 //! Canary, its target or primary Deployment, its Services, routes, or a tracked ConfigMap or
 //! Secret triggers a reconcile of that Canary at once, and the rollout core's requeue time paces
 //! the analysis. Reads come from the caches; writes happen only when the desired state differs.
+//!
+//! Every watch re-lists after an error and tells `/readyz` while it cannot follow the cluster,
+//! and Canaries are decoded one at a time so that one serin cannot read is skipped and reported
+//! ([`watches`]). Which Canaries an event of a Deployment, ConfigMap or Secret concerns is
+//! answered by an [`index`] the watches keep, not by scanning every cached Canary.
 
 pub mod api_layer;
 pub mod autoscaler;
+pub mod backoff;
 mod events;
+pub mod index;
 pub mod leader;
 mod reconcile;
 mod start;
 pub mod state;
+pub mod watches;
 
 pub use start::run_with_config;
 
@@ -22,7 +30,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -30,6 +39,7 @@ use kube::{Client, Resource};
 use tokio::sync::Mutex;
 use tracing::{error, info, warn};
 
+use crate::api::istio_resources::{DestinationRule, VirtualService};
 use crate::api::{Canary, MetricTemplate};
 use crate::metrics::prometheus::{Prometheus, ProviderConfig};
 use crate::telemetry::Metrics;
@@ -71,12 +81,44 @@ impl Default for Options {
     }
 }
 
+/// Why a reconcile failed; it is tried again with a per-Canary backoff. (What a person must fix
+/// is no error: it holds the Canary with a condition, see [`state::HoldReason`].)
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("{0}")]
-    Other(String),
+    /// Only an object the API server has not stored yet lacks one.
+    #[error("the Canary has no uid yet")]
+    NoUid,
+    #[error("serializing an object to apply: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// The `kind` label of `serin_reconcile_errors_total`: a short fixed set, so that a dashboard
+    /// can tell a conflict from a refusal (invalid, forbidden: a person must look) and from an
+    /// API server that is away.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => match s.code {
+                409 => "conflict",
+                422 | 400 => "invalid",
+                401 | 403 => "forbidden",
+                404 => "not_found",
+                429 => "throttled",
+                500..=599 => "server_error",
+                _ => "api_error",
+            },
+            Error::Kube(kube::Error::Service(e))
+                if e.downcast_ref::<api_layer::NotLeader>().is_some() =>
+            {
+                "not_leader"
+            }
+            Error::Kube(_) => "transport",
+            Error::NoUid => "no_uid",
+            Error::Serialize(_) => "serialize",
+        }
+    }
 }
 
 /// What every reconcile shares.
@@ -99,8 +141,9 @@ pub struct Ctx {
     pub providers: Mutex<HashMap<ProviderConfig, Prometheus>>,
     pub metrics: Arc<Metrics>,
     /// resourceVersion of serin's last status write per Canary uid: a cached Canary older than
-    /// that would make a reconcile decide from stale progress and repeat a step.
-    pub written: std::sync::Mutex<HashMap<String, u64>>,
+    /// that would make a reconcile decide from stale progress and repeat a step. An entry goes
+    /// with its Canary's Delete event (or a relist that no longer lists it).
+    pub written: Arc<std::sync::Mutex<HashMap<String, u64>>>,
     /// HPAs, for `spec.autoscalerRef`.
     pub autoscalers: autoscaler::Autoscalers,
     /// Chat alerts.
@@ -108,6 +151,8 @@ pub struct Ctx {
     /// Set once every cache has listed: one initializer waits (see [`store_ready`]) and every
     /// reconcile that asks meanwhile is woken with it.
     pub ready: tokio::sync::OnceCell<bool>,
+    /// Consecutive failed reconciles per Canary, for [`error_policy`]'s delay.
+    pub backoff: backoff::Backoffs,
 }
 
 impl Ctx {
@@ -147,12 +192,10 @@ where
     }
 }
 
-fn istio_resource(kind: &str) -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "networking.istio.io",
-        "v1beta1",
-        kind,
-    ))
+/// The caches of Istio objects stay untyped, so that one object the typed model cannot read does
+/// not stop the whole watch; they watch the version serin writes.
+fn istio_resource<K: Resource<DynamicType = ()>>() -> ApiResource {
+    ApiResource::erase::<K>(&())
 }
 
 /// Exits early, with what to do, when the CRDs serin needs are not installed: a watcher on a
@@ -230,60 +273,108 @@ pub async fn run_with(
     let ns = opts.namespace.clone();
     let ns = ns.as_deref();
     let wc = watcher::Config::default().any_semantic();
+    let health = metrics.ops.health.clone();
+    let index = Arc::new(std::sync::Mutex::new(index::Index::new()));
 
     let (deployments, dep_w) = reflector::store::<Deployment>();
-    let dep_stream = watcher(scoped::<Deployment>(&client, ns), wc.clone())
-        .default_backoff()
-        .reflect(dep_w)
-        .touched_objects();
+    let dep_stream = watches::resilient(
+        "deployments",
+        scoped::<Deployment>(&client, ns),
+        wc.clone(),
+        health.clone(),
+    )
+    .map(index_deployments(index.clone()))
+    .reflect(dep_w)
+    .touched_objects();
     let (services, svc_w) = reflector::store::<Service>();
-    let svc_stream = watcher(scoped::<Service>(&client, ns), wc.clone())
-        .default_backoff()
-        .reflect(svc_w)
-        .touched_objects();
+    let svc_stream = watches::resilient(
+        "services",
+        scoped::<Service>(&client, ns),
+        wc.clone(),
+        health.clone(),
+    )
+    .reflect(svc_w)
+    .touched_objects();
     let (config_maps, cm_w) = reflector::store::<ConfigMap>();
-    let cm_stream = watcher(scoped::<ConfigMap>(&client, ns), wc.clone())
-        .default_backoff()
-        .reflect(cm_w)
-        .touched_objects();
+    let cm_stream = watches::resilient(
+        "configmaps",
+        scoped::<ConfigMap>(&client, ns),
+        wc.clone(),
+        health.clone(),
+    )
+    .reflect(cm_w)
+    .touched_objects();
     let (secrets, secret_w) = reflector::store::<Secret>();
-    let secret_stream = watcher(scoped::<Secret>(&client, ns), wc.clone())
-        .default_backoff()
-        .reflect(secret_w)
-        .touched_objects();
-    let vs_resource = istio_resource("VirtualService");
-    let dr_resource = istio_resource("DestinationRule");
+    let secret_stream = watches::resilient(
+        "secrets",
+        scoped::<Secret>(&client, ns),
+        wc.clone(),
+        health.clone(),
+    )
+    .reflect(secret_w)
+    .touched_objects();
+    let vs_resource = istio_resource::<VirtualService>();
+    let dr_resource = istio_resource::<DestinationRule>();
     let vs_w = reflector::store::Writer::<DynamicObject>::new(vs_resource.clone());
     let virtual_services = vs_w.as_reader();
-    let vs_stream = watcher(scoped_dyn(&client, ns, &vs_resource), wc.clone())
-        .default_backoff()
-        .reflect(vs_w)
-        .touched_objects();
+    let vs_stream = watches::resilient(
+        "virtualservices",
+        scoped_dyn(&client, ns, &vs_resource),
+        wc.clone(),
+        health.clone(),
+    )
+    .reflect(vs_w)
+    .touched_objects();
     let dr_w = reflector::store::Writer::<DynamicObject>::new(dr_resource.clone());
     let destination_rules = dr_w.as_reader();
-    let dr_stream = watcher(scoped_dyn(&client, ns, &dr_resource), wc.clone())
-        .default_backoff()
-        .reflect(dr_w)
-        .touched_objects();
+    let dr_stream = watches::resilient(
+        "destinationrules",
+        scoped_dyn(&client, ns, &dr_resource),
+        wc.clone(),
+        health.clone(),
+    )
+    .reflect(dr_w)
+    .touched_objects();
+    // Canaries and templates are decoded one object at a time, so that one serin cannot read is
+    // skipped and reported instead of failing the whole list (see `watches`).
+    let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel();
+    let unreadable = |kind: &str| {
+        metrics
+            .ops
+            .unreadable
+            .get_or_create(&crate::telemetry::ops::KindLabels { kind: kind.into() })
+            .clone()
+    };
     // Templates only feed a cache; nothing is reconciled when one changes.
     let (templates, tpl_w) = reflector::store::<MetricTemplate>();
-    let tpl_stream = watcher(scoped::<MetricTemplate>(&client, ns), wc.clone())
-        .default_backoff()
-        .reflect(tpl_w)
-        .touched_objects();
+    let tpl_stream = watches::tolerant(
+        "metrictemplates",
+        scoped_dyn(&client, ns, &ApiResource::erase::<MetricTemplate>(&())),
+        wc.clone(),
+        health.clone(),
+        templates.clone(),
+        reports_tx.clone(),
+        unreadable("MetricTemplate"),
+    )
+    .reflect(tpl_w)
+    .touched_objects();
     // HPAs: the user's are read for `spec.autoscalerRef`; the primary ones are owned.
     let hpa_resource = autoscaler::resource();
     let hpa_w = reflector::store::Writer::<DynamicObject>::new(hpa_resource.clone());
     let hpa_store = hpa_w.as_reader();
-    let hpa_stream = watcher(scoped_dyn(&client, ns, &hpa_resource), wc.clone())
-        .default_backoff()
-        .reflect(hpa_w)
-        .touched_objects();
+    let hpa_stream = watches::resilient(
+        "horizontalpodautoscalers",
+        scoped_dyn(&client, ns, &hpa_resource),
+        wc.clone(),
+        health.clone(),
+    )
+    .reflect(hpa_w)
+    .touched_objects();
     let tpl_task = tokio::spawn(tpl_stream.for_each(|_| futures::future::ready(())));
 
-    let controller = Controller::new(scoped::<Canary>(&client, ns), wc.clone())
-        .with_config(ControllerConfig::default().concurrency(opts.concurrency));
-    let canaries = controller.store();
+    let canary_w = reflector::store::Writer::<Canary>::default();
+    let canaries = canary_w.as_reader();
+    let written = Arc::new(std::sync::Mutex::new(HashMap::new()));
 
     let (http, http_insecure) =
         crate::hooks::clients().map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
@@ -308,8 +399,9 @@ pub async fn run_with(
         http_insecure,
         providers: Mutex::new(HashMap::new()),
         metrics: metrics.clone(),
-        written: std::sync::Mutex::new(HashMap::new()),
+        written: written.clone(),
         ready: tokio::sync::OnceCell::new(),
+        backoff: Default::default(),
         autoscalers: autoscaler::Autoscalers {
             store: hpa_store,
             resource: hpa_resource.clone(),
@@ -317,8 +409,22 @@ pub async fn run_with(
         alerter,
     });
 
+    let canary_stream = watches::tolerant(
+        "canaries",
+        scoped_dyn(&client, ns, &ApiResource::erase::<Canary>(&())),
+        wc.clone(),
+        health.clone(),
+        canaries.clone(),
+        reports_tx,
+        unreadable("Canary"),
+    )
+    .map(index_canaries(index.clone(), written))
+    .reflect(canary_w)
+    .applied_objects();
+    let controller = Controller::for_stream(canary_stream, canaries.clone())
+        .with_config(ControllerConfig::default().concurrency(opts.concurrency));
+    let report_task = tokio::spawn(watches::report_unreadable(ctx.clone(), reports_rx));
     let totals_task = tokio::spawn(count_canaries(canaries.clone(), metrics.clone()));
-    let prune_task = tokio::spawn(prune_written(ctx.clone()));
     let synced_task = tokio::spawn(mark_synced(ctx.clone()));
     let server = opts.listen.map(|addr| {
         let m = metrics.clone();
@@ -333,20 +439,28 @@ pub async fn run_with(
     }
 
     let by_target = {
-        let canaries = canaries.clone();
-        move |d: Deployment| canaries_for_deployment(&canaries, &d)
+        let index = index.clone();
+        move |d: Deployment| {
+            let (ns, name) = namespaced_name(&d.metadata);
+            let found = lock(&index).canaries_for_deployment(&ns, &name);
+            canary_refs(&ns, found)
+        }
+    };
+    let by_config = |kind: index::ConfigKind| {
+        let index = index.clone();
+        move |meta: &ObjectMeta| {
+            let (ns, name) = namespaced_name(meta);
+            let found = lock(&index).canaries_for_config(kind, &ns, &name);
+            canary_refs(&ns, found)
+        }
     };
     let by_cm = {
-        let (canaries, deployments) = (canaries.clone(), deployments.clone());
-        move |cm: ConfigMap| {
-            canaries_for_config(&canaries, &deployments, &cm.metadata, ConfigKind::ConfigMap)
-        }
+        let f = by_config(index::ConfigKind::ConfigMap);
+        move |cm: ConfigMap| f(&cm.metadata)
     };
     let by_secret = {
-        let (canaries, deployments) = (canaries.clone(), deployments.clone());
-        move |s: Secret| {
-            canaries_for_config(&canaries, &deployments, &s.metadata, ConfigKind::Secret)
-        }
+        let f = by_config(index::ConfigKind::Secret);
+        move |s: Secret| f(&s.metadata)
     };
 
     // The shutdown trigger is shared: kube stops taking new work on it, and a bounded grace
@@ -397,31 +511,13 @@ pub async fn run_with(
     }
     tpl_task.abort();
     totals_task.abort();
-    prune_task.abort();
+    report_task.abort();
     synced_task.abort();
     if let Some(s) = server {
         s.abort();
     }
     info!("serin controller stopped");
     Ok(())
-}
-
-/// Forgets the status versions of deleted Canaries once a minute, so that [`Ctx::written`] stays
-/// as large as the set of Canaries rather than everything ever seen.
-async fn prune_written(ctx: Arc<Ctx>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tick.tick().await;
-        let live: std::collections::HashSet<String> = ctx
-            .canaries
-            .state()
-            .iter()
-            .filter_map(|c| c.metadata.uid.clone())
-            .collect();
-        if let Ok(mut w) = ctx.written.lock() {
-            w.retain(|uid, _| live.contains(uid));
-        }
-    }
 }
 
 /// `flagger_canary_total{namespace}`, refreshed from the cache every 10 s (Flagger's control-loop
@@ -493,6 +589,8 @@ async fn mark_synced(ctx: Arc<Ctx>) {
     }
 }
 
+/// Retries a failed reconcile after a per-Canary exponential backoff ([`backoff`]); a watch
+/// event on the Canary or its objects still reconciles it at once.
 fn error_policy(canary: Arc<Canary>, err: &Error, ctx: Arc<Ctx>) -> Action {
     ctx.metrics
         .reconciles
@@ -500,64 +598,229 @@ fn error_policy(canary: Arc<Canary>, err: &Error, ctx: Arc<Ctx>) -> Action {
             result: "error".into(),
         })
         .inc();
+    ctx.metrics
+        .ops
+        .reconcile_errors
+        .get_or_create(&crate::telemetry::ops::ErrorKindLabels {
+            kind: err.kind().into(),
+        })
+        .inc();
+    let retry_in = ctx.backoff.failed(&backoff::key(&canary));
+    ctx.backoff.prune(std::time::Instant::now(), || {
+        ctx.canaries
+            .state()
+            .iter()
+            .map(|c| backoff::key(c))
+            .collect()
+    });
     warn!(
         canary = canary.metadata.name.as_deref().unwrap_or(""),
         namespace = canary.metadata.namespace.as_deref().unwrap_or(""),
+        kind = err.kind(),
+        ?retry_in,
         "reconcile failed: {err}"
     );
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(retry_in)
 }
 
-fn canaries_for_deployment(canaries: &Store<Canary>, d: &Deployment) -> Vec<ObjectRef<Canary>> {
-    let Some(name) = d.metadata.name.as_deref() else {
-        return vec![];
-    };
-    let ns = d.metadata.namespace.as_deref();
-    canaries
-        .state()
-        .iter()
-        .filter(|c| c.metadata.namespace.as_deref() == ns)
-        .filter(|c| {
-            let t = &c.spec.target_ref.name;
-            t == name || name.strip_suffix("-primary") == Some(t.as_str())
-        })
-        .map(|c| ObjectRef::from_obj(c.as_ref()))
+fn namespaced_name(meta: &ObjectMeta) -> (String, String) {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+fn canary_refs(ns: &str, names: Vec<String>) -> Vec<ObjectRef<Canary>> {
+    names
+        .into_iter()
+        .map(|n| ObjectRef::new(&n).within(ns))
         .collect()
 }
 
-#[derive(Clone, Copy)]
-enum ConfigKind {
-    ConfigMap,
-    Secret,
+/// The index stays usable even if a panic poisoned its lock: it holds no invariant a half
+/// update could break beyond one stale answer, which the next event corrects.
+fn lock(index: &std::sync::Mutex<index::Index>) -> std::sync::MutexGuard<'_, index::Index> {
+    index.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn canaries_for_config(
-    canaries: &Store<Canary>,
-    deployments: &Store<Deployment>,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    kind: ConfigKind,
-) -> Vec<ObjectRef<Canary>> {
-    let (Some(name), Some(ns)) = (meta.name.as_deref(), meta.namespace.as_deref()) else {
-        return vec![];
-    };
-    canaries
-        .state()
-        .iter()
-        .filter(|c| c.metadata.namespace.as_deref() == Some(ns))
-        .filter(|c| {
-            let target = ObjectRef::<Deployment>::new(&c.spec.target_ref.name).within(ns);
-            let Some(d) = deployments.get(&target) else {
-                return false;
-            };
-            let Some(pod) = d.spec.template.spec.as_ref() else {
-                return false;
-            };
-            let refs = workload::config_refs(pod);
-            match kind {
-                ConfigKind::ConfigMap => refs.config_maps.contains_key(name),
-                ConfigKind::Secret => refs.secrets.contains_key(name),
+/// Feeds the index from the Canary watch, and forgets the stale-cache guard's entry
+/// ([`Ctx::written`]) of a Canary that is gone; a relist replaces both (it reports no deletions).
+fn index_canaries(
+    index: Arc<std::sync::Mutex<index::Index>>,
+    written: Arc<std::sync::Mutex<HashMap<String, u64>>>,
+) -> impl FnMut(WatchItem<Canary>) -> WatchItem<Canary> {
+    /// Namespace, name, target and uid of a listed Canary.
+    type Listed = (String, String, String, Option<String>);
+    let mut listing: Option<Vec<Listed>> = None;
+    move |item| {
+        let Ok(ev) = &item else { return item };
+        let entry = |c: &Canary| {
+            let (ns, name) = namespaced_name(&c.metadata);
+            (
+                ns,
+                name,
+                c.spec.target_ref.name.clone(),
+                c.metadata.uid.clone(),
+            )
+        };
+        match ev {
+            watcher::Event::Init => listing = Some(Vec::new()),
+            watcher::Event::InitApply(c) => {
+                if let Some(l) = listing.as_mut() {
+                    l.push(entry(c));
+                }
             }
-        })
-        .map(|c| ObjectRef::from_obj(c.as_ref()))
-        .collect()
+            watcher::Event::InitDone => {
+                let listed = listing.take().unwrap_or_default();
+                let live: std::collections::HashSet<String> =
+                    listed.iter().filter_map(|e| e.3.clone()).collect();
+                lock(&index).replace_canaries(listed.into_iter().map(|(ns, n, t, _)| (ns, n, t)));
+                if let Ok(mut w) = written.lock() {
+                    w.retain(|uid, _| live.contains(uid));
+                }
+            }
+            watcher::Event::Apply(c) => {
+                let (ns, name, target, _) = entry(c);
+                lock(&index).upsert_canary(&ns, &name, &target);
+            }
+            watcher::Event::Delete(c) => {
+                let (ns, name, _, uid) = entry(c);
+                lock(&index).remove_canary(&ns, &name);
+                if let (Some(uid), Ok(mut w)) = (uid, written.lock()) {
+                    w.remove(&uid);
+                }
+            }
+        }
+        item
+    }
+}
+
+/// Feeds the index with the configs each Deployment's pod template references.
+fn index_deployments(
+    index: Arc<std::sync::Mutex<index::Index>>,
+) -> impl FnMut(WatchItem<Deployment>) -> WatchItem<Deployment> {
+    let mut listing: Option<Vec<(String, String, index::Refs)>> = None;
+    move |item| {
+        let Ok(ev) = &item else { return item };
+        let entry = |d: &Deployment| {
+            let (ns, name) = namespaced_name(&d.metadata);
+            let refs = d
+                .spec
+                .template
+                .spec
+                .as_ref()
+                .map(|pod| {
+                    let r = workload::config_refs(pod);
+                    index::Refs {
+                        config_maps: r.config_maps.into_keys().collect(),
+                        secrets: r.secrets.into_keys().collect(),
+                    }
+                })
+                .unwrap_or_default();
+            (ns, name, refs)
+        };
+        match ev {
+            watcher::Event::Init => listing = Some(Vec::new()),
+            watcher::Event::InitApply(d) => {
+                if let Some(l) = listing.as_mut() {
+                    l.push(entry(d));
+                }
+            }
+            watcher::Event::InitDone => {
+                lock(&index).replace_deployments(listing.take().unwrap_or_default());
+            }
+            watcher::Event::Apply(d) => {
+                let (ns, name, refs) = entry(d);
+                lock(&index).upsert_deployment(&ns, &name, refs);
+            }
+            watcher::Event::Delete(d) => {
+                let (ns, name, _) = entry(d);
+                lock(&index).remove_deployment(&ns, &name);
+            }
+        }
+        item
+    }
+}
+
+type WatchItem<K> = Result<watcher::Event<K>, watcher::Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canary(name: &str, target: &str) -> Canary {
+        let mut c: Canary = serde_json::from_value(serde_json::json!({
+            "apiVersion": "flagger.app/v1beta1",
+            "kind": "Canary",
+            "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")},
+            "spec": {
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+                "service": {"port": 9898},
+            },
+        }))
+        .unwrap();
+        c.metadata.resource_version = Some("1".into());
+        c
+    }
+
+    #[test]
+    fn the_canary_watch_keeps_the_index_and_prunes_the_stale_cache_guard() {
+        let index = Arc::new(std::sync::Mutex::new(index::Index::new()));
+        let written = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let mut feed = index_canaries(index.clone(), written.clone());
+        let mut send = |ev| {
+            let _ = feed(Ok(ev));
+        };
+        send(watcher::Event::Apply(canary("a", "app")));
+        send(watcher::Event::Apply(canary("b", "other")));
+        written.lock().unwrap().insert("uid-a".to_string(), 7);
+        written.lock().unwrap().insert("uid-b".to_string(), 9);
+        assert_eq!(
+            lock(&index).canaries_for_deployment("ns", "app-primary"),
+            ["a"]
+        );
+
+        send(watcher::Event::Delete(canary("a", "app")));
+        assert!(lock(&index).canaries_for_deployment("ns", "app").is_empty());
+        assert_eq!(
+            written.lock().unwrap().keys().collect::<Vec<_>>(),
+            ["uid-b"]
+        );
+
+        // A relist after an outage reports no deletions: what it does not list is forgotten.
+        send(watcher::Event::Init);
+        send(watcher::Event::InitApply(canary("c", "app")));
+        send(watcher::Event::InitDone);
+        assert!(written.lock().unwrap().is_empty());
+        assert!(
+            lock(&index)
+                .canaries_for_deployment("ns", "other")
+                .is_empty()
+        );
+        assert_eq!(lock(&index).canaries_for_deployment("ns", "app"), ["c"]);
+    }
+
+    #[test]
+    fn the_deployment_watch_indexes_the_configs_of_pod_templates() {
+        let index = Arc::new(std::sync::Mutex::new(index::Index::new()));
+        lock(&index).upsert_canary("ns", "podinfo", "podinfo");
+        let mut feed = index_deployments(index.clone());
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "podinfo", "namespace": "ns"},
+            "spec": {
+                "selector": {},
+                "template": {"spec": {
+                    "containers": [{"name": "app", "envFrom": [{"configMapRef": {"name": "settings"}}]}],
+                    "volumes": [{"name": "v", "secret": {"secretName": "token"}}],
+                }},
+            },
+        }))
+        .unwrap();
+        let _ = feed(Ok(watcher::Event::Apply(d.clone())));
+        let ix = |kind, name: &str| lock(&index).canaries_for_config(kind, "ns", name);
+        assert_eq!(ix(index::ConfigKind::ConfigMap, "settings"), ["podinfo"]);
+        assert_eq!(ix(index::ConfigKind::Secret, "token"), ["podinfo"]);
+        let _ = feed(Ok(watcher::Event::Delete(d)));
+        assert!(ix(index::ConfigKind::ConfigMap, "settings").is_empty());
+    }
 }

@@ -20,6 +20,120 @@ pub const PROMOTED_CONDITION: &str = "Promoted";
 /// holds the canary, `True` once it answered 2xx.
 pub const GATE_CONDITION: &str = "serin.dev/Gate";
 
+/// Why a Canary is held: the reason of `serin.dev/Valid=False`. Each names a configuration
+/// problem only a person can fix; the condition's message names the field and the fix, and a
+/// Warning Event with that message is recorded when the problem first shows. Nothing moves
+/// (traffic, replicas, phase) while a Canary is held. Alerts and dashboards match on these
+/// strings, so they never change; `as_str()` is the list:
+///
+/// | reason | the problem |
+/// |---|---|
+/// | `InvalidSpec` | a field the schema cannot refuse is unusable (see `serin validate`) |
+/// | `TargetNotFound` | `spec.targetRef` names no Deployment |
+/// | `SelectorLabelMissing` | the target's `spec.selector.matchLabels` has none of `app`, `name`, `app.kubernetes.io/name` |
+/// | `ConfigNotFound` | the target refers to a ConfigMap or Secret that does not exist (and is not optional) |
+/// | `AutoscalerUnsupported` | `spec.autoscalerRef.kind` is not HorizontalPodAutoscaler |
+/// | `AutoscalerNotFound` | `spec.autoscalerRef` names no HPA |
+/// | `AutoscalerInvalid` | the HPA is unreadable, or the primary's bounds would cross |
+/// | `MetricTemplateNotFound` | a `templateRef` names no MetricTemplate |
+/// | `MetricProviderUnsupported` | a MetricTemplate's provider is not prometheus |
+/// | `MetricSecretNotFound` | a MetricTemplate's `secretRef` names no Secret |
+/// | `MetricQueryRenderError` | a query template uses an unknown name or variable |
+/// | `MetricProviderInvalid` | a provider's address, headers or credentials cannot be sent |
+/// | `MetricQueryInvalid` | Prometheus refused a query (`bad_data`) |
+/// | `NoUsableMetric` | a metric is neither built in nor has a `templateRef` or `query` |
+/// | `InternalError` | serin's decision did not settle; a bug to report |
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HoldReason {
+    InvalidSpec,
+    TargetNotFound,
+    SelectorLabelMissing,
+    ConfigNotFound,
+    AutoscalerUnsupported,
+    AutoscalerNotFound,
+    AutoscalerInvalid,
+    MetricTemplateNotFound,
+    MetricProviderUnsupported,
+    MetricSecretNotFound,
+    MetricQueryRenderError,
+    MetricProviderInvalid,
+    MetricQueryInvalid,
+    NoUsableMetric,
+    InternalError,
+}
+
+impl HoldReason {
+    pub const ALL: [HoldReason; 15] = [
+        HoldReason::InvalidSpec,
+        HoldReason::TargetNotFound,
+        HoldReason::SelectorLabelMissing,
+        HoldReason::ConfigNotFound,
+        HoldReason::AutoscalerUnsupported,
+        HoldReason::AutoscalerNotFound,
+        HoldReason::AutoscalerInvalid,
+        HoldReason::MetricTemplateNotFound,
+        HoldReason::MetricProviderUnsupported,
+        HoldReason::MetricSecretNotFound,
+        HoldReason::MetricQueryRenderError,
+        HoldReason::MetricProviderInvalid,
+        HoldReason::MetricQueryInvalid,
+        HoldReason::NoUsableMetric,
+        HoldReason::InternalError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldReason::InvalidSpec => "InvalidSpec",
+            HoldReason::TargetNotFound => "TargetNotFound",
+            HoldReason::SelectorLabelMissing => "SelectorLabelMissing",
+            HoldReason::ConfigNotFound => "ConfigNotFound",
+            HoldReason::AutoscalerUnsupported => "AutoscalerUnsupported",
+            HoldReason::AutoscalerNotFound => "AutoscalerNotFound",
+            HoldReason::AutoscalerInvalid => "AutoscalerInvalid",
+            HoldReason::MetricTemplateNotFound => "MetricTemplateNotFound",
+            HoldReason::MetricProviderUnsupported => "MetricProviderUnsupported",
+            HoldReason::MetricSecretNotFound => "MetricSecretNotFound",
+            HoldReason::MetricQueryRenderError => "MetricQueryRenderError",
+            HoldReason::MetricProviderInvalid => "MetricProviderInvalid",
+            HoldReason::MetricQueryInvalid => "MetricQueryInvalid",
+            HoldReason::NoUsableMetric => "NoUsableMetric",
+            HoldReason::InternalError => "InternalError",
+        }
+    }
+}
+
+impl std::fmt::Display for HoldReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A configuration problem that holds a Canary: the `serin.dev/Valid=False` condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    pub reason: HoldReason,
+    /// Names the field and the fix.
+    pub message: String,
+}
+
+impl Hold {
+    pub fn new(reason: HoldReason, message: impl std::fmt::Display) -> Self {
+        Hold {
+            reason,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Whether a hold is news: the `serin.dev/Valid` condition is not already false with the same
+/// message. Only news is logged and told in a Warning Event, so a Canary held for hours warns
+/// once, and again only when the problem changes.
+pub fn hold_is_new(status: Option<&CanaryStatus>, hold: &Hold) -> bool {
+    let valid = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == VALID_CONDITION));
+    !valid
+        .is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(hold.message.as_str()))
+}
+
 pub fn to_chrono(t: &Time) -> DateTime<Utc> {
     DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
         .unwrap_or_default()
@@ -121,12 +235,13 @@ pub fn progress(status: Option<&CanaryStatus>) -> Progress {
 }
 
 /// The status to write for a progress, keeping what serin does not decide here (cookies, the
-/// Flagger revision fence, metric results) from `previous`, and setting the conditions.
+/// Flagger revision fence, metric results) from `previous`, and setting the conditions; `hold`
+/// turns `serin.dev/Valid` false.
 pub fn status(
     previous: Option<&CanaryStatus>,
     p: &Progress,
     kind: &str,
-    valid: Result<(), (String, String)>,
+    hold: Option<&Hold>,
     now: DateTime<Utc>,
 ) -> CanaryStatus {
     let mut s = previous.cloned().unwrap_or_default();
@@ -170,20 +285,16 @@ pub fn status(
             now,
         ));
     }
-    let (st, reason, message) = match &valid {
-        Ok(()) => (
-            "True",
-            "Valid".to_string(),
-            "The spec and its references are usable.".to_string(),
-        ),
-        Err((reason, message)) => ("False", reason.clone(), message.clone()),
+    let (st, reason, message) = match hold {
+        None => ("True", "Valid", "The spec and its references are usable."),
+        Some(h) => ("False", h.reason.as_str(), h.message.as_str()),
     };
     conditions.push(condition(
         &s.conditions,
         VALID_CONDITION,
         st,
-        &reason,
-        &message,
+        reason,
+        message,
         now,
     ));
     if let Some(g) = &p.gate {
@@ -247,6 +358,22 @@ pub fn status_gauge(phase: Option<Phase>) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hold_reasons_are_distinct_camel_case_words() {
+        let names: std::collections::BTreeSet<&str> =
+            HoldReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), HoldReason::ALL.len());
+        for r in HoldReason::ALL {
+            let s = r.as_str();
+            assert!(
+                s.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+                    && s.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{s}"
+            );
+            assert_eq!(format!("{r:?}"), s, "as_str matches the variant");
+        }
+    }
+
     use super::*;
     use chrono::TimeZone;
     use std::collections::BTreeMap;
@@ -285,7 +412,7 @@ mod tests {
                 closed_by: Some("approve".into()),
             }),
         };
-        let s = status(None, &p, "Deployment", Ok(()), now());
+        let s = status(None, &p, "Deployment", None, now());
         assert_eq!(progress(Some(&s)), p);
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["phase"], "Progressing");
@@ -307,17 +434,38 @@ mod tests {
     }
 
     #[test]
+    fn a_hold_is_news_until_the_condition_says_it() {
+        let hold = Hold::new(HoldReason::TargetNotFound, "spec.targetRef.name: not found");
+        let p = Progress::default();
+        let valid = status(None, &p, "Deployment", None, now());
+        let held = status(None, &p, "Deployment", Some(&hold), now());
+        let other = Hold::new(HoldReason::TargetNotFound, "spec.targetRef.name: other");
+        let other_reason = Hold::new(HoldReason::InvalidSpec, "spec.targetRef.name: not found");
+        let cases = [
+            (None, &hold, true),
+            (Some(&valid), &hold, true),
+            (Some(&held), &hold, false),
+            (Some(&held), &other, true),
+            // The message names the field and the fix; the same text is the same problem.
+            (Some(&held), &other_reason, false),
+        ];
+        for (i, (st, h, want)) in cases.into_iter().enumerate() {
+            assert_eq!(hold_is_new(st, h), want, "case {i}");
+        }
+    }
+
+    #[test]
     fn rewriting_the_same_status_changes_nothing() {
         let p = Progress {
             phase: Some(Phase::Succeeded),
             ..Default::default()
         };
-        let first = status(None, &p, "Deployment", Ok(()), now());
+        let first = status(None, &p, "Deployment", None, now());
         let later = status(
             Some(&first),
             &p,
             "Deployment",
-            Ok(()),
+            None,
             now() + chrono::Duration::seconds(90),
         );
         assert_eq!(first, later);
@@ -325,7 +473,7 @@ mod tests {
             Some(&first),
             &p,
             "Deployment",
-            Err(("MetricTemplateNotFound".into(), "x".into())),
+            Some(&Hold::new(HoldReason::MetricTemplateNotFound, "x")),
             now() + chrono::Duration::seconds(90),
         );
         let c = &invalid.conditions[1];
@@ -345,13 +493,13 @@ mod tests {
             phase: Some(Phase::Progressing),
             ..Default::default()
         };
-        let none = status(None, &p, "Deployment", Ok(()), now());
+        let none = status(None, &p, "Deployment", None, now());
         assert!(none.conditions.iter().all(|c| c.type_ != GATE_CONDITION));
         p.gate = Some(GateState {
             kind: HookType::ConfirmTrafficIncrease,
             closed_by: Some("approve".into()),
         });
-        let closed = status(Some(&none), &p, "Deployment", Ok(()), now());
+        let closed = status(Some(&none), &p, "Deployment", None, now());
         let c = closed
             .conditions
             .iter()
@@ -367,7 +515,7 @@ mod tests {
             closed_by: None,
         });
         let later = now() + chrono::Duration::seconds(30);
-        let open = status(Some(&closed), &p, "Deployment", Ok(()), later);
+        let open = status(Some(&closed), &p, "Deployment", None, later);
         let c = open
             .conditions
             .iter()

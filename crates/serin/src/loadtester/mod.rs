@@ -325,26 +325,48 @@ fn parse_bool(s: Option<&String>) -> bool {
     )
 }
 
-async fn task(State(lt): State<Arc<LoadTester>>, body: Bytes) -> Response {
-    let payload = match decode(&body) {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
+/// What a `/` request asks for, read from its body before anything runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskRequest {
+    /// `cmd`: `sh -c command` in the background, answered 202 at once.
+    Background {
+        canary: String,
+        command: String,
+        log_output: bool,
+    },
+    /// `bash`, `helm`, `helmv3`, `kubectl`: run `program args` and answer when it ends.
+    Blocking {
+        kind: String,
+        program: &'static str,
+        args: Vec<String>,
+        canary: String,
+        command: String,
+        return_output: bool,
+    },
+}
+
+/// Reads a task request (a webhook payload from anyone who can reach the port) into what to
+/// run, or the answer refusing it. Pure and separate from running, so that what a body can make
+/// the load tester do is fuzzed without running anything (fuzz/).
+pub fn parse_task(body: &[u8], opts: &Options) -> Result<TaskRequest, (StatusCode, String)> {
+    let payload = decode(body)?;
     let namespace = payload.namespace.as_deref().unwrap_or_default();
-    if let Some(re) = &lt.opts.namespace_regexp
+    if let Some(re) = &opts.namespace_regexp
         && !re.is_match(namespace)
     {
         tracing::warn!("refused a task for namespace {namespace:?}: outside --namespace-regexp");
-        return (
+        return Err((
             StatusCode::FORBIDDEN,
             format!("namespace {namespace} is not allowed by --namespace-regexp {re}"),
-        )
-            .into_response();
+        ));
     }
     let metadata = match &payload.metadata {
         Some(m) if !m.is_empty() => m,
         _ => {
-            return (StatusCode::BAD_REQUEST, "metadata not found in payload").into_response();
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "metadata not found in payload".into(),
+            ));
         }
     };
     let kind = metadata.get("type").map_or("cmd", String::as_str);
@@ -354,33 +376,67 @@ async fn task(State(lt): State<Arc<LoadTester>>, body: Bytes) -> Response {
     match kind {
         "cmd" => {
             if !metadata.contains_key("cmd") {
-                return (StatusCode::BAD_REQUEST, "cmd not found in metadata").into_response();
+                return Err((StatusCode::BAD_REQUEST, "cmd not found in metadata".into()));
             }
-            let log_output = parse_bool(metadata.get("logCmdOutput"));
+            Ok(TaskRequest::Background {
+                canary,
+                command,
+                log_output: parse_bool(metadata.get("logCmdOutput")),
+            })
+        }
+        "bash" => Ok(TaskRequest::Blocking {
+            kind: kind.into(),
+            program: "bash",
+            args: vec!["-c".to_string(), command.clone()],
+            canary,
+            command,
+            return_output,
+        }),
+        "helm" | "helmv3" | "kubectl" => Ok(TaskRequest::Blocking {
+            kind: kind.into(),
+            program: if kind == "kubectl" { "kubectl" } else { "helm" },
+            args: command.split_whitespace().map(String::from).collect(),
+            canary,
+            command,
+            return_output,
+        }),
+        "concord" | "ngrinder" => Err((
+            StatusCode::BAD_REQUEST,
+            format!("task type {kind} is not supported by serin loadtester"),
+        )),
+        other => Err((
+            StatusCode::BAD_REQUEST,
+            format!("unknown task type {other}"),
+        )),
+    }
+}
+
+async fn task(State(lt): State<Arc<LoadTester>>, body: Bytes) -> Response {
+    match parse_task(&body, &lt.opts) {
+        Err(r) => r.into_response(),
+        Ok(TaskRequest::Background {
+            canary,
+            command,
+            log_output,
+        }) => {
             start_cmd(&lt, &canary, &command, log_output);
             StatusCode::ACCEPTED.into_response()
         }
-        "bash" => {
-            tracing::info!(canary = %canary, "bash command {command}");
-            let args = vec!["-c".to_string(), command.clone()];
-            blocking(&lt, kind, "bash", &args, &canary, &command, return_output).await
+        Ok(TaskRequest::Blocking {
+            kind,
+            program,
+            args,
+            canary,
+            command,
+            return_output,
+        }) => {
+            if kind == "bash" {
+                tracing::info!(canary = %canary, "bash command {command}");
+            } else {
+                tracing::info!(canary = %canary, "running command {program} {command}");
+            }
+            blocking(&lt, &kind, program, &args, &canary, &command, return_output).await
         }
-        "helm" | "helmv3" | "kubectl" => {
-            let program = if kind == "kubectl" { "kubectl" } else { "helm" };
-            tracing::info!(canary = %canary, "running command {program} {command}");
-            let args: Vec<String> = command.split_whitespace().map(String::from).collect();
-            blocking(&lt, kind, program, &args, &canary, &command, return_output).await
-        }
-        "concord" | "ngrinder" => (
-            StatusCode::BAD_REQUEST,
-            format!("task type {kind} is not supported by serin loadtester"),
-        )
-            .into_response(),
-        other => (
-            StatusCode::BAD_REQUEST,
-            format!("unknown task type {other}"),
-        )
-            .into_response(),
     }
 }
 

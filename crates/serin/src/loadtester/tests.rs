@@ -359,3 +359,45 @@ fn parse_bool_is_gos() {
     }
     assert!(!parse_bool(None));
 }
+
+#[test]
+fn parse_task_reads_what_to_run_without_running_it() {
+    let opts = Options::default();
+    let body = |meta: Value| payload("podinfo", "test", meta).to_string().into_bytes();
+    assert_eq!(
+        parse_task(
+            &body(json!({"cmd": "hey -z 1m", "logCmdOutput": "true"})),
+            &opts
+        ),
+        Ok(TaskRequest::Background {
+            canary: "podinfo.test".into(),
+            command: "hey -z 1m".into(),
+            log_output: true,
+        })
+    );
+    assert_eq!(
+        parse_task(
+            &body(json!({"type": "kubectl", "cmd": " get\tpods  -n test "})),
+            &opts
+        ),
+        Ok(TaskRequest::Blocking {
+            kind: "kubectl".into(),
+            program: "kubectl",
+            args: vec!["get".into(), "pods".into(), "-n".into(), "test".into()],
+            canary: "podinfo.test".into(),
+            command: " get\tpods  -n test ".into(),
+            return_output: false,
+        })
+    );
+    let refused = |b: &[u8], o: &Options| parse_task(b, o).map_err(|(s, _)| s.as_u16());
+    assert_eq!(refused(b"", &opts), Err(400));
+    assert_eq!(refused(b"[1]", &opts), Err(400));
+    assert_eq!(refused(&body(json!({})), &opts), Err(400));
+    assert_eq!(refused(&body(json!({"type": "cmd"})), &opts), Err(400));
+    assert_eq!(refused(&body(json!({"type": "ngrinder"})), &opts), Err(400));
+    let only_prod = Options {
+        namespace_regexp: Some(regex::Regex::new("^prod$").unwrap()),
+        ..Default::default()
+    };
+    assert_eq!(refused(&body(json!({"cmd": "x"})), &only_prod), Err(403));
+}

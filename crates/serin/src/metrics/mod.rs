@@ -1,13 +1,17 @@
 //! Metric checks: Flagger's built-in Istio queries, MetricTemplate rendering, the verdict on a
-//! value, and the Prometheus provider (docs/flagger-contract.md §2.1 and §5). Everything here but
-//! the provider is pure.
+//! value, resolving a metric of the spec against its MetricTemplate and Secret, and the
+//! Prometheus provider (docs/flagger-contract.md §2.1 and §5). Everything here but the provider
+//! is pure.
 
 pub mod prometheus;
+mod resolve;
+
+pub use resolve::{Lookups, ResolveError, Resolved, resolve};
 
 use std::collections::BTreeMap;
 
 use crate::api::{CanaryMetric, CanaryThresholdRange};
-use crate::rollout::messages as msg;
+use crate::rollout::{CheckFailed, messages as msg};
 
 pub const REQUEST_SUCCESS_RATE: &str = "request-success-rate";
 pub const REQUEST_DURATION: &str = "request-duration";
@@ -38,8 +42,26 @@ pub struct TemplateModel {
     pub variables: BTreeMap<String, String>,
 }
 
+/// Why a template could not be rendered; the text says what to write instead, as Go's
+/// `missingkey=error` would refuse it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("unclosed action: a \"{{{{\" has no matching \"}}}}\"")]
+    Unclosed,
+    #[error("empty action \"{{{{ }}}}\"")]
+    EmptyAction,
+    #[error(
+        "map has no entry for key \"{0}\": add it to spec.analysis.metrics[].templateVariables"
+    )]
+    MissingVariable(String),
+    #[error(
+        "function \"{0}\" not defined: use one of name, namespace, target, service, ingress, route, interval, variables.<key>"
+    )]
+    UnknownFunction(String),
+}
+
 impl TemplateModel {
-    fn lookup(&self, key: &str) -> Result<String, String> {
+    fn lookup(&self, key: &str) -> Result<String, RenderError> {
         Ok(match key {
             "name" => self.name.clone(),
             "namespace" => self.namespace.clone(),
@@ -50,15 +72,13 @@ impl TemplateModel {
             "interval" => self.interval.clone(),
             _ => {
                 if let Some(var) = key.strip_prefix("variables.") {
-                    return self.variables.get(var).cloned().ok_or_else(|| {
-                        format!(
-                            "map has no entry for key \"{var}\": add it to spec.analysis.metrics[].templateVariables"
-                        )
-                    });
+                    return self
+                        .variables
+                        .get(var)
+                        .cloned()
+                        .ok_or_else(|| RenderError::MissingVariable(var.to_string()));
                 }
-                return Err(format!(
-                    "function \"{key}\" not defined: use one of name, namespace, target, service, ingress, route, interval, variables.<key>"
-                ));
+                return Err(RenderError::UnknownFunction(key.to_string()));
             }
         })
     }
@@ -66,14 +86,14 @@ impl TemplateModel {
 
 /// Renders `{{ key }}` actions (with Go's `{{-`/`-}}` trimming) against the model. Anything
 /// else inside `{{ }}` is an error naming it, as Go's `missingkey=error` would refuse it.
-pub fn render(template: &str, model: &TemplateModel) -> Result<String, String> {
+pub fn render(template: &str, model: &TemplateModel) -> Result<String, RenderError> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
         let (before, after) = rest.split_at(start);
         let after = &after[2..];
         let Some(end) = after.find("}}") else {
-            return Err("unclosed action: a \"{{\" has no matching \"}}\"".into());
+            return Err(RenderError::Unclosed);
         };
         let mut action = &after[..end];
         let mut text = before;
@@ -88,7 +108,7 @@ pub fn render(template: &str, model: &TemplateModel) -> Result<String, String> {
         out.push_str(text);
         let key = action.trim().trim_start_matches('.');
         if key.is_empty() {
-            return Err("empty action \"{{ }}\"".into());
+            return Err(RenderError::EmptyAction);
         }
         out.push_str(&model.lookup(key)?);
         rest = &after[end + 2..];
@@ -194,18 +214,18 @@ pub fn go_duration_ms(ms: i64) -> String {
 }
 
 /// The verdict on a value: `Err` carries Flagger's "Halt ..." event text.
-pub fn verdict(check: &Check, value: f64, canary: &str) -> Result<(), String> {
+pub fn verdict(check: &Check, value: f64, canary: &str) -> Result<(), CheckFailed> {
     match check.kind {
         MetricKind::SuccessRate => {
             if let Some(min) = check.min
                 && value < min
             {
-                return Err(msg::halt_success_rate(canary, value, '<', min));
+                return Err(CheckFailed(msg::halt_success_rate(canary, value, '<', min)));
             }
             if let Some(max) = check.max
                 && value > max
             {
-                return Err(msg::halt_success_rate(canary, value, '>', max));
+                return Err(CheckFailed(msg::halt_success_rate(canary, value, '>', max)));
             }
         }
         MetricKind::Duration => {
@@ -215,51 +235,88 @@ pub fn verdict(check: &Check, value: f64, canary: &str) -> Result<(), String> {
                 && (ms as f64) < min
             {
                 let bound = go_duration_ms(min as i64);
-                return Err(msg::halt_request_duration(
+                return Err(CheckFailed(msg::halt_request_duration(
                     canary,
                     &go_duration_ms(ms),
                     '<',
                     &bound,
-                ));
+                )));
             }
             if let Some(max) = check.max
                 && (ms as f64) > max
             {
                 let bound = go_duration_ms(max as i64);
-                return Err(msg::halt_request_duration(
+                return Err(CheckFailed(msg::halt_request_duration(
                     canary,
                     &go_duration_ms(ms),
                     '>',
                     &bound,
-                ));
+                )));
             }
         }
         MetricKind::Template | MetricKind::Inline => {
             if let Some(min) = check.min
                 && value < min
             {
-                return Err(msg::halt_custom_metric(
+                return Err(CheckFailed(msg::halt_custom_metric(
                     canary,
                     &check.name,
                     value,
                     '<',
                     min,
-                ));
+                )));
             }
             if let Some(max) = check.max
                 && value > max
             {
-                return Err(msg::halt_custom_metric(
+                return Err(CheckFailed(msg::halt_custom_metric(
                     canary,
                     &check.name,
                     value,
                     '>',
                     max,
-                ));
+                )));
             }
         }
     }
     Ok(())
+}
+
+/// A query outcome that does not pass.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Judged {
+    /// A failed check, counted towards the threshold: out of range, no values, or a query that
+    /// failed for a reason other than its text (Prometheus away, a timeout).
+    Failed(CheckFailed),
+    /// Prometheus refused the query as malformed (`bad_data`): a configuration problem that
+    /// holds the canary, never a failed check.
+    QueryRefused(String),
+}
+
+/// The verdict on one query's outcome for the canary `canary` (`name.namespace`) whose target
+/// is `target` (`name.namespace`).
+pub fn judge(
+    check: &Check,
+    outcome: &QueryOutcome,
+    canary: &str,
+    target: &str,
+) -> Result<(), Judged> {
+    match outcome {
+        QueryOutcome::Value(v) => verdict(check, *v, canary).map_err(Judged::Failed),
+        QueryOutcome::NoValues => Err(Judged::Failed(CheckFailed(no_values_text(check, target)))),
+        QueryOutcome::Error(e) if e.starts_with("bad_data") => Err(Judged::QueryRefused(e.clone())),
+        QueryOutcome::Error(e) => Err(Judged::Failed(CheckFailed(error_text(check, e)))),
+    }
+}
+
+/// The value of `flagger_canary_metric_analysis`: as queried, except request durations, which
+/// Flagger reports in seconds.
+pub fn gauge_value(check: &Check, value: f64) -> f64 {
+    if check.kind == MetricKind::Duration {
+        value / 1000.0
+    } else {
+        value
+    }
 }
 
 /// The event text when a query found nothing.

@@ -25,6 +25,41 @@ pub struct ProviderConfig {
     pub insecure_skip_verify: bool,
 }
 
+/// Why a [`ProviderConfig`] gives no client: a header, credential or address that cannot be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("header name {name:?}: {source}")]
+    HeaderName {
+        name: String,
+        source: reqwest::header::InvalidHeaderName,
+    },
+    #[error("header {name} value: {source}")]
+    HeaderValue {
+        name: String,
+        source: reqwest::header::InvalidHeaderValue,
+    },
+    #[error("token: {0}")]
+    Token(reqwest::header::InvalidHeaderValue),
+    #[error("basic auth: {0}")]
+    BasicAuth(reqwest::header::InvalidHeaderValue),
+    #[error("building the HTTP client: {0}")]
+    Client(reqwest::Error),
+    #[error("address {address:?}: {source}")]
+    Address {
+        address: String,
+        source: prometheus_http_query::Error,
+    },
+}
+
+/// Why Flagger's availability probe failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OfflineError {
+    #[error("vector(1) returned no values")]
+    NoValues,
+    #[error("{0}")]
+    Query(String),
+}
+
 /// A ready client for one [`ProviderConfig`]; cheap to clone.
 #[derive(Clone)]
 pub struct Prometheus {
@@ -32,20 +67,27 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    pub fn new(cfg: &ProviderConfig) -> Result<Self, String> {
+    pub fn new(cfg: &ProviderConfig) -> Result<Self, ProviderError> {
         let mut headers = HeaderMap::new();
         for (k, values) in &cfg.headers {
-            let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| format!("header name {k:?}: {e}"))?;
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|source| {
+                ProviderError::HeaderName {
+                    name: k.clone(),
+                    source,
+                }
+            })?;
             for v in values {
                 let value =
-                    HeaderValue::from_str(v).map_err(|e| format!("header {k} value: {e}"))?;
+                    HeaderValue::from_str(v).map_err(|source| ProviderError::HeaderValue {
+                        name: k.clone(),
+                        source,
+                    })?;
                 headers.append(name.clone(), value);
             }
         }
         if let Some(token) = &cfg.bearer_token {
             let value = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-                .map_err(|e| format!("token: {e}"))?;
+                .map_err(ProviderError::Token)?;
             headers.insert(AUTHORIZATION, value);
         }
         if let Some((user, pass)) = &cfg.basic_auth {
@@ -53,7 +95,7 @@ impl Prometheus {
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
             ))
-            .map_err(|e| format!("basic auth: {e}"))?;
+            .map_err(ProviderError::BasicAuth)?;
             headers.insert(AUTHORIZATION, value);
         }
         let http = reqwest::Client::builder()
@@ -61,9 +103,12 @@ impl Prometheus {
             .default_headers(headers)
             .danger_accept_invalid_certs(cfg.insecure_skip_verify)
             .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+            .map_err(ProviderError::Client)?;
         let client = prometheus_http_query::Client::from(http, cfg.address.trim_end_matches('/'))
-            .map_err(|e| format!("address {:?}: {e}", cfg.address))?;
+            .map_err(|source| ProviderError::Address {
+            address: cfg.address.clone(),
+            source,
+        })?;
         Ok(Prometheus { client })
     }
 
@@ -76,11 +121,11 @@ impl Prometheus {
     }
 
     /// Flagger's availability probe (`vector(1)`).
-    pub async fn is_online(&self) -> Result<(), String> {
+    pub async fn is_online(&self) -> Result<(), OfflineError> {
         match self.query("vector(1)").await {
             QueryOutcome::Value(_) => Ok(()),
-            QueryOutcome::NoValues => Err("vector(1) returned no values".into()),
-            QueryOutcome::Error(e) => Err(e),
+            QueryOutcome::NoValues => Err(OfflineError::NoValues),
+            QueryOutcome::Error(e) => Err(OfflineError::Query(e)),
         }
     }
 }

@@ -49,7 +49,7 @@ fn render_table() {
     for (tpl, want) in cases {
         match (render(tpl, &m), want) {
             (Ok(got), Ok(w)) => assert_eq!(&got, w, "{tpl}"),
-            (Err(got), Err(w)) => assert!(got.contains(w), "{tpl}: {got}"),
+            (Err(got), Err(w)) => assert!(got.to_string().contains(w), "{tpl}: {got}"),
             (got, w) => panic!("{tpl}: got {got:?}, want {w:?}"),
         }
     }
@@ -120,7 +120,11 @@ fn verdict_table() {
         (check(MetricKind::Template, None, None), 1e9, Ok(())),
     ];
     for (i, (ch, v, want)) in cases.into_iter().enumerate() {
-        assert_eq!(verdict(&ch, v, c), want.map_err(String::from), "case {i}");
+        assert_eq!(
+            verdict(&ch, v, c),
+            want.map_err(CheckFailed::from),
+            "case {i}"
+        );
     }
 }
 
@@ -187,4 +191,309 @@ fn no_values_texts() {
         no_values_text(&inline, "podinfo.test"),
         "Halt advancement no values found for metric: request-success-rate"
     );
+}
+
+/// Maps standing in for the watch caches.
+#[derive(Default)]
+struct Objects {
+    templates: BTreeMap<(String, String), std::sync::Arc<crate::api::MetricTemplate>>,
+    secrets: BTreeMap<(String, String), std::sync::Arc<k8s_openapi::api::core::v1::Secret>>,
+}
+
+impl Lookups for Objects {
+    fn template(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<std::sync::Arc<crate::api::MetricTemplate>> {
+        self.templates
+            .get(&(namespace.into(), name.into()))
+            .cloned()
+    }
+    fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<std::sync::Arc<k8s_openapi::api::core::v1::Secret>> {
+        self.secrets.get(&(namespace.into(), name.into())).cloned()
+    }
+}
+
+fn objects() -> Objects {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let template = |ns: &str, name: &str, provider: serde_json::Value, query: &str| {
+        let t: crate::api::MetricTemplate = serde_json::from_value(serde_json::json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "MetricTemplate",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"provider": provider, "query": query},
+        }))
+        .unwrap();
+        ((ns.to_string(), name.to_string()), std::sync::Arc::new(t))
+    };
+    let secret = |ns: &str, name: &str, data: serde_json::Value| {
+        let s: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": ns},
+            "data": data,
+        }))
+        .unwrap();
+        ((ns.to_string(), name.to_string()), std::sync::Arc::new(s))
+    };
+    Objects {
+        templates: BTreeMap::from([
+            template(
+                "test",
+                "errors",
+                serde_json::json!({"type": "prometheus", "address": "http://tpl:9090"}),
+                "sum(errors{ns=\"{{ namespace }}\", app=\"{{ target }}\", r=\"{{ variables.r }}\"})",
+            ),
+            template(
+                "shared",
+                "latency",
+                serde_json::json!({"type": "prometheus", "secretRef": {"name": "prom"}, "headers": {"X-Org": ["a"]}, "insecureSkipVerify": true}),
+                "latency{svc=\"{{ service }}\"}",
+            ),
+            template(
+                "test",
+                "no-secret",
+                serde_json::json!({"type": "prometheus", "secretRef": {"name": "absent"}}),
+                "up",
+            ),
+            template(
+                "test",
+                "datadog",
+                serde_json::json!({"type": "datadog"}),
+                "avg:x",
+            ),
+            template(
+                "test",
+                "broken",
+                serde_json::json!({"type": "prometheus"}),
+                "{{ nope }}",
+            ),
+        ]),
+        secrets: BTreeMap::from([secret(
+            "shared",
+            "prom",
+            serde_json::json!({"address": b64("https://secret:9090"), "token": b64("t0k"), "username": b64("u"), "password": b64("p")}),
+        )]),
+    }
+}
+
+fn resolve_canary(metrics_server: Option<&str>) -> crate::api::Canary {
+    let mut spec = serde_json::json!({
+        "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+        "service": {"port": 9898, "name": "web"},
+        "analysis": {"interval": "1m"},
+    });
+    if let Some(s) = metrics_server {
+        spec["metricsServer"] = serde_json::json!(s);
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
+        "metadata": {"name": "podinfo", "namespace": "test"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn metric(v: serde_json::Value) -> CanaryMetric {
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn resolve_table() {
+    use prometheus::ProviderConfig;
+    let objects = objects();
+    let at = |address: &str| ProviderConfig {
+        address: address.into(),
+        ..Default::default()
+    };
+    // (canary metricsServer, metric) → (kind, query, provider) or the error text
+    type Want = Result<(MetricKind, &'static str, ProviderConfig), &'static str>;
+    let cases: Vec<(Option<&str>, serde_json::Value, Want)> = vec![
+        (
+            None,
+            serde_json::json!({"name": "request-success-rate", "interval": "30s"}),
+            Ok((
+                MetricKind::SuccessRate,
+                "destination_workload=~\"podinfo\",response_code!~\"5.*\"}[30s]",
+                at("http://default:9090"),
+            )),
+        ),
+        (
+            Some("http://own:9090"),
+            serde_json::json!({"name": "request-duration"}),
+            Ok((
+                MetricKind::Duration,
+                "histogram_quantile(0.99",
+                at("http://own:9090"),
+            )),
+        ),
+        (
+            None,
+            serde_json::json!({"name": "inline", "query": "rate(x{ns=\"{{ namespace }}\"}[{{ interval }}])", "interval": "2m"}),
+            Ok((
+                MetricKind::Inline,
+                "rate(x{ns=\"test\"}[2m])",
+                at("http://default:9090"),
+            )),
+        ),
+        (
+            Some("http://own:9090"),
+            serde_json::json!({"name": "errors", "templateRef": {"name": "errors"}, "templateVariables": {"r": "source"}}),
+            Ok((
+                MetricKind::Template,
+                "sum(errors{ns=\"test\", app=\"podinfo\", r=\"source\"})",
+                at("http://tpl:9090"),
+            )),
+        ),
+        (
+            Some("http://own:9090"),
+            serde_json::json!({"name": "latency", "templateRef": {"name": "latency", "namespace": "shared"}}),
+            Ok((
+                MetricKind::Template,
+                "latency{svc=\"web\"}",
+                ProviderConfig {
+                    address: "https://secret:9090".into(),
+                    headers: BTreeMap::from([("X-Org".to_string(), vec!["a".to_string()])]),
+                    bearer_token: Some("t0k".into()),
+                    basic_auth: Some(("u".into(), "p".into())),
+                    insecure_skip_verify: true,
+                },
+            )),
+        ),
+        (
+            None,
+            serde_json::json!({"name": "x", "templateRef": {"name": "missing"}}),
+            Err(
+                "spec.analysis.metrics[0].templateRef: MetricTemplate test/missing not found; create it or fix the reference",
+            ),
+        ),
+        (
+            None,
+            serde_json::json!({"name": "x", "templateRef": {"name": "errors", "namespace": "other"}}),
+            Err("MetricTemplate other/errors not found"),
+        ),
+        (
+            None,
+            serde_json::json!({"name": "x", "templateRef": {"name": "no-secret"}}),
+            Err(
+                "MetricTemplate test/no-secret spec.provider.secretRef: secret test/absent not found; create it with the key token, or username and password",
+            ),
+        ),
+        (
+            None,
+            serde_json::json!({"name": "x", "templateRef": {"name": "datadog"}}),
+            Err(
+                "MetricTemplate test/datadog spec.provider.type: datadog is not supported by serin; use prometheus",
+            ),
+        ),
+        (
+            None,
+            serde_json::json!({"name": "x", "templateRef": {"name": "broken"}}),
+            Err("MetricTemplate test/broken spec.query: function \"nope\" not defined"),
+        ),
+        (
+            None,
+            serde_json::json!({"name": "x", "query": "{{ variables.r }}"}),
+            Err("spec.analysis.metrics[0].query: map has no entry for key \"r\""),
+        ),
+        (
+            None,
+            serde_json::json!({"name": "error-rate"}),
+            Err("spec.analysis.metrics[0]: "),
+        ),
+    ];
+    for (i, (server, m, want)) in cases.into_iter().enumerate() {
+        let canary = resolve_canary(server);
+        let got = resolve(&canary, 0, &metric(m), "http://default:9090", &objects);
+        match (got, want) {
+            (Ok(r), Ok((kind, query, provider))) => {
+                assert_eq!(r.check.kind, kind, "case {i}");
+                assert!(r.check.query.contains(query), "case {i}: {}", r.check.query);
+                assert_eq!(r.provider, provider, "case {i}");
+            }
+            (Err(e), Err(text)) => assert!(
+                e.to_string().starts_with(text) || e.to_string().contains(text),
+                "case {i}: {e}"
+            ),
+            (got, want) => panic!("case {i}: got {got:?}, want {want:?}"),
+        }
+    }
+}
+
+#[test]
+fn resolve_errors_name_their_kind() {
+    let objects = objects();
+    let canary = resolve_canary(None);
+    let err = |m| resolve(&canary, 2, &metric(m), "http://p", &objects).unwrap_err();
+    assert!(matches!(
+        err(serde_json::json!({"name": "x", "templateRef": {"name": "missing"}})),
+        ResolveError::TemplateNotFound { index: 2, .. }
+    ));
+    assert!(matches!(
+        err(serde_json::json!({"name": "x"})),
+        ResolveError::NoUsableMetric { index: 2 }
+    ));
+    assert!(matches!(
+        err(serde_json::json!({"name": "x", "templateRef": {"name": "broken"}})),
+        ResolveError::Render {
+            source: RenderError::UnknownFunction(_),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn judge_table() {
+    let c = "podinfo.test";
+    let t = "podinfo.test";
+    let sr = check(MetricKind::SuccessRate, Some(99.0), None);
+    let failed = |text: &str| Err(Judged::Failed(CheckFailed(text.into())));
+    let cases = vec![
+        (sr.clone(), QueryOutcome::Value(99.5), Ok(())),
+        (
+            sr.clone(),
+            QueryOutcome::Value(93.456),
+            failed("Halt podinfo.test advancement success rate 93.46% < 99%"),
+        ),
+        (
+            Check {
+                name: REQUEST_SUCCESS_RATE.into(),
+                ..sr.clone()
+            },
+            QueryOutcome::NoValues,
+            failed(
+                "Halt advancement no values found for istio metric request-success-rate probably podinfo.test is not receiving traffic",
+            ),
+        ),
+        (
+            sr.clone(),
+            QueryOutcome::Error("timeout: query timed out".into()),
+            Err(Judged::Failed(CheckFailed(error_text(
+                &sr,
+                "timeout: query timed out",
+            )))),
+        ),
+        (
+            sr.clone(),
+            QueryOutcome::Error("bad_data: parse error at char 5".into()),
+            Err(Judged::QueryRefused(
+                "bad_data: parse error at char 5".into(),
+            )),
+        ),
+    ];
+    for (i, (ch, outcome, want)) in cases.into_iter().enumerate() {
+        assert_eq!(judge(&ch, &outcome, c, t), want, "case {i}");
+    }
+}
+
+#[test]
+fn durations_are_reported_in_seconds() {
+    let d = check(MetricKind::Duration, None, Some(500.0));
+    assert_eq!(gauge_value(&d, 1523.0), 1.523);
+    let sr = check(MetricKind::SuccessRate, Some(99.0), None);
+    assert_eq!(gauge_value(&sr, 99.5), 99.5);
 }

@@ -1,5 +1,5 @@
 use super::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn canary(spec: Value) -> Canary {
     serde_json::from_value(json!({
@@ -19,6 +19,23 @@ fn owner() -> OwnerReference {
         controller: Some(true),
         block_owner_deletion: Some(true),
     }
+}
+
+/// The JSON serin sends to the API server, which the assertions look at.
+fn to_json<T: serde::Serialize>(obj: &T) -> Value {
+    serde_json::to_value(obj).unwrap()
+}
+
+/// [`read_routes`] on a VirtualService as the API server returns it: the JSON read back into the
+/// typed object, which must give back exactly what was written.
+fn read_back(vs: &Value, apex: &str) -> Option<Routes> {
+    let typed: VirtualService = serde_json::from_value(vs.clone()).unwrap();
+    assert_eq!(
+        &to_json(&typed),
+        vs,
+        "the typed VirtualService loses nothing"
+    );
+    read_routes(&typed, apex)
 }
 
 fn sel() -> SelectorLabel {
@@ -123,14 +140,14 @@ fn virtual_service_default_route() {
         owner: owner(),
         discovered: &[],
     };
-    let vs = desired_virtual_service(
+    let vs = to_json(&desired_virtual_service(
         &inp,
         Routes {
             primary: 70,
             canary: 30,
             mirror: false,
         },
-    );
+    ));
     assert_eq!(vs["apiVersion"], "networking.istio.io/v1beta1");
     assert_eq!(
         vs["spec"],
@@ -152,7 +169,7 @@ fn virtual_service_default_route() {
         })
     );
     assert_eq!(
-        read_routes(&vs, "podinfo"),
+        read_back(&vs, "podinfo"),
         Some(Routes {
             primary: 70,
             canary: 30,
@@ -172,14 +189,14 @@ fn virtual_service_defaults_to_mesh_gateway_and_apex_host() {
         owner: owner(),
         discovered: &[],
     };
-    let vs = desired_virtual_service(
+    let vs = to_json(&desired_virtual_service(
         &inp,
         Routes {
             primary: 100,
             canary: 0,
             mirror: false,
         },
-    );
+    ));
     assert_eq!(vs["spec"]["hosts"], json!(["podinfo"]));
     assert_eq!(vs["spec"]["gateways"], json!(["mesh"]));
 }
@@ -201,14 +218,14 @@ fn ab_testing_has_a_matched_route_and_a_primary_route() {
         owner: owner(),
         discovered: &[],
     };
-    let vs = desired_virtual_service(
+    let vs = to_json(&desired_virtual_service(
         &inp,
         Routes {
             primary: 0,
             canary: 100,
             mirror: false,
         },
-    );
+    ));
     let http = vs["spec"]["http"].as_array().unwrap();
     assert_eq!(http.len(), 2);
     assert_eq!(
@@ -260,14 +277,14 @@ fn mirroring_sets_mirror_and_percentage() {
         owner: owner(),
         discovered: &[],
     };
-    let vs = desired_virtual_service(
+    let vs = to_json(&desired_virtual_service(
         &inp,
         Routes {
             primary: 100,
             canary: 0,
             mirror: true,
         },
-    );
+    ));
     assert_eq!(
         vs["spec"]["http"][0]["mirror"],
         json!({"host": "podinfo-canary"})
@@ -276,7 +293,7 @@ fn mirroring_sets_mirror_and_percentage() {
         vs["spec"]["http"][0]["mirrorPercentage"],
         json!({"value": 30})
     );
-    assert!(read_routes(&vs, "podinfo").unwrap().mirror);
+    assert!(read_back(&vs, "podinfo").unwrap().mirror);
 }
 
 #[test]
@@ -292,14 +309,14 @@ fn delegation_and_tcp() {
         owner: owner(),
         discovered: &[],
     };
-    let vs = desired_virtual_service(
+    let vs = to_json(&desired_virtual_service(
         &inp,
         Routes {
             primary: 100,
             canary: 0,
             mirror: false,
         },
-    );
+    ));
     assert!(vs["spec"].get("hosts").is_none() || vs["spec"]["hosts"] == json!([]));
     assert!(vs["spec"].get("gateways").is_none());
 
@@ -313,18 +330,18 @@ fn delegation_and_tcp() {
         owner: owner(),
         discovered: &[],
     };
-    let vs = desired_virtual_service(
+    let vs = to_json(&desired_virtual_service(
         &inp,
         Routes {
             primary: 90,
             canary: 10,
             mirror: false,
         },
-    );
+    ));
     assert_eq!(vs["spec"]["tcp"][0]["match"], json!([{"port": 9898}]));
     assert!(vs["spec"].get("http").is_none());
     assert_eq!(
-        read_routes(&vs, "podinfo"),
+        read_back(&vs, "podinfo"),
         Some(Routes {
             primary: 90,
             canary: 10,
@@ -346,13 +363,55 @@ fn destination_rules_carry_the_traffic_policy() {
         owner: owner(),
         discovered: &[],
     };
-    let drs = desired_destination_rules(&inp);
+    let drs: Vec<Value> = desired_destination_rules(&inp)
+        .iter()
+        .map(to_json)
+        .collect();
     assert_eq!(drs[0]["metadata"]["name"], "podinfo-canary");
     assert_eq!(
         drs[0]["spec"],
         json!({"host": "podinfo-canary", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}})
     );
     assert_eq!(drs[1]["spec"]["host"], "podinfo-primary");
+    assert_eq!(drs[1]["apiVersion"], "networking.istio.io/v1beta1");
+    assert_eq!(drs[1]["kind"], "DestinationRule");
+    assert_eq!(drs[1]["metadata"]["ownerReferences"][0]["uid"], "u1");
+}
+
+#[test]
+fn routes_are_read_from_a_virtual_service_with_fields_serin_does_not_model() {
+    // A VirtualService as the API server returns it after someone added a redirect rule and
+    // fault injection: the weights are read from the first route to both of serin's hosts.
+    let vs = json!({
+        "apiVersion": "networking.istio.io/v1beta1",
+        "kind": "VirtualService",
+        "metadata": {"name": "podinfo", "namespace": "test", "resourceVersion": "12"},
+        "spec": {
+            "hosts": ["podinfo"],
+            "http": [
+                {"match": [{"uri": {"prefix": "/old"}}], "redirect": {"uri": "/new"}},
+                {"route": [{"destination": {"host": "elsewhere"}, "weight": 100}]},
+                {
+                    "fault": {"abort": {"httpStatus": 503, "percentage": {"value": 1}}},
+                    "route": [
+                        {"destination": {"host": "podinfo-primary"}, "weight": 75},
+                        {"destination": {"host": "podinfo-canary"}, "weight": 25}
+                    ],
+                    "mirror": {"host": "podinfo-canary"},
+                    "mirrorPercentage": {"value": 12.5}
+                }
+            ]
+        }
+    });
+    assert_eq!(
+        read_back(&vs, "podinfo"),
+        Some(Routes {
+            primary: 75,
+            canary: 25,
+            mirror: true
+        })
+    );
+    assert_eq!(read_back(&vs, "other"), None);
 }
 
 // ---- session affinity ----
@@ -372,7 +431,9 @@ fn vs_with(c: &Canary, routes: Routes, cookies: &AffinityCookies) -> Value {
         owner: owner(),
         discovered: &[],
     };
-    desired_virtual_service_with_affinity(&inp, routes, cookies)
+    to_json(&desired_virtual_service_with_affinity(
+        &inp, routes, cookies,
+    ))
 }
 
 fn w(primary: u32, canary: u32) -> Routes {
@@ -496,7 +557,7 @@ fn sticky_rules_during_a_run_with_and_without_a_primary_cookie() {
         let vs = vs_with(&case.canary, w(70, 30), &case.cookies);
         assert_eq!(vs["spec"]["http"], case.want, "{}", case.name);
         assert_eq!(
-            read_routes(&vs, "podinfo"),
+            read_back(&vs, "podinfo"),
             Some(w(70, 30)),
             "{}: the weighted route keeps its weights",
             case.name
@@ -609,7 +670,7 @@ fn mirroring_with_affinity_is_on_the_weighted_route() {
         vs["spec"]["http"][1]["mirror"],
         json!({"host": "podinfo-canary"})
     );
-    assert_eq!(read_routes(&vs, "podinfo"), Some(routes));
+    assert_eq!(read_back(&vs, "podinfo"), Some(routes));
 }
 
 #[test]
@@ -626,7 +687,7 @@ fn affinity_is_ignored_for_other_strategies_and_tcp() {
     let c = canary(spec);
     let vs = vs_with(&c, w(80, 20), &cookies(Some("c=x"), None, None));
     assert!(vs["spec"].get("http").is_none());
-    assert_eq!(read_routes(&vs, "podinfo"), Some(w(80, 20)));
+    assert_eq!(read_back(&vs, "podinfo"), Some(w(80, 20)));
 }
 
 #[test]
@@ -645,7 +706,7 @@ fn desired_virtual_service_reads_the_cookies_from_status() {
         owner: owner(),
         discovered: &[],
     };
-    let vs = desired_virtual_service(&inp, w(60, 40));
+    let vs = to_json(&desired_virtual_service(&inp, w(60, 40)));
     assert_eq!(
         vs["spec"]["http"][0]["match"][0]["headers"]["Cookie"]["regex"],
         ".*c.*fromStatus.*"
@@ -884,7 +945,7 @@ mod props {
             let routes = w(100 - canary_w, canary_w);
             let ck = AffinityCookies { canary: canary_cookie.clone(), primary: primary_cookie, previous };
             let vs = vs_with(&c, routes, &ck);
-            prop_assert_eq!(read_routes(&vs, "podinfo"), Some(routes));
+            prop_assert_eq!(read_back(&vs, "podinfo"), Some(routes));
             let http = vs["spec"]["http"].as_array().unwrap();
             let last = http.last().unwrap();
             prop_assert!(last.get("name").is_none());

@@ -112,10 +112,38 @@ pub struct PrimaryHpaInputs<'a> {
     pub owner: OwnerReference,
 }
 
+/// Why `spec.autoscalerRef` cannot be followed; the text names the field and the fix.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HpaError {
+    #[error(
+        "spec.autoscalerRef.kind: KEDA ScaledObject is not supported by serin yet (ScaledObject {name}); use a HorizontalPodAutoscaler or remove spec.autoscalerRef"
+    )]
+    ScaledObject { name: String },
+    #[error("spec.autoscalerRef.kind: {kind} is not supported; use HorizontalPodAutoscaler")]
+    UnsupportedKind { kind: String },
+    #[error(
+        "spec.autoscalerRef.name: HorizontalPodAutoscaler {namespace}/{name} not found; create it or fix spec.autoscalerRef"
+    )]
+    NotFound { namespace: String, name: String },
+    #[error(
+        "spec.autoscalerRef.name: HorizontalPodAutoscaler {namespace}/{name} has no spec serin can read; fix the HPA"
+    )]
+    Unreadable { namespace: String, name: String },
+    #[error(
+        "spec.autoscalerRef.primaryScalerReplicas: the primary HPA would get minReplicas {min} above maxReplicas {max} (HPA {namespace}/{name} with the overrides); make minReplicas <= maxReplicas"
+    )]
+    CrossedBounds {
+        min: i32,
+        max: i32,
+        namespace: String,
+        name: String,
+    },
+}
+
 /// The primary HPA: the user's bounds, metrics and behavior, `primaryScalerReplicas` winning
 /// over the bounds, scaling `<target>-primary`. An error (naming the field and the fix) when
 /// the bounds that result are unusable, which the API server would refuse less clearly.
-pub fn desired_primary_hpa(inp: &PrimaryHpaInputs<'_>) -> Result<PrimaryHpa, String> {
+pub fn desired_primary_hpa(inp: &PrimaryHpaInputs<'_>) -> Result<PrimaryHpa, HpaError> {
     let user = &inp.user.spec;
     let overrides = inp.autoscaler.primary_scaler_replicas.as_ref();
     let min = overrides.and_then(|r| r.min_replicas).or(user.min_replicas);
@@ -125,10 +153,12 @@ pub fn desired_primary_hpa(inp: &PrimaryHpaInputs<'_>) -> Result<PrimaryHpa, Str
     if let Some(min) = min
         && min > max
     {
-        return Err(format!(
-            "spec.autoscalerRef.primaryScalerReplicas: the primary HPA would get minReplicas {min} above maxReplicas {max} (HPA {}/{} with the overrides); make minReplicas <= maxReplicas",
-            inp.namespace, inp.autoscaler.name
-        ));
+        return Err(HpaError::CrossedBounds {
+            min,
+            max,
+            namespace: inp.namespace.to_string(),
+            name: inp.autoscaler.name.clone(),
+        });
     }
     Ok(PrimaryHpa {
         metadata: ObjectMeta {
@@ -183,35 +213,25 @@ pub fn initial_primary_replicas(target_replicas: Option<i32>, desired: &PrimaryH
 }
 
 /// What serin does about `spec.autoscalerRef`, or the configuration problem that holds the
-/// canary: `(reason, message)` for the `serin.dev/Valid` condition.
-pub fn check_kind(autoscaler: &AutoscalerRef) -> Result<(), (&'static str, String)> {
+/// canary (the `serin.dev/Valid` condition).
+pub fn check_kind(autoscaler: &AutoscalerRef) -> Result<(), HpaError> {
     match autoscaler.kind.as_str() {
         KIND_HPA => Ok(()),
-        KIND_SCALED_OBJECT => Err((
-            "AutoscalerUnsupported",
-            format!(
-                "spec.autoscalerRef.kind: KEDA ScaledObject is not supported by serin yet (ScaledObject {}); use a HorizontalPodAutoscaler or remove spec.autoscalerRef",
-                autoscaler.name
-            ),
-        )),
-        other => Err((
-            "AutoscalerUnsupported",
-            format!(
-                "spec.autoscalerRef.kind: {other} is not supported; use HorizontalPodAutoscaler"
-            ),
-        )),
+        KIND_SCALED_OBJECT => Err(HpaError::ScaledObject {
+            name: autoscaler.name.clone(),
+        }),
+        other => Err(HpaError::UnsupportedKind {
+            kind: other.to_string(),
+        }),
     }
 }
 
 /// The hold for an autoscalerRef naming an HPA that does not exist.
-pub fn not_found(autoscaler: &AutoscalerRef, namespace: &str) -> (&'static str, String) {
-    (
-        "AutoscalerNotFound",
-        format!(
-            "spec.autoscalerRef.name: HorizontalPodAutoscaler {namespace}/{} not found; create it or fix spec.autoscalerRef",
-            autoscaler.name
-        ),
-    )
+pub fn not_found(autoscaler: &AutoscalerRef, namespace: &str) -> HpaError {
+    HpaError::NotFound {
+        namespace: namespace.to_string(),
+        name: autoscaler.name.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -271,7 +291,7 @@ mod tests {
         }
     }
 
-    fn build(user: &UserHpa, a: &AutoscalerRef) -> Result<PrimaryHpa, String> {
+    fn build(user: &UserHpa, a: &AutoscalerRef) -> Result<PrimaryHpa, HpaError> {
         desired_primary_hpa(&PrimaryHpaInputs {
             user,
             autoscaler: a,
@@ -337,7 +357,9 @@ mod tests {
     fn overrides_that_cross_the_bounds_are_a_configuration_problem() {
         let u = user();
         for overrides in [(Some(5), None), (None, Some(1))] {
-            let e = build(&u, &autoscaler(Some(overrides))).unwrap_err();
+            let e = build(&u, &autoscaler(Some(overrides)))
+                .unwrap_err()
+                .to_string();
             assert!(
                 e.starts_with("spec.autoscalerRef.primaryScalerReplicas:")
                     && e.contains("make minReplicas <= maxReplicas"),
@@ -471,14 +493,15 @@ mod tests {
         assert_eq!(check_kind(&autoscaler(None)), Ok(()));
         let mut keda = autoscaler(None);
         keda.kind = KIND_SCALED_OBJECT.into();
-        let (reason, message) = check_kind(&keda).unwrap_err();
-        assert_eq!(reason, "AutoscalerUnsupported");
+        let err = check_kind(&keda).unwrap_err();
+        assert!(matches!(err, HpaError::ScaledObject { .. }));
+        let message = err.to_string();
         assert!(message.contains("KEDA ScaledObject is not supported by serin yet"));
         assert!(message.starts_with("spec.autoscalerRef.kind:"));
-        let (reason, message) = not_found(&autoscaler(None), "test");
-        assert_eq!(reason, "AutoscalerNotFound");
+        let err = not_found(&autoscaler(None), "test");
+        assert!(matches!(err, HpaError::NotFound { .. }));
         assert_eq!(
-            message,
+            err.to_string(),
             "spec.autoscalerRef.name: HorizontalPodAutoscaler test/podinfo not found; create it or fix spec.autoscalerRef"
         );
     }

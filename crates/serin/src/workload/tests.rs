@@ -101,7 +101,7 @@ fn selector_label_follows_flagger_order() {
     );
     let mut d = podinfo();
     d.spec.selector.match_labels = Some(BTreeMap::from([("tier".into(), "web".into())]));
-    let err = selector_label(&d).unwrap_err();
+    let err = selector_label(&d).unwrap_err().to_string();
     assert!(
         err.contains(
             "spec.selector.matchLabels must contain one of [app, name, app.kubernetes.io/name]"
@@ -193,7 +193,8 @@ fn tracked_configs_checksums_and_errors() {
         secret,
     )
     .unwrap_err();
-    assert_eq!(err, "configmap podinfo-config-vol not found");
+    assert_eq!(err, MissingConfig::ConfigMap("podinfo-config-vol".into()));
+    assert_eq!(err.to_string(), "configmap podinfo-config-vol not found");
 }
 
 #[test]
@@ -414,4 +415,84 @@ fn scale_up_replicas_table() {
     for ((t, p, m, h), want) in cases {
         assert_eq!(scale_up_replicas(t, p, m, h), want, "{t:?} {p:?} {m:?} {h}");
     }
+}
+
+#[test]
+fn primary_replicas_table() {
+    let cases = [
+        // (target, primary, autoscaler) → replicas on the primary
+        ((Some(3), Some(2), false), Some(3)),
+        ((Some(0), Some(2), false), Some(2)),
+        ((Some(0), None, false), Some(1)),
+        ((None, None, false), Some(1)),
+        ((Some(3), Some(2), true), None),
+    ];
+    for ((t, p, h), want) in cases {
+        assert_eq!(primary_replicas(t, p, h), want, "{t:?} {p:?} {h}");
+    }
+}
+
+#[test]
+fn target_replicas_table() {
+    use crate::rollout::Scale;
+    let cases = [
+        // (scale, target, primary, autoscaler min, autoscaler) → write
+        ((Scale::Keep, Some(0), Some(2), None, false), None),
+        ((Scale::Keep, Some(3), Some(2), None, false), None),
+        ((Scale::Zero, Some(3), Some(2), None, false), Some(0)),
+        ((Scale::Zero, Some(0), Some(2), None, false), None),
+        // An unset count is one replica, so scaling to zero writes.
+        ((Scale::Zero, None, None, None, false), Some(0)),
+        ((Scale::Up, Some(2), Some(5), None, false), None),
+        ((Scale::Up, None, Some(5), None, false), None),
+        ((Scale::Up, Some(0), Some(5), None, false), Some(5)),
+        ((Scale::Up, Some(0), Some(5), Some(3), true), Some(3)),
+        ((Scale::Up, Some(0), Some(5), Some(1), true), Some(1)),
+        ((Scale::Up, Some(0), None, None, false), Some(1)),
+    ];
+    for ((s, t, p, m, h), want) in cases {
+        assert_eq!(
+            target_replicas(s, t, p, m, h),
+            want,
+            "{s:?} {t:?} {p:?} {m:?} {h}"
+        );
+    }
+}
+
+#[test]
+fn primary_copies_of_configs_carry_the_data_and_the_canary_as_owner() {
+    let owner = OwnerReference {
+        api_version: "flagger.app/v1beta1".into(),
+        kind: "Canary".into(),
+        name: "podinfo".into(),
+        uid: "u1".into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let mut src = cm("settings", &[("a", "1")]);
+    src.metadata.namespace = Some("test".into());
+    src.metadata.labels = Some(BTreeMap::from([("team".into(), "x".into())]));
+    src.metadata.resource_version = Some("9".into());
+    let copy = primary_config_map(&src, &owner);
+    assert_eq!(copy.metadata.name.as_deref(), Some("settings-primary"));
+    assert_eq!(copy.metadata.namespace.as_deref(), Some("test"));
+    assert_eq!(copy.metadata.owner_references, Some(vec![owner.clone()]));
+    assert_eq!(
+        copy.metadata.resource_version, None,
+        "nothing else of the source's metadata"
+    );
+    assert_eq!(copy.metadata.labels, None);
+    assert_eq!(copy.data, src.data);
+
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "token", "namespace": "test"},
+        "type": "Opaque",
+        "data": {"t": "c2VjcmV0"},
+    }))
+    .unwrap();
+    let copy = primary_secret(&secret, &owner);
+    assert_eq!(copy.metadata.name.as_deref(), Some("token-primary"));
+    assert_eq!(copy.type_.as_deref(), Some("Opaque"));
+    assert_eq!(copy.data, secret.data);
+    assert_eq!(copy.metadata.owner_references, Some(vec![owner]));
 }

@@ -22,6 +22,14 @@ use serin_sandbox::testenv::{SharedEnv, eventually, shared};
 
 pub const LIMIT: Duration = Duration::from_secs(120);
 
+/// The weights in a VirtualService as the API server returns it, read through serin's typed
+/// VirtualService; `None` when serin's routes are not there or the object is not a VirtualService.
+pub fn routes_of(vs: &Value, apex: &str) -> Option<Routes> {
+    let typed: serin::api::istio_resources::VirtualService =
+        serde_json::from_value(vs.clone()).ok()?;
+    serin::router::read_routes(&typed, apex)
+}
+
 /// A `serin controller` process watching one namespace; killed when dropped.
 pub struct ControllerProcess {
     child: Option<Child>,
@@ -284,7 +292,7 @@ impl World {
             loop {
                 if let Ok(Some(o)) = api.get_opt(&vs).await {
                     let v = serde_json::to_value(o).unwrap_or_default();
-                    if let Some(r) = serin::router::read_routes(&v, &apex) {
+                    if let Some(r) = routes_of(&v, &apex) {
                         let mut s = seen.lock().unwrap();
                         if s.last() != Some(&r) {
                             s.push(r);

@@ -10,7 +10,9 @@ use tracing::{debug, warn};
 use super::{KubeEventType, Reconcile};
 use crate::api::{CanaryWebhook, HookType};
 use crate::hooks::{self, CallError, Outcome, Payload};
-use crate::rollout::{CheckResults, Gate, Phase, Progress, RollbackSignal, messages as msg};
+use crate::rollout::{
+    CheckFailed, CheckResults, Gate, Phase, Progress, RollbackSignal, messages as msg,
+};
 use crate::telemetry::WebhookLabels;
 
 impl Reconcile {
@@ -60,7 +62,7 @@ impl Reconcile {
             res.as_ref().map(|_| ()).map_err(|e| e.outcome),
         );
         if let Err(e) = &res {
-            debug!(canary = %self.qualified(), hook = %hook.name, "{} webhook: {e}", kind.as_str());
+            debug!(hook = %hook.name, "{} webhook: {e}", kind.as_str());
         }
         res
     }
@@ -106,11 +108,11 @@ impl Reconcile {
         let mut outcome = Ok(());
         for hook in self.webhooks(HookType::PreRollout) {
             if let Err(e) = self.call(HookType::PreRollout, &hook, &payload).await {
-                outcome = Err(msg::halt_pre_rollout(
+                outcome = Err(CheckFailed(msg::halt_pre_rollout(
                     &self.qualified(),
                     &hook.name,
                     &e.message,
-                ));
+                )));
                 break;
             }
             results.answered.push((HookType::PreRollout, hook.name));
@@ -119,15 +121,15 @@ impl Reconcile {
     }
 
     /// Rollout hooks (type `rollout` or none): the first failure is the analysis' verdict.
-    pub(super) async fn rollout_hooks(&self, progress: &Progress) -> Result<(), String> {
+    pub(super) async fn rollout_hooks(&self, progress: &Progress) -> Result<(), CheckFailed> {
         let payload = self.payload(progress, Some(Phase::Progressing));
         for hook in self.webhooks(HookType::Rollout) {
             if let Err(e) = self.call(HookType::Rollout, &hook, &payload).await {
-                return Err(msg::halt_external_check(
+                return Err(CheckFailed(msg::halt_external_check(
                     &self.qualified(),
                     &hook.name,
                     &e.message,
-                ));
+                )));
             }
         }
         Ok(())
@@ -168,28 +170,32 @@ impl Reconcile {
             })
             .collect();
         let ctx = self.ctx.clone();
-        let canary = self.qualified();
         let mut chain = match self.event_chain.lock() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
         let previous = chain.take();
-        *chain = Some(tokio::spawn(async move {
-            if let Some(p) = previous {
-                let _ = p.await;
-            }
-            for (hook, payload) in payloads {
-                let res = hooks::call(&ctx.http, &ctx.http_insecure, &hook, &payload).await;
-                count(
-                    &ctx,
-                    HookType::Event,
-                    res.as_ref().map(|_| ()).map_err(|e| e.outcome),
-                );
-                if let Err(e) = res {
-                    warn!(canary = %canary, hook = %hook.name, "error sending event to webhook: {e}");
+        // The delivery outlives the reconcile; it keeps the reconcile's span, and so the canary.
+        let span = tracing::Span::current();
+        *chain = Some(tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                if let Some(p) = previous {
+                    let _ = p.await;
                 }
-            }
-        }));
+                for (hook, payload) in payloads {
+                    let res = hooks::call(&ctx.http, &ctx.http_insecure, &hook, &payload).await;
+                    count(
+                        &ctx,
+                        HookType::Event,
+                        res.as_ref().map(|_| ()).map_err(|e| e.outcome),
+                    );
+                    if let Err(e) = res {
+                        warn!(hook = %hook.name, "error sending event to webhook: {e}");
+                    }
+                }
+            },
+            span,
+        )));
     }
 }
 

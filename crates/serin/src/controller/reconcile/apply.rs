@@ -1,0 +1,366 @@
+//! Act: the plan's objects, applied with server-side apply only where the watch cache differs
+//! from what the router and workload builders want. Routes first, then the primary, then the
+//! canary's replicas, so traffic never points at pods that are going away.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use super::observe::Observed;
+use super::{Error, Reconcile};
+use crate::controller::autoscaler;
+use crate::rollout::{self, Action as PlanAction, Plan, Progress, Scale, messages as msg};
+use crate::router::{self, RouterInputs};
+use crate::telemetry::WorkloadNs;
+use crate::workload::{self, PrimaryInputs, SelectorLabel};
+
+impl Reconcile {
+    /// First sight (or someone deleted it): the primary starts from the current target, and the
+    /// primary HPA exists as soon as the primary does.
+    pub(super) async fn ensure_primary(&self, seen: &Observed) -> Result<(), Error> {
+        if seen.primary.is_none() {
+            self.write_primary(seen).await?;
+            if let Some(hpa) = &seen.scaler {
+                autoscaler::size_new_primary(&self.ctx, &self.ns, &seen.target, hpa).await?;
+            }
+        }
+        autoscaler::apply_primary(
+            &self.ctx,
+            &self.canary,
+            &self.ns,
+            seen.scaler.as_ref(),
+            false,
+        )
+        .await
+    }
+
+    /// Carries out the plan.
+    pub(super) async fn act(&mut self, seen: &Observed, plan: &Plan) -> Result<(), Error> {
+        let discovered = router::discover_ports(&seen.pod, self.canary.spec.service.port);
+        self.apply_services(&seen.selector, &discovered, plan.route_to_primary)
+            .await?;
+        if plan.route_to_primary {
+            self.decide_affinity_cookies(&plan.progress);
+            self.apply_routes(&seen.selector, &discovered, rollout::routes(&plan.progress))
+                .await?;
+        }
+        for action in &plan.actions {
+            match action {
+                PlanAction::Promote { revision } => {
+                    if *revision == seen.revision {
+                        self.write_primary(seen).await?;
+                        let hpa = seen.scaler.as_ref();
+                        autoscaler::apply_primary(&self.ctx, &self.canary, &self.ns, hpa, true)
+                            .await?;
+                    } else {
+                        warn!("not promoting: the target moved on to {}", seen.revision);
+                    }
+                }
+                PlanAction::PostRollout(phase) => self.post_rollout(*phase, &plan.progress).await,
+            }
+        }
+        self.scale(&seen.target, seen.primary.as_deref(), plan.scale)
+            .await
+    }
+
+    /// Applies `obj` unless the cached copy already has everything it says.
+    async fn apply<K>(&self, obj: &K, cached: Option<&K>, manager: &str) -> Result<(), Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + Debug,
+    {
+        let desired = serde_json::to_value(obj)?;
+        if let Some(c) = cached
+            && let Ok(actual) = serde_json::to_value(c)
+            && is_subset(&desired, &actual)
+        {
+            return Ok(());
+        }
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        api.patch(
+            &obj.name_any(),
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(obj),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// [`Self::apply`] for the Istio objects, whose caches stay untyped: one VirtualService in
+    /// the cluster that does not fit the typed model must not stop the whole watch.
+    async fn apply_dynamic<K>(
+        &self,
+        obj: &K,
+        cached: Option<Arc<DynamicObject>>,
+        manager: &str,
+    ) -> Result<(), Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + Debug,
+    {
+        let desired = serde_json::to_value(obj)?;
+        if let Some(c) = cached
+            && let Ok(actual) = serde_json::to_value(c.as_ref())
+            && is_subset(&desired, &actual)
+        {
+            return Ok(());
+        }
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        api.patch(
+            &obj.name_any(),
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(obj),
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn router_inputs<'a>(
+        &'a self,
+        selector: &'a SelectorLabel,
+        discovered: &'a [router::DiscoveredPort],
+    ) -> Result<RouterInputs<'a>, Error> {
+        Ok(RouterInputs {
+            canary: &self.canary,
+            namespace: &self.ns,
+            selector,
+            owner: self.owner()?,
+            discovered,
+        })
+    }
+
+    /// The canary and primary Services, and the apex once traffic goes to the primary.
+    async fn apply_services(
+        &self,
+        selector: &SelectorLabel,
+        discovered: &[router::DiscoveredPort],
+        with_apex: bool,
+    ) -> Result<(), Error> {
+        let inp = self.router_inputs(selector, discovered)?;
+        let apex = self.canary.apex_name();
+        for svc in router::desired_services(&inp) {
+            let name = svc.name_any();
+            if name == apex && !with_apex {
+                continue;
+            }
+            let cached = self
+                .ctx
+                .services
+                .get(&ObjectRef::new(&name).within(&self.ns));
+            let existing = cached.as_deref().map(|c| &c.metadata);
+            let svc = router::taken_over_service(svc, existing, self.uid());
+            self.apply(&svc, cached.as_deref(), "serin/router").await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_routes(
+        &self,
+        selector: &SelectorLabel,
+        discovered: &[router::DiscoveredPort],
+        routes: rollout::Routes,
+    ) -> Result<(), Error> {
+        let inp = self.router_inputs(selector, discovered)?;
+        for dr in router::desired_destination_rules(&inp) {
+            let name = dr.name_any();
+            let cached = self
+                .ctx
+                .destination_rules
+                .get(&ObjectRef::new_with(&name, self.ctx.dr_resource.clone()).within(&self.ns));
+            self.apply_dynamic(&dr, cached, "serin/router").await?;
+        }
+        let vs = match &self.cookies {
+            Some(c) => router::desired_virtual_service_with_affinity(&inp, routes, c),
+            None => router::desired_virtual_service(&inp, routes),
+        };
+        let apex = self.canary.apex_name();
+        let cached = self
+            .ctx
+            .virtual_services
+            .get(&ObjectRef::new_with(&apex, self.ctx.vs_resource.clone()).within(&self.ns));
+        let vs = router::taken_over_virtual_service(vs, cached.as_deref(), self.uid());
+        self.apply_dynamic(&vs, cached, "serin/router").await?;
+        let t = self.target_name().to_string();
+        for (workload, weight) in [(format!("{t}-primary"), routes.primary), (t, routes.canary)] {
+            self.ctx
+                .metrics
+                .canary_weight
+                .get_or_create(&WorkloadNs {
+                    workload,
+                    namespace: self.ns.clone(),
+                })
+                .set(weight as i64);
+        }
+        Ok(())
+    }
+
+    /// Applies the primary Deployment from the target's current template, and the `-primary`
+    /// copies of the tracked configs it refers to.
+    async fn write_primary(&self, seen: &Observed) -> Result<(), Error> {
+        let owner = self.owner()?;
+        for key in seen.configs.keys() {
+            self.copy_config(key, &owner).await?;
+        }
+        let primary = self.deployment(&self.primary_name());
+        let replicas = workload::primary_replicas(
+            seen.target.spec.replicas,
+            primary.as_ref().and_then(|p| p.spec.replicas),
+            self.canary.spec.autoscaler_ref.is_some(),
+        );
+        let tracked: BTreeSet<String> = seen.configs.keys().cloned().collect();
+        let desired = workload::desired_primary(&PrimaryInputs {
+            target: &seen.target,
+            selector: &seen.selector,
+            owner,
+            revision: &seen.revision,
+            tracked: &tracked,
+            replicas,
+            configs_checksum: workload::configs_checksum(&seen.configs),
+        });
+        self.apply(&desired, primary.as_deref(), "serin/primary")
+            .await
+    }
+
+    /// A cached object of the Canary's namespace.
+    fn at<K: Resource<DynamicType = ()>>(&self, name: &str) -> ObjectRef<K> {
+        ObjectRef::new(name).within(&self.ns)
+    }
+
+    /// Applies the `-primary` copy of one tracked config (`configmap/<name>` or `secret/<name>`).
+    async fn copy_config(&self, key: &str, owner: &OwnerReference) -> Result<(), Error> {
+        if let Some(name) = key.strip_prefix("configmap/") {
+            let Some(src) = self.ctx.config_maps.get(&self.at(name)) else {
+                return Ok(());
+            };
+            let copy = workload::primary_config_map(&src, owner);
+            let cached = self
+                .ctx
+                .config_maps
+                .get(&self.at(&format!("{name}-primary")));
+            self.apply(&copy, cached.as_deref(), "serin/config").await?;
+        } else if let Some(name) = key.strip_prefix("secret/") {
+            let Some(src) = self.ctx.secrets.get(&self.at(name)) else {
+                return Ok(());
+            };
+            let copy = workload::primary_secret(&src, owner);
+            let cached = self.ctx.secrets.get(&self.at(&format!("{name}-primary")));
+            self.apply(&copy, cached.as_deref(), "serin/config").await?;
+        }
+        Ok(())
+    }
+
+    /// The target's replicas for the decision's `scale`; a merge patch of the user's object.
+    pub(super) async fn scale(
+        &self,
+        target: &Deployment,
+        primary: Option<&Deployment>,
+        scale: Scale,
+    ) -> Result<(), Error> {
+        let Some(want) = workload::target_replicas(
+            scale,
+            target.spec.replicas,
+            primary.and_then(|p| p.spec.replicas),
+            autoscaler::user_min_replicas(&self.ctx, &self.canary, &self.ns),
+            self.canary.spec.autoscaler_ref.is_some(),
+        ) else {
+            return Ok(());
+        };
+        if want == 0 {
+            info!(
+                "Scaling down Deployment {}",
+                msg::qualified(self.target_name(), &self.ns)
+            );
+        }
+        let api: Api<Deployment> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let params = PatchParams {
+            field_manager: Some("serin/scale".into()),
+            ..Default::default()
+        };
+        api.patch(
+            self.target_name(),
+            &params,
+            &Patch::Merge(json!({ "spec": { "replicas": want } })),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Session affinity: the cookies for this progress, new values drawn here (the router's
+    /// builders stay pure and take them as inputs).
+    fn decide_affinity_cookies(&mut self, progress: &Progress) {
+        let cookies = router::next_affinity_cookies(&self.canary, progress, random_cookie_value);
+        self.cookies = Some(cookies);
+    }
+}
+
+/// A random cookie value like Flagger's: 10 ASCII letters. Not a secret (it only keeps a user on
+/// one side of a canary), so std's randomly keyed hasher over the clock is enough.
+fn random_cookie_value() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    h.write_u128(nanos);
+    let mut n = h.finish();
+    let letters = router::COOKIE_LETTERS;
+    (0..router::COOKIE_VALUE_LEN)
+        .map(|_| {
+            let c = letters[(n % letters.len() as u64) as usize];
+            n /= letters.len() as u64;
+            char::from(c)
+        })
+        .collect()
+}
+
+/// Whether everything `desired` says is already in `actual` (fields the server or others added
+/// do not count), so that an unchanged object is never written again.
+pub fn is_subset(desired: &Value, actual: &Value) -> bool {
+    match (desired, actual) {
+        (Value::Object(d), Value::Object(a)) => d
+            .iter()
+            .all(|(k, v)| a.get(k).is_some_and(|av| is_subset(v, av)) || v.is_null()),
+        (Value::Array(d), Value::Array(a)) => {
+            d.len() == a.len() && d.iter().zip(a).all(|(dv, av)| is_subset(dv, av))
+        }
+        (Value::Number(d), Value::Number(a)) => d.as_f64() == a.as_f64(),
+        _ => desired == actual,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_subset;
+    use serde_json::json;
+
+    #[test]
+    fn subset_ignores_fields_others_added() {
+        let desired =
+            json!({"spec": {"ports": [{"port": 80, "protocol": "TCP"}], "selector": {"app": "x"}}});
+        let actual = json!({"spec": {"ports": [{"port": 80, "protocol": "TCP", "targetPort": 80}], "selector": {"app": "x"}, "clusterIP": "10.0.0.1"}});
+        assert!(is_subset(&desired, &actual));
+        let changed =
+            json!({"spec": {"ports": [{"port": 80, "protocol": "TCP"}], "selector": {"app": "y"}}});
+        assert!(!is_subset(&changed, &actual));
+        let extra_port = json!({"spec": {"ports": [{"port": 80}, {"port": 81}]}});
+        assert!(!is_subset(&extra_port, &actual));
+    }
+}

@@ -1,0 +1,191 @@
+//! One reconcile of one Canary, in four steps:
+//! - observe ([`observe`]): the Canary, its target, primary and configs, from the watch caches;
+//! - decide ([`checks`]): the rollout core's decision, answering its needs with webhook calls
+//!   ([`webhooks`]) and metric queries;
+//! - act ([`apply`]): idempotent applies, only where the cache differs;
+//! - record ([`record`]): Events, alerts, metrics and the status.
+//!
+//! A configuration problem stops the steps with a hold ([`record`]); deletion with
+//! `revertOnDeletion` runs [`finalizer`] instead. The domain rules live in pure functions
+//! elsewhere: the decision in `serin-core`, the desired objects in [`crate::router`] and
+//! [`crate::workload`], metric resolution in [`crate::metrics`].
+
+mod apply;
+mod checks;
+mod finalizer;
+mod observe;
+mod record;
+#[cfg(test)]
+mod tests;
+mod webhooks;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use tracing::instrument;
+
+use super::state;
+use super::{Ctx, Error, backoff};
+use crate::api::{Canary, MetricCheckStatus};
+use crate::rollout::messages as msg;
+use crate::router;
+use crate::telemetry::NameNs;
+
+/// How long to wait before looking again at a Canary that cannot progress until a person fixes
+/// something; a watch event on the Canary or its objects comes sooner.
+const HOLD_RETRY: Duration = Duration::from_secs(60);
+
+/// Whether an Event is a warning.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KubeEventType {
+    Normal,
+    Warning,
+}
+
+/// One reconcile, in a span naming the Canary (`name.namespace`) that every log line and
+/// Event of it carries.
+#[instrument(skip_all, fields(canary = %msg::qualified(&canary.name_any(), canary.namespace().as_deref().unwrap_or_default())))]
+pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if !ctx.caches_ready().await {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    if record::cache_is_behind(&canary, &ctx) {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
+    let start = Instant::now();
+    let key = backoff::key(&canary);
+    let mut r = Reconcile {
+        retrying: ctx.backoff.retrying(&key),
+        ns: canary.namespace().unwrap_or_default(),
+        name: canary.name_any(),
+        now: Utc::now(),
+        canary,
+        ctx: ctx.clone(),
+        metric_results: None,
+        analysed: false,
+        cookies: None,
+        event_chain: Default::default(),
+    };
+    let res = r.run().await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(start.elapsed().as_secs_f64());
+    if r.analysed {
+        ctx.metrics
+            .canary_duration
+            .get_or_create(&NameNs {
+                name: r.canary.spec.target_ref.name.clone(),
+                namespace: r.ns.clone(),
+            })
+            .observe(start.elapsed().as_secs_f64());
+    }
+    if res.is_ok() {
+        ctx.backoff.succeeded(&key);
+        // Deleted Canaries that were failing leave entries; a pass a minute drops them.
+        ctx.backoff.prune(Instant::now(), || {
+            ctx.canaries
+                .state()
+                .iter()
+                .map(|c| backoff::key(c))
+                .collect()
+        });
+        ctx.metrics
+            .reconciles
+            .get_or_create(&crate::telemetry::ResultLabels {
+                result: "ok".into(),
+            })
+            .inc();
+    }
+    res
+}
+
+struct Reconcile {
+    /// The last reconcile of this Canary failed: Events it recorded are not counted again.
+    retrying: bool,
+    ctx: Arc<Ctx>,
+    canary: Arc<Canary>,
+    ns: String,
+    name: String,
+    now: DateTime<Utc>,
+    metric_results: Option<Vec<MetricCheckStatus>>,
+    analysed: bool,
+    /// Session-affinity cookies decided in this pass, for the VirtualService and the status.
+    cookies: Option<router::AffinityCookies>,
+    /// The last background delivery to the event hooks; the next one waits for it.
+    event_chain: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Reconcile {
+    fn target_name(&self) -> &str {
+        &self.canary.spec.target_ref.name
+    }
+
+    fn primary_name(&self) -> String {
+        format!("{}-primary", self.target_name())
+    }
+
+    fn qualified(&self) -> String {
+        msg::qualified(&self.name, &self.ns)
+    }
+
+    fn uid(&self) -> Option<&str> {
+        self.canary.metadata.uid.as_deref()
+    }
+
+    fn owner(&self) -> Result<OwnerReference, Error> {
+        self.canary.controller_owner_ref(&()).ok_or(Error::NoUid)
+    }
+
+    fn deployment(&self, name: &str) -> Option<Arc<Deployment>> {
+        self.ctx
+            .deployments
+            .get(&ObjectRef::new(name).within(&self.ns))
+    }
+
+    async fn run(&mut self) -> Result<Action, Error> {
+        if self.canary.metadata.deletion_timestamp.is_some() {
+            return self.finalize().await;
+        }
+        self.sync_finalizer().await?;
+        let owner = self.owner()?;
+
+        // Observe.
+        let seen = match self.observe(owner) {
+            Ok(seen) => seen,
+            Err(hold) => return self.hold(hold).await,
+        };
+        self.ensure_primary(&seen).await?;
+        let settings = state::settings(&self.canary);
+        let progress = state::progress(self.canary.status.as_ref());
+
+        // Decide.
+        let plan = match self
+            .decide(&settings, &progress, self.observation(&seen))
+            .await
+        {
+            Ok(plan) => plan,
+            Err(hold) => return self.hold(hold).await,
+        };
+
+        // Act.
+        self.act(&seen, &plan).await?;
+        if progress.phase.is_none() {
+            // Flagger probes the providers once its Services exist; a Canary whose objects
+            // cannot be written is not analysing, and asks Prometheus nothing.
+            self.check_providers().await;
+        }
+
+        // Record: Events before the status, so whoever sees the new phase finds its story
+        // already told.
+        self.record(&plan, &settings).await;
+        self.write_status(&plan.progress, None).await?;
+        let after = plan.requeue_after.unwrap_or(Duration::from_secs(300));
+        Ok(Action::requeue(after.max(Duration::from_millis(200))))
+    }
+}

@@ -1,0 +1,193 @@
+//! Record: Events (and the event hooks), alerts, Flagger's metrics and the status; and the hold,
+//! which records a configuration problem instead of acting.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{HOLD_RETRY, KubeEventType, Reconcile};
+use crate::api::{self, Canary};
+use crate::controller::events::Repeat;
+use crate::controller::state::{self, Hold};
+use crate::controller::{Ctx, Error};
+use crate::rollout::{self, EventType, Outcome, Plan, Progress};
+use crate::telemetry::{NameNs, OutcomeLabels};
+
+impl Reconcile {
+    pub(super) async fn write_status(
+        &self,
+        progress: &Progress,
+        hold: Option<&Hold>,
+    ) -> Result<(), Error> {
+        let previous = self.canary.status.as_ref();
+        let mut status = state::status(
+            previous,
+            progress,
+            &self.canary.spec.target_ref.kind,
+            hold,
+            self.now,
+        );
+        if let Some(results) = &self.metric_results {
+            status.serin_metrics = results.clone();
+        }
+        if let Some(cookies) = &self.cookies {
+            cookies.write_to(&mut status);
+        }
+        if previous == Some(&status) {
+            return Ok(());
+        }
+        let api: Api<Canary> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let patch = json!({
+            "apiVersion": api::API_VERSION,
+            "kind": "Canary",
+            "status": status,
+        });
+        let written = api
+            .patch_status(
+                &self.name,
+                &PatchParams::apply("serin").force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        self.remember_written(&written);
+        Ok(())
+    }
+
+    /// Records the resource version of serin's own status write, so that reconciles triggered
+    /// before the cache has it (by the objects this reconcile just changed) wait for it instead
+    /// of acting on the previous status ([`cache_is_behind`]).
+    fn remember_written(&self, written: &Canary) {
+        if let (Some(uid), Some(version)) = (
+            written.metadata.uid.clone(),
+            resource_version(&written.metadata),
+        ) && let Ok(mut w) = self.ctx.written.lock()
+        {
+            w.insert(uid, version);
+        }
+    }
+
+    /// Keeps everything as it is, tells why on the `serin.dev/Valid` condition, and warns once
+    /// when that condition turns false (or its message changes).
+    pub(super) async fn hold(&self, hold: Hold) -> Result<Action, Error> {
+        if state::hold_is_new(self.canary.status.as_ref(), &hold) {
+            warn!(reason = hold.reason.as_str(), "{}", hold.message);
+            self.publish(KubeEventType::Warning, hold.message.clone())
+                .await;
+        }
+        let progress = state::progress(self.canary.status.as_ref());
+        self.write_status(&progress, Some(&hold)).await?;
+        let interval = self
+            .canary
+            .spec
+            .analysis()
+            .map(|a| a.interval())
+            .unwrap_or(HOLD_RETRY);
+        Ok(Action::requeue(interval.min(HOLD_RETRY)))
+    }
+
+    pub(super) async fn publish(&self, kind: KubeEventType, text: String) {
+        match kind {
+            KubeEventType::Normal => info!("{text}"),
+            KubeEventType::Warning => warn!("{text}"),
+        }
+        let warning = kind == KubeEventType::Warning;
+        let repeat = if self.retrying {
+            Repeat::Skip
+        } else {
+            Repeat::Count
+        };
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&self.canary.object_ref(&()), warning, &text, repeat)
+            .await
+        {
+            warn!("publishing an event: {e}");
+        }
+        self.send_event_hooks(warning, &text);
+    }
+
+    /// The plan's Events, alerts and Flagger's metrics.
+    pub(super) async fn record(&self, plan: &Plan, settings: &rollout::Settings) {
+        for e in &plan.events {
+            let kind = match e.kind {
+                EventType::Normal => KubeEventType::Normal,
+                EventType::Warning => KubeEventType::Warning,
+            };
+            self.publish(kind, e.message.clone()).await;
+        }
+        self.send_alerts(plan, settings).await;
+        let labels = NameNs {
+            name: self.target_name().to_string(),
+            namespace: self.ns.clone(),
+        };
+        self.ctx
+            .metrics
+            .canary_status
+            .get_or_create(&labels)
+            .set(state::status_gauge(plan.progress.phase));
+        if let Some(outcome) = plan.outcome {
+            let strategy = settings.strategy.as_str().to_string();
+            let (family, status) = match outcome {
+                Outcome::Promoted => (&self.ctx.metrics.successes, "completed"),
+                Outcome::Skipped => (&self.ctx.metrics.successes, "skipped"),
+                Outcome::Failed => (&self.ctx.metrics.failures, "completed"),
+            };
+            family
+                .get_or_create(&OutcomeLabels {
+                    name: self.target_name().to_string(),
+                    namespace: self.ns.clone(),
+                    deployment_strategy: strategy,
+                    analysis_status: status.into(),
+                })
+                .inc();
+        }
+    }
+
+    /// Hands the plan's alerts to the notifiers; what only the user can fix (a missing provider or
+    /// secret) becomes a Warning Event. Delivery runs in the background.
+    async fn send_alerts(&self, plan: &Plan, settings: &rollout::Settings) {
+        for a in &plan.alerts {
+            let problems = self
+                .ctx
+                .alerter
+                .dispatch(
+                    &self.ctx.client,
+                    &self.ctx.secrets,
+                    &self.canary,
+                    settings,
+                    a,
+                )
+                .await;
+            for p in problems {
+                self.publish(KubeEventType::Warning, p).await;
+            }
+        }
+    }
+}
+
+fn resource_version(meta: &ObjectMeta) -> Option<u64> {
+    meta.resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+}
+
+/// Whether serin wrote a newer status than the cached Canary carries. Resource versions are
+/// etcd revisions, increasing numbers; anything unparsable counts as current.
+pub(super) fn cache_is_behind(canary: &Canary, ctx: &Ctx) -> bool {
+    let (Some(uid), Some(cached)) = (
+        canary.metadata.uid.as_ref(),
+        resource_version(&canary.metadata),
+    ) else {
+        return false;
+    };
+    let written = ctx
+        .written
+        .lock()
+        .map(|w| w.get(uid).copied())
+        .unwrap_or(None);
+    written.is_some_and(|w| cached < w)
+}
