@@ -522,10 +522,12 @@ pub fn readiness(d: &Deployment, threshold: i32) -> Readiness {
         ));
     }
     let threshold = threshold.clamp(0, 100);
-    let needed = (updated * threshold + 99) / 100;
+    // Rounded down in float32 arithmetic, as Flagger's isDeploymentReady computes it (3 replicas
+    // at 50% wait for 1), so a threshold admits the same replicas under both controllers.
+    let needed = (updated as f32 * (threshold as f32 / 100.0)) as i32;
     if available < needed {
         return Readiness::Waiting(format!(
-            "waiting for rollout to finish: {available} of {updated} (readyThreshold {threshold}%) updated replicas are available"
+            "waiting for rollout to finish: {available} of {needed} (readyThreshold {threshold}%) updated replicas are available"
         ));
     }
     Readiness::Ready

@@ -87,6 +87,7 @@ impl Reconcile {
         if let Some(c) = cached
             && let Ok(actual) = serde_json::to_value(c)
             && is_subset(&desired, &actual)
+            && !router::drops_owned_fields(&desired, &actual, manager)
         {
             return Ok(());
         }
@@ -119,6 +120,7 @@ impl Reconcile {
         if let Some(c) = cached
             && let Ok(actual) = serde_json::to_value(c.as_ref())
             && is_subset(&desired, &actual)
+            && !router::drops_owned_fields(&desired, &actual, manager)
         {
             return Ok(());
         }
