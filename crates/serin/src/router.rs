@@ -785,17 +785,50 @@ pub fn controlled_by(meta: &ObjectMeta, canary_uid: Option<&str>) -> bool {
         .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == canary_uid)
 }
 
-/// The Service to apply over `existing`: over a Service the user made, serin takes selector and
-/// ports but never ownership, so that deleting the Canary does not delete it.
+/// The Service to apply over `existing`. Over a Service the user made (an apex Service that
+/// existed before the Canary), serin takes the selector and the ports and nothing else, as
+/// Flagger's Service update does: no ownership (deleting the Canary must not delete it), none of
+/// serin's labels or annotations, and no `type`, `clusterIP` or `trafficDistribution`, so a
+/// NodePort or LoadBalancer Service keeps its type; its node ports are kept by port name.
 pub fn taken_over_service(
-    mut desired: Service,
-    existing: Option<&ObjectMeta>,
+    desired: Service,
+    existing: Option<&Service>,
     canary_uid: Option<&str>,
 ) -> Service {
-    if existing.is_some_and(|m| !controlled_by(m, canary_uid)) {
-        desired.metadata.owner_references = None;
+    let Some(existing) = existing.filter(|e| !controlled_by(&e.metadata, canary_uid)) else {
+        return desired;
+    };
+    let spec = desired.spec.unwrap_or_default();
+    let node_ports: BTreeMap<String, i32> = existing
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .filter_map(|p| Some((p.name.clone()?, p.node_port.filter(|n| *n > 0)?)))
+        .collect();
+    let ports = spec.ports.map(|ports| {
+        ports
+            .into_iter()
+            .map(|mut p| {
+                if let Some(n) = p.name.as_ref().and_then(|n| node_ports.get(n)) {
+                    p.node_port = Some(*n);
+                }
+                p
+            })
+            .collect()
+    });
+    Service {
+        metadata: ObjectMeta {
+            name: desired.metadata.name,
+            namespace: desired.metadata.namespace,
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: spec.selector,
+            ports,
+            ..Default::default()
+        }),
+        status: None,
     }
-    desired
 }
 
 /// The VirtualService to apply over `existing`. Over one the user made serin takes no

@@ -19,6 +19,50 @@ pub const PROMOTED_CONDITION: &str = "Promoted";
 /// Condition type of the last gate asked in the current run: `False` while a confirm-* webhook
 /// holds the canary, `True` once it answered 2xx.
 pub const GATE_CONDITION: &str = "serin.dev/Gate";
+/// Condition type listing what in the spec Flagger runs but likely not as meant (an ignored
+/// field, a first step beyond maxWeight): `True` naming each field, absent when there is none.
+/// serin runs such a Canary as Flagger would instead of holding it (issue 13).
+pub const SPEC_WARNINGS_CONDITION: &str = "serin.dev/SpecWarnings";
+
+/// The message of the warnings of `validate_canary`, `None` without any.
+pub fn spec_warnings(canary: &Canary) -> Option<String> {
+    let text: Vec<String> = crate::api::validate_canary(canary)
+        .into_iter()
+        .filter(crate::api::Problem::is_warning)
+        .map(|p| format!("{}: {} ({})", p.path, p.message, p.hint))
+        .collect();
+    (!text.is_empty()).then(|| text.join("; "))
+}
+
+/// Sets or removes the [`SPEC_WARNINGS_CONDITION`]; true when its message is news (the Warning
+/// Event is recorded once per message, as for a hold).
+pub fn set_spec_warnings(
+    status: &mut CanaryStatus,
+    warnings: Option<&str>,
+    now: DateTime<Utc>,
+) -> bool {
+    let previous = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == SPEC_WARNINGS_CONDITION)
+        .cloned();
+    status
+        .conditions
+        .retain(|c| c.type_ != SPEC_WARNINGS_CONDITION);
+    let Some(message) = warnings else {
+        return false;
+    };
+    let prev: Vec<CanaryCondition> = previous.iter().cloned().collect();
+    status.conditions.push(condition(
+        &prev,
+        SPEC_WARNINGS_CONDITION,
+        "True",
+        "SpecWarnings",
+        message,
+        now,
+    ));
+    previous.and_then(|c| c.message).as_deref() != Some(message)
+}
 
 /// Why a Canary is held: the reason of `serin.dev/Valid=False`. Each names a configuration
 /// problem only a person can fix; the condition's message names the field and the fix, and a

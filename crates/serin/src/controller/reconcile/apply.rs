@@ -166,8 +166,7 @@ impl Reconcile {
                 .ctx
                 .services
                 .get(&ObjectRef::new(&name).within(&self.ns));
-            let existing = cached.as_deref().map(|c| &c.metadata);
-            let svc = router::taken_over_service(svc, existing, self.uid());
+            let svc = router::taken_over_service(svc, cached.as_deref(), self.uid());
             self.apply(&svc, cached.as_deref(), "serin/router").await?;
         }
         Ok(())
