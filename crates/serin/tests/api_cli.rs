@@ -394,6 +394,7 @@ fn an_error_next_to_a_warning_exits_one() {
     let out = serin()
         .args(["validate", "-f"])
         .arg(corpus("warning/mirrorweight-without-mirror.yaml"))
+        .arg("-f")
         .arg(corpus("invalid/semantic/threshold-negative.yaml"))
         .output()
         .unwrap();

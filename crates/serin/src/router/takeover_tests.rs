@@ -241,6 +241,8 @@ fn a_users_node_port_apex_keeps_its_type_and_node_ports() {
     assert_eq!(
         got,
         json!({
+            "apiVersion": "v1",
+            "kind": "Service",
             "metadata": {"name": "podinfo", "namespace": "test"},
             "spec": {"selector": {"app": "podinfo-primary"},
                      "ports": [{"name": "http", "port": 9898, "targetPort": 9898, "protocol": "TCP", "nodePort": 30898}]}
