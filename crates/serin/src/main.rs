@@ -747,3 +747,117 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        go_style_args(list.iter().map(|s| s.into()).collect())
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn go_style_flags_after_controller_and_loadtester_get_two_dashes() {
+        assert_eq!(
+            args(&[
+                "serin",
+                "controller",
+                "-metrics-server=http://p:9090",
+                "-threadiness",
+                "4",
+                "-n",
+                "--listen",
+                "x"
+            ]),
+            [
+                "serin",
+                "controller",
+                "--metrics-server=http://p:9090",
+                "--threadiness",
+                "4",
+                "-n",
+                "--listen",
+                "x"
+            ]
+        );
+        assert_eq!(
+            args(&["serin", "loadtester", "-port", "9090", "-zap-encoding=json"]),
+            [
+                "serin",
+                "loadtester",
+                "--port",
+                "9090",
+                "--zap-encoding=json"
+            ]
+        );
+        // Other subcommands keep their single-dash values (`--from -90m`).
+        assert_eq!(
+            args(&["serin", "backtest", "--from", "-90m"]),
+            ["serin", "backtest", "--from", "-90m"]
+        );
+        // Called as Flagger's binary, serin is its controller.
+        assert_eq!(
+            args(&["./flagger", "-log-level=info"]),
+            ["./flagger", "controller", "--log-level=info"]
+        );
+    }
+
+    #[test]
+    fn flaggers_chart_flags_parse() {
+        let cli = Cli::try_parse_from(go_style_args(
+            [
+                "serin",
+                "controller",
+                "-log-level=info",
+                "-mesh-provider=istio",
+                "-metrics-server=http://flagger-prometheus:9090",
+                "-selector-labels=app,name,app.kubernetes.io/name",
+                "-enable-config-tracking=false",
+                "-namespace=test",
+                "-slack-url=https://hooks",
+                "-slack-user=flagger",
+                "-slack-channel=general",
+                "-enable-leader-election=true",
+                "-leader-election-namespace=flagger-system",
+                "-include-label-prefix=app.kubernetes.io",
+                "-threadiness=2",
+                "-kubeconfig-qps=100",
+                "-kubeconfig-burst=250",
+                "-cluster-name=prod",
+                "-no-cross-namespace-refs=false",
+                "-port=9999",
+            ]
+            .iter()
+            .map(|s| s.into())
+            .collect(),
+        ))
+        .unwrap();
+        let Command::Controller(a) = cli.command else {
+            panic!("not the controller");
+        };
+        assert_eq!(a.metrics_server, "http://flagger-prometheus:9090");
+        assert_eq!(a.namespace.as_deref(), Some("test"));
+        assert_eq!(a.concurrency, 2);
+        assert_eq!(a.port, Some(9999));
+        assert_eq!(a.flagger.enable_leader_election, Some(true));
+        assert_eq!(
+            a.leader.leader_elect_namespace.as_deref(),
+            Some("flagger-system")
+        );
+        let w = a.flagger.workload_options();
+        assert!(!w.config_tracking);
+        assert_eq!(w.include_label_prefixes, ["app.kubernetes.io"]);
+        assert_eq!(w.selector_labels, ["app", "name", "app.kubernetes.io/name"]);
+        assert_eq!(
+            a.flagger.warnings(),
+            [
+                "-kubeconfig-qps is accepted for Flagger compatibility and ignored: serin reads from watch caches and writes only on change",
+                "-kubeconfig-burst is accepted for Flagger compatibility and ignored: serin reads from watch caches and writes only on change",
+            ]
+        );
+        assert_eq!(a.event_component, "serin");
+    }
+}
