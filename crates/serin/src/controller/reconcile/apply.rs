@@ -87,7 +87,6 @@ impl Reconcile {
         if let Some(c) = cached
             && let Ok(actual) = serde_json::to_value(c)
             && is_subset(&desired, &actual)
-            && !router::drops_owned_fields(&desired, &actual, manager)
         {
             return Ok(());
         }
@@ -120,6 +119,10 @@ impl Reconcile {
         if let Some(c) = cached
             && let Ok(actual) = serde_json::to_value(c.as_ref())
             && is_subset(&desired, &actual)
+            // A field serin stopped saying is a change too (issue 13: a removed trafficPolicy,
+            // timeout or retries stayed). Only for the Istio objects, whose spec serin owns
+            // whole: on a Deployment, a field dropped from the apply (replicas once an
+            // autoscaler takes over) would be reset to its default.
             && !router::drops_owned_fields(&desired, &actual, manager)
         {
             return Ok(());
