@@ -519,7 +519,17 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
     let strategy = a.strategy();
 
     match a.interval.as_deref() {
-        Some(i) => duration_problem(out, &p("interval"), i, "1m"),
+        // Flagger's GetAnalysisInterval runs an interval it cannot parse as 1m, and so does
+        // CanaryAnalysis::interval: a warning, not a hold.
+        Some(i) => {
+            if let Err(e) = parse_go_duration(i) {
+                out.push(Problem::warning(
+                    p("interval"),
+                    format!("{e}: the analysis runs every 1m (Flagger's fallback)"),
+                    "write a Go duration such as 1m (units ns, us, ms, s, m, h)",
+                ));
+            }
+        }
         None => out.push(Problem::new(
             p("interval"),
             "Required value",
@@ -529,9 +539,11 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
     if let Some(t) = a.threshold
         && t < 0
     {
-        out.push(Problem::new(
+        // Flagger's GetAnalysisThreshold reads any value ≤ 0 as 1, and so does
+        // CanaryAnalysis::threshold.
+        out.push(Problem::warning(
             p("threshold"),
-            format!("{t} is negative"),
+            format!("{t} is negative: one failed check rolls back (Flagger's reading of <= 0)"),
             "set the number of failed checks that triggers a rollback (1 or more)",
         ));
     }

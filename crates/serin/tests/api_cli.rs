@@ -395,7 +395,7 @@ fn an_error_next_to_a_warning_exits_one() {
         .args(["validate", "-f"])
         .arg(corpus("warning/mirrorweight-without-mirror.yaml"))
         .arg("-f")
-        .arg(corpus("invalid/semantic/threshold-negative.yaml"))
+        .arg(corpus("invalid/semantic/progress-deadline-zero.yaml"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
