@@ -213,6 +213,31 @@ async fn a_manifest_flagger_runs_is_run_with_a_warning() {
         events.iter().any(|(t, m)| t == "Warning" && *m == message),
         "{events:?}"
     );
+    // Told once, and nothing is rewritten while nothing changes.
+    let canaries: Api<serin::api::Canary> = Api::namespaced(w.client.clone(), &w.ns);
+    let version = canaries
+        .get("podinfo")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let again = canaries.get("podinfo").await.unwrap();
+    assert_eq!(
+        again.metadata.resource_version, version,
+        "the status was rewritten"
+    );
+    let events: Api<Event> = Api::namespaced(w.client.clone(), &w.ns);
+    let told: Vec<Option<i32>> = events
+        .list(&ListParams::default().fields("involvedObject.kind=Canary"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.message.as_deref() == Some(message.as_str()))
+        .map(|e| e.count)
+        .collect();
+    assert_eq!(told, [Some(1)]);
     // A release runs, its first step capped at maxWeight.
     w.apply(deployment("podinfo", "podinfo:6.0.1", json!({})))
         .await;

@@ -37,7 +37,7 @@ impl Reconcile {
             cookies.write_to(&mut status);
         }
         let warnings = state::spec_warnings(&self.canary);
-        if state::set_spec_warnings(&mut status, warnings.as_deref(), self.now)
+        if state::set_spec_warnings(&mut status, previous, warnings.as_deref(), self.now)
             && let Some(text) = warnings
         {
             self.publish(KubeEventType::Warning, text).await;
