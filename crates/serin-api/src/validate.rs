@@ -741,6 +741,13 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
                 "session affinity only applies to the progressive canary strategy: serin ignores it here",
                 "remove sessionAffinity, or use stepWeight/stepWeights instead of iterations",
             ));
+        } else if !a.match_.is_empty() {
+            // Flagger's SetRoutes writes the A/B routes over the sticky ones.
+            out.push(Problem::warning(
+                p("sessionAffinity"),
+                "session affinity has no effect with analysis.match: the matched routes replace the sticky ones",
+                "remove sessionAffinity or analysis.match",
+            ));
         }
     }
 
