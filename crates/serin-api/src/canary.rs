@@ -78,6 +78,10 @@ pub struct CanarySpec {
     /// Gloo only; kept on round-trip, ignored by serin.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_ref: Option<UpstreamRef>,
+    /// Not required by the schema, as in Flagger's CRD, so every Canary Flagger's CRD takes is
+    /// taken; the controller holds a Canary without it, since no Service can be made without a
+    /// port.
+    #[serde(default)]
     pub service: CanaryService,
     /// Required by the CRD; use [`CanarySpec::analysis()`], which also honours `canaryAnalysis`.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -11,7 +11,7 @@
 pub mod api_layer;
 pub mod autoscaler;
 pub mod backoff;
-mod events;
+pub mod events;
 pub mod index;
 pub mod leader;
 mod reconcile;

@@ -387,6 +387,20 @@ fn readiness_table() {
             w("1 of 2 (readyThreshold 100%) updated replicas are available"),
         ),
         (with_status(2, 3, 3, 2, 2, 1, None), 50, Ready),
+        // Flagger rounds the needed replicas down (float32, as its isDeploymentReady): 3 at
+        // 50% waits for 1, 3 at 70% for 2, and the message names the needed count.
+        (with_status(3, 3, 3, 3, 3, 1, None), 50, Ready),
+        (
+            with_status(3, 3, 3, 3, 3, 1, None),
+            70,
+            w("1 of 2 (readyThreshold 70%) updated replicas are available"),
+        ),
+        (with_status(3, 3, 3, 3, 3, 0, None), 30, Ready),
+        (
+            with_status(100, 3, 3, 100, 100, 28, None),
+            29,
+            w("28 of 29 (readyThreshold 29%) updated replicas are available"),
+        ),
         (
             with_status(2, 3, 3, 2, 2, 0, Some("ProgressDeadlineExceeded")),
             100,

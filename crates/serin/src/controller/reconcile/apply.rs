@@ -119,6 +119,11 @@ impl Reconcile {
         if let Some(c) = cached
             && let Ok(actual) = serde_json::to_value(c.as_ref())
             && is_subset(&desired, &actual)
+            // A field serin stopped saying is a change too (issue 13: a removed trafficPolicy,
+            // timeout or retries stayed). Only for the Istio objects, whose spec serin owns
+            // whole: on a Deployment, a field dropped from the apply (replicas once an
+            // autoscaler takes over) would be reset to its default.
+            && !router::drops_owned_fields(&desired, &actual, manager)
         {
             return Ok(());
         }
@@ -164,8 +169,7 @@ impl Reconcile {
                 .ctx
                 .services
                 .get(&ObjectRef::new(&name).within(&self.ns));
-            let existing = cached.as_deref().map(|c| &c.metadata);
-            let svc = router::taken_over_service(svc, existing, self.uid());
+            let svc = router::taken_over_service(svc, cached.as_deref(), self.uid());
             self.apply(&svc, cached.as_deref(), "serin/router").await?;
         }
         Ok(())

@@ -34,7 +34,12 @@ pub(super) struct Observed {
 
 impl Reconcile {
     pub(super) fn observe(&self, owner: OwnerReference) -> Result<Observed, Hold> {
-        let problems = validate_canary(&self.canary);
+        // Warnings are manifests Flagger runs: they go on their own condition (record.rs), and
+        // only errors hold the Canary.
+        let problems: Vec<_> = validate_canary(&self.canary)
+            .into_iter()
+            .filter(|p| !p.is_warning())
+            .collect();
         if !problems.is_empty() {
             let text = problems
                 .iter()

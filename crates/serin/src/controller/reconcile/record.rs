@@ -36,6 +36,12 @@ impl Reconcile {
         if let Some(cookies) = &self.cookies {
             cookies.write_to(&mut status);
         }
+        let warnings = state::spec_warnings(&self.canary);
+        if state::set_spec_warnings(&mut status, previous, warnings.as_deref(), self.now)
+            && let Some(text) = warnings
+        {
+            self.publish(KubeEventType::Warning, text).await;
+        }
         if previous == Some(&status) {
             return Ok(());
         }
