@@ -270,6 +270,15 @@ pub fn status(
             type_: g.kind,
             closed_by: g.closed_by.clone(),
         }),
+        // The analysis sets it (`Reconcile::analysis`); kept while the run goes on, so the
+        // deadline of `onNoData: hold` survives restarts, and forgotten with the run.
+        no_data_since: (p.phase == Some(Phase::Progressing))
+            .then(|| {
+                s.serin_progress
+                    .as_ref()
+                    .and_then(|r| r.no_data_since.clone())
+            })
+            .flatten(),
     };
     s.serin_progress = (run != RunProgress::default()).then_some(run);
 
