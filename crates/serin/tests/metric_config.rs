@@ -1,7 +1,8 @@
-//! Metric misconfigurations (issue 11, finding 5): a reference to a missing MetricTemplate or a
-//! query Prometheus refuses shows on a Canary before any release (the `serin.dev/Valid`
-//! condition and a Warning Event), and one that appears mid-run counts as failed checks, so the
-//! canary is rolled back instead of keeping its traffic.
+//! Metric misconfigurations (issue 11, finding 5): a reference to a missing MetricTemplate shows
+//! on a Canary before any release (the `serin.dev/Valid` condition and a Warning Event); a
+//! template deleted mid-run, or a query Prometheus refuses (known only once it is asked, at the
+//! first analysis), counts as failed checks, so the canary is rolled back instead of keeping
+//! its traffic.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests stop at a failed step, naming it
 
 mod support;
@@ -51,7 +52,7 @@ async fn wait_invalid(w: &World, reason: &str) -> CanaryCondition {
 }
 
 #[tokio::test]
-async fn a_missing_template_or_a_refused_query_shows_at_initialization_before_any_release() {
+async fn a_missing_template_shows_at_initialization_before_any_release() {
     let w = World::new("metric-init").await;
     let ns = w.ns.clone();
     w.apply(deployment("podinfo", "podinfo:6.0.0", json!({})))
@@ -77,27 +78,6 @@ async fn a_missing_template_or_a_refused_query_shows_at_initialization_before_an
         w.deployment("podinfo-primary").await.is_none(),
         "nothing created before the references are usable"
     );
-
-    // A template whose query Prometheus refuses: shown the same way.
-    w.apply(template(
-        &w,
-        r#"sum(rate(istio_requests_total{namespace="{{ namespace }}"}[{{ interval }}]) /"#,
-    ))
-    .await;
-    let c = wait_invalid(&w, "MetricQueryInvalid").await;
-    let message = c.message.unwrap();
-    assert!(
-        message.starts_with("spec.analysis.metrics[0] (error-rate): Prometheus refused the query")
-            && message.ends_with("fix the query"),
-        "{message}"
-    );
-    assert!(
-        w.events("podinfo")
-            .await
-            .iter()
-            .any(|(t, m)| t == "Warning" && *m == message)
-    );
-    assert!(w.deployment("podinfo-primary").await.is_none());
 
     // Fixed: the Canary initializes, and the condition says so.
     w.apply(template(&w, GOOD_QUERY)).await;
@@ -145,4 +125,38 @@ async fn a_template_deleted_mid_run_counts_as_failed_checks_and_the_canary_is_ro
     // Once the run is over, the condition tells what is still broken.
     let c = wait_invalid(&w, "MetricTemplateNotFound").await;
     assert_eq!(c.message.as_deref(), Some(expected.as_str()));
+
+    // A template whose query Prometheus refuses: the next release fails its checks on it.
+    w.apply(template(
+        &w,
+        r#"sum(rate(istio_requests_total{namespace="{{ namespace }}"}[{{ interval }}]) /"#,
+    ))
+    .await;
+    eventually("Valid=True again", LIMIT, || async {
+        match valid_condition(&w).await {
+            Some(c) if c.status == "True" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    w.apply(deployment("podinfo", "podinfo:6.0.2", json!({})))
+        .await;
+    w.wait_phase("podinfo", "Progressing", LIMIT).await;
+    let c = w.wait_phase("podinfo", "Failed", LIMIT).await;
+    assert_eq!(c.status.unwrap().failed_checks, Some(2));
+    let routes = routes_of(&w.virtual_service("podinfo").await.unwrap(), "podinfo").unwrap();
+    assert_eq!(routes.canary, 0);
+    let events = w.events("podinfo").await;
+    assert!(
+        events.iter().any(|(t, m)| t == "Warning"
+            && m.starts_with(
+                "spec.analysis.metrics[0] (error-rate): Prometheus refused the query"
+            )
+            && m.ends_with("fix the query")),
+        "{events:#?}"
+    );
+    assert_eq!(
+        image_of(&w.deployment("podinfo-primary").await.unwrap()),
+        "podinfo:6.0.0"
+    );
 }

@@ -125,7 +125,10 @@ async fn equal_degradation_is_promoted_by_the_relative_judgement_where_the_fixed
         (75.0..=85.0).contains(&primary) && (canary - primary).abs() < 4.0,
         "both at about 80 %: {cmp:?}"
     );
-    assert!(cmp.canary_samples >= 5 && cmp.primary_samples >= 5, "{cmp:?}");
+    assert!(
+        cmp.canary_samples >= 5 && cmp.primary_samples >= 5,
+        "{cmp:?}"
+    );
     let events = w.events("podinfo").await;
     assert!(
         events.iter().any(|(t, m)| t == "Normal"

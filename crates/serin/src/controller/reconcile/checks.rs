@@ -13,7 +13,7 @@ use crate::controller::Ctx;
 use crate::controller::state::{self, Hold, HoldReason};
 use crate::metrics::prometheus::Sample;
 use crate::metrics::prometheus::{Prometheus, ProviderConfig};
-use crate::metrics::{self as m, Lookups, QueryOutcome, ResolveError, Resolved};
+use crate::metrics::{self as m, Lookups, ResolveError, Resolved};
 use crate::relative::{self, Finding};
 use crate::rollout::{
     self, CheckFailed, Decision, Need, NoDataHold, Observation, Plan, Progress, messages as msg,
@@ -288,12 +288,12 @@ impl Reconcile {
     }
 
     /// Before any release, the references of the metrics: a Canary that is not in a run (first
-    /// seen, initialized, or done) and names a missing MetricTemplate, Secret or an unusable
-    /// query is held with the condition and a Warning Event naming the field, so the problem
-    /// shows before a release rather than as failed checks during it. On first sight the queries
-    /// are also sent once, so that one Prometheus refuses shows too; otherwise a Canary that is
-    /// not analysing asks Prometheus nothing.
-    pub(super) async fn check_references(
+    /// seen, initialized, or done) and names a missing MetricTemplate or Secret, or a query that
+    /// cannot be rendered, is held with the condition and a Warning Event naming the field, so
+    /// the problem shows before a release rather than as failed checks during it. Only the watch
+    /// caches are read: a Canary that is not analysing asks Prometheus nothing, so a query
+    /// Prometheus refuses shows at the first analysis, as a failed check.
+    pub(super) fn check_references(
         &self,
         settings: &rollout::Settings,
         progress: &Progress,
@@ -316,21 +316,7 @@ impl Reconcile {
             return Ok(());
         };
         for (i, metric) in analysis.metrics.iter().enumerate() {
-            let r = self.resolve(i, metric)?;
-            if progress.phase.is_some() {
-                continue;
-            }
-            let prom = self.provider(i, &r.provider).await?;
-            for q in std::iter::once(&r.check.query).chain(r.primary_query.as_ref()) {
-                if let QueryOutcome::Error(e) = prom.query(q).await
-                    && e.starts_with("bad_data")
-                {
-                    return Err(Hold::new(
-                        HoldReason::MetricQueryInvalid,
-                        relative::refused_text(i, &metric.name, &e),
-                    ));
-                }
-            }
+            self.resolve(i, metric)?;
         }
         Ok(())
     }

@@ -166,7 +166,7 @@ impl Reconcile {
         };
         let settings = state::settings(&self.canary);
         let progress = state::progress(self.canary.status.as_ref());
-        if let Err(hold) = self.check_references(&settings, &progress).await {
+        if let Err(hold) = self.check_references(&settings, &progress) {
             return self.hold(hold).await;
         }
         self.ensure_primary(&seen).await?;
