@@ -74,6 +74,10 @@ pub struct Evaluation {
     pub judgement: Option<Judgement>,
 }
 
+/// The canary's and the primary's values over the comparison window, or why they could not be
+/// fetched (the query's error).
+pub type Compared = Result<(Vec<f64>, Vec<f64>), String>;
+
 /// The text of a query Prometheus refused: the metric, Prometheus' words, the fix.
 pub fn refused_text(index: usize, metric: &str, err: &str) -> String {
     format!(
@@ -89,7 +93,7 @@ pub fn evaluate(
     r: &Resolved,
     index: usize,
     instant: Option<&QueryOutcome>,
-    compared: Option<Result<(Vec<f64>, Vec<f64>), String>>,
+    compared: Option<Compared>,
     canary: &str,
     target: &str,
 ) -> Evaluation {
