@@ -184,6 +184,7 @@ async fn a_doubled_latency_under_a_generous_threshold_is_rolled_back_by_the_rela
     assert!(cmp.p_value.unwrap() < cmp.alpha, "{cmp:?}");
     assert!(cmp.degradation_percent.unwrap() > 10.0, "{cmp:?}");
     let message = m.message.unwrap();
+    println!("the failure: {message}");
     assert!(
         message.contains("request-duration is worse than the primary"),
         "{message}"

@@ -263,7 +263,12 @@ fn comparison_line(c: &crate::api::MetricComparisonStatus) -> String {
     out.push_str(&format!(", allowed {}", number(c.allowed)));
     if let Some(p) = c.p_value {
         let op = if p < c.alpha { "<" } else { ">=" };
-        out.push_str(&format!(", p {p:.4} {op} {}", number(c.alpha)));
+        let p = if p < 0.0001 {
+            "< 0.0001".to_string()
+        } else {
+            format!("{p:.4}")
+        };
+        out.push_str(&format!(", p {p} {op} {}", number(c.alpha)));
     }
     let result = match c.result.as_str() {
         "notEnoughData" => "not enough data",
