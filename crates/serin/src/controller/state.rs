@@ -537,4 +537,28 @@ mod tests {
         assert_eq!(c.last_transition_time, Some(to_time(later)));
         assert_eq!(progress(Some(&open)).gate, p.gate);
     }
+
+    #[test]
+    fn the_start_of_a_stretch_without_data_lasts_as_long_as_the_run() {
+        let mut previous = CanaryStatus::default();
+        previous.serin_progress = Some(RunProgress {
+            no_data_since: Some(to_time(now())),
+            ..Default::default()
+        });
+        let running = Progress {
+            phase: Some(Phase::Progressing),
+            ..Default::default()
+        };
+        let s = status(Some(&previous), &running, "Deployment", None, now());
+        assert_eq!(
+            s.serin_progress.and_then(|r| r.no_data_since),
+            Some(to_time(now()))
+        );
+        let over = Progress {
+            phase: Some(Phase::Failed),
+            ..Default::default()
+        };
+        let s = status(Some(&previous), &over, "Deployment", None, now());
+        assert_eq!(s.serin_progress, None, "forgotten with the run");
+    }
 }
