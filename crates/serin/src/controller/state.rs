@@ -540,11 +540,13 @@ mod tests {
 
     #[test]
     fn the_start_of_a_stretch_without_data_lasts_as_long_as_the_run() {
-        let mut previous = CanaryStatus::default();
-        previous.serin_progress = Some(RunProgress {
-            no_data_since: Some(to_time(now())),
+        let previous = CanaryStatus {
+            serin_progress: Some(RunProgress {
+                no_data_since: Some(to_time(now())),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
+        };
         let running = Progress {
             phase: Some(Phase::Progressing),
             ..Default::default()
