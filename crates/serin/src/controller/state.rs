@@ -317,6 +317,15 @@ pub fn status(
             type_: g.kind,
             closed_by: g.closed_by.clone(),
         }),
+        // The analysis sets it (`Reconcile::analysis`); kept while the run goes on, so the
+        // deadline of `onNoData: hold` survives restarts, and forgotten with the run.
+        no_data_since: (p.phase == Some(Phase::Progressing))
+            .then(|| {
+                s.serin_progress
+                    .as_ref()
+                    .and_then(|r| r.no_data_since.clone())
+            })
+            .flatten(),
     };
     s.serin_progress = (run != RunProgress::default()).then_some(run);
 
@@ -614,5 +623,31 @@ mod tests {
         );
         assert_eq!(c.last_transition_time, Some(to_time(later)));
         assert_eq!(progress(Some(&open)).gate, p.gate);
+    }
+
+    #[test]
+    fn the_start_of_a_stretch_without_data_lasts_as_long_as_the_run() {
+        let previous = CanaryStatus {
+            serin_progress: Some(RunProgress {
+                no_data_since: Some(to_time(now())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let running = Progress {
+            phase: Some(Phase::Progressing),
+            ..Default::default()
+        };
+        let s = status(Some(&previous), &running, "Deployment", None, now());
+        assert_eq!(
+            s.serin_progress.and_then(|r| r.no_data_since),
+            Some(to_time(now()))
+        );
+        let over = Progress {
+            phase: Some(Phase::Failed),
+            ..Default::default()
+        };
+        let s = status(Some(&previous), &over, "Deployment", None, now());
+        assert_eq!(s.serin_progress, None, "forgotten with the run");
     }
 }

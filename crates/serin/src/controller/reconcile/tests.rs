@@ -141,6 +141,7 @@ fn reconcile(canary: Canary, ctx: Arc<Ctx>) -> Reconcile {
         canary: Arc::new(canary),
         ctx,
         metric_results: None,
+        no_data_since: None,
         analysed: false,
         cookies: None,
         event_chain: Default::default(),
