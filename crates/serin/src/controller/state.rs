@@ -87,7 +87,7 @@ pub fn set_spec_warnings(
 /// | `MetricSecretNotFound` | a MetricTemplate's `secretRef` names no Secret |
 /// | `MetricQueryRenderError` | a query template uses an unknown name or variable |
 /// | `MetricProviderInvalid` | a provider's address, headers or credentials cannot be sent |
-/// | `MetricQueryInvalid` | Prometheus refused a query (`bad_data`) |
+/// | `MetricQueryInvalid` | kept for compatibility of the list; no longer produced: a query Prometheus refuses is a failed check (issue 11, finding 5) |
 /// | `NoUsableMetric` | a metric is neither built in nor has a `templateRef` or `query` |
 /// | `InternalError` | serin's decision did not settle; a bug to report |
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
