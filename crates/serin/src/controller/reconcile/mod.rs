@@ -15,6 +15,7 @@ mod checks;
 mod finalizer;
 mod observe;
 mod record;
+mod refused;
 #[cfg(test)]
 mod tests;
 mod webhooks;
@@ -71,6 +72,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Err
         analysed: false,
         cookies: None,
         event_chain: Default::default(),
+        refusal: Default::default(),
     };
     let res = r.run().await;
     ctx.metrics
@@ -119,6 +121,8 @@ struct Reconcile {
     cookies: Option<router::AffinityCookies>,
     /// The last background delivery to the event hooks; the next one waits for it.
     event_chain: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The last write of a generated object the API server refused in this pass.
+    refusal: std::sync::Mutex<Option<refused::Refusal>>,
 }
 
 impl Reconcile {
@@ -148,7 +152,20 @@ impl Reconcile {
             .get(&ObjectRef::new(name).within(&self.ns))
     }
 
+    /// The steps; a write the API server refused is told on the Canary before the error goes
+    /// to the error policy (and its backoff).
     async fn run(&mut self) -> Result<Action, Error> {
+        let res = self.steps().await;
+        if res.is_err() {
+            // What this pass decided is not kept: the next one decides again.
+            self.cookies = None;
+            self.metric_results = None;
+            self.report_refusal().await;
+        }
+        res
+    }
+
+    async fn steps(&mut self) -> Result<Action, Error> {
         if self.canary.metadata.deletion_timestamp.is_some() {
             return self.finalize().await;
         }

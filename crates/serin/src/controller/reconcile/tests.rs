@@ -146,6 +146,7 @@ fn reconcile(canary: Canary, ctx: Arc<Ctx>) -> Reconcile {
         analysed: false,
         cookies: None,
         event_chain: Default::default(),
+        refusal: Default::default(),
     }
 }
 
