@@ -153,6 +153,9 @@ pub fn render(
         out.push_str("   (a new revision is waiting to be picked up)");
     }
     out.push('\n');
+    if let Some(p) = &st.serin_pending {
+        out.push_str(&format!("  {}: {}\n", p.reason.to_uppercase(), p.message));
+    }
 
     let weight = st.canary_weight.unwrap_or(0).max(0) as u32;
     let analysis = c.spec.analysis().cloned().unwrap_or_default();

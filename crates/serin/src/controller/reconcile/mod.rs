@@ -10,6 +10,7 @@
 //! elsewhere: the decision in `serin-core`, the desired objects in [`crate::router`] and
 //! [`crate::workload`], metric resolution in [`crate::metrics`].
 
+mod admit;
 mod apply;
 mod checks;
 mod finalizer;
@@ -73,6 +74,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Err
         cookies: None,
         event_chain: Default::default(),
         refusal: Default::default(),
+        pending: None,
     };
     let res = r.run().await;
     ctx.metrics
@@ -123,6 +125,9 @@ struct Reconcile {
     event_chain: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The last write of a generated object the API server refused in this pass.
     refusal: std::sync::Mutex<Option<refused::Refusal>>,
+    /// The admission gate's verdict on `status["serin.dev/pending"]`: `None` until it ran in
+    /// this pass (the previous value stays), `Some(None)` when nothing waits.
+    pending: Option<Option<crate::api::PendingRun>>,
 }
 
 impl Reconcile {
@@ -180,6 +185,11 @@ impl Reconcile {
         self.ensure_primary(&seen).await?;
         let settings = state::settings(&self.canary);
         let progress = state::progress(self.canary.status.as_ref());
+
+        // A new run may have to wait: frozen, or beyond the rollout queue's caps.
+        if let Some(wait) = self.admission_gate(&seen, &settings, &progress).await? {
+            return Ok(wait);
+        }
 
         // Decide.
         let plan = match self

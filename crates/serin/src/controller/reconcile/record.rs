@@ -37,6 +37,7 @@ impl Reconcile {
         if let Some(cookies) = &self.cookies {
             cookies.write_to(&mut status);
         }
+        super::admit::apply_pending(&mut status, previous, self.pending.as_ref(), self.now);
         let previous_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
         match self.refusal() {
             Some(r) => state::set_condition(

@@ -131,6 +131,7 @@ fn ctx(client: Client, cached: Cached) -> Arc<Ctx> {
         },
         ready: tokio::sync::OnceCell::new_with(Some(true)),
         backoff: Default::default(),
+        admission: Default::default(),
     })
 }
 
@@ -147,6 +148,7 @@ fn reconcile(canary: Canary, ctx: Arc<Ctx>) -> Reconcile {
         cookies: None,
         event_chain: Default::default(),
         refusal: Default::default(),
+        pending: None,
     }
 }
 
