@@ -174,24 +174,25 @@ async fn a_shared_config_map_change_runs_at_most_three_at_once_and_all_twenty_fi
     let took = start.elapsed();
     monitor.abort();
 
-    let s = seen.lock().unwrap();
-    println!(
-        "{N} runs in {:.1} s; at most {} at once over {} polls; {} queued positions seen; start order {:?}",
-        took.as_secs_f64(),
-        s.max_running,
-        s.polls,
-        s.queued.len(),
-        s.started
-    );
-    assert!(s.max_running <= 3, "{} runs at once", s.max_running);
-    assert_eq!(s.max_running, 3, "the cap is used, not just respected");
-    assert_eq!(s.started.len(), N, "every canary ran: {:?}", s.started);
-    assert!(
-        s.queued.iter().any(|(_, p)| *p > 1),
-        "positions beyond the first were shown: {:?}",
-        s.queued
-    );
-    drop(s);
+    {
+        let s = seen.lock().unwrap();
+        println!(
+            "{N} runs in {:.1} s; at most {} at once over {} polls; {} queued positions seen; start order {:?}",
+            took.as_secs_f64(),
+            s.max_running,
+            s.polls,
+            s.queued.len(),
+            s.started
+        );
+        assert!(s.max_running <= 3, "{} runs at once", s.max_running);
+        assert_eq!(s.max_running, 3, "the cap is used, not just respected");
+        assert_eq!(s.started.len(), N, "every canary ran: {:?}", s.started);
+        assert!(
+            s.queued.iter().any(|(_, p)| *p > 1),
+            "positions beyond the first were shown: {:?}",
+            s.queued
+        );
+    }
 
     // The queue is told in an Event with the position, and the start after the wait too.
     let mut told = 0;
@@ -226,7 +227,8 @@ async fn a_release_inside_a_freeze_waits_and_starts_when_the_window_opens() {
 
     // A freeze that ends 20 s from now.
     let now = Utc::now();
-    let end = now + chrono::Duration::seconds(20);
+    // Whole seconds, as the window is written.
+    let end = chrono::DateTime::from_timestamp(now.timestamp() + 20, 0).unwrap();
     let fmt = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
     let window = format!("{}/{}", fmt(now - chrono::Duration::minutes(5)), fmt(end));
     w.apply(config_map(

@@ -264,15 +264,13 @@ proptest! {
     fn until_is_the_first_open_instant(secs in 0..(14 * 86400i64), h1 in 0..24u32, h2 in 0..24u32) {
         let s = schedule("", &format!("Mon-Fri {h1:02}:00-{h2:02}:30"));
         let t = at("2026-11-30T00:00:00Z") + Duration::seconds(secs);
-        if let Some(f) = s.frozen_at(t) {
-            if let Some(u) = f.until {
-                prop_assert!(u > t);
-                prop_assert!(s.frozen_at(u).is_none());
-                // Frozen until then (checked at a few points).
-                for k in 1..4 {
-                    let mid = t + (u - t) * k / 4;
-                    prop_assert!(s.frozen_at(mid).is_some(), "open at {} before {}", mid, u);
-                }
+        if let Some(u) = s.frozen_at(t).and_then(|f| f.until) {
+            prop_assert!(u > t);
+            prop_assert!(s.frozen_at(u).is_none());
+            // Frozen until then (checked at a few points).
+            for k in 1..4 {
+                let mid = t + (u - t) * k / 4;
+                prop_assert!(s.frozen_at(mid).is_some(), "open at {} before {}", mid, u);
             }
         }
     }

@@ -331,6 +331,22 @@ mod tests {
     }
 
     #[test]
+    fn a_waiting_revision_says_why_on_its_own_line() {
+        let c = canary(
+            json!({"interval": "1m", "maxWeight": 50, "stepWeight": 10}),
+            json!({"phase": "Succeeded", "serin.dev/pending": {
+                "since": "2026-01-01T00:58:00Z", "reason": "Queued", "position": 2,
+                "message": "New revision of web.prod queued at position 2 of 4"}}),
+        );
+        let out = render(&c, &[], None, now());
+        let line = out.lines().nth(1).unwrap_or_default();
+        assert_eq!(
+            line, "  QUEUED: New revision of web.prod queued at position 2 of 4",
+            "{out}"
+        );
+    }
+
+    #[test]
     fn the_view_shows_weight_step_metrics_and_events() {
         let c = canary(
             json!({"interval": "1m", "threshold": 5, "maxWeight": 50, "stepWeight": 10,

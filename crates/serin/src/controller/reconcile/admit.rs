@@ -56,7 +56,7 @@ impl Reconcile {
             return Ok(Some(Action::requeue(Duration::from_secs(1))));
         }
         let freeze = self.ctx.admission.freeze(&self.canary, &self.ns, self.now);
-        let target = msg_target(settings);
+        let target = settings.target.clone();
         if running {
             return match freeze {
                 Some(f) if f.in_progress == InProgress::Pause => {
@@ -165,7 +165,8 @@ impl Reconcile {
             .as_ref()
             .and_then(|s| s.serin_pending.as_ref())
             .map(|p| to_chrono(&p.since))
-            .unwrap_or(self.now)
+            // Whole seconds, as the status keeps it, so that the order is the same from either.
+            .unwrap_or_else(|| to_chrono(&to_time(self.now)))
     }
 
     fn condition_absent(&self, type_: &str) -> bool {
@@ -180,10 +181,6 @@ impl Reconcile {
         self.ctx.admission.forget(key);
         self.pending = Some(None);
     }
-}
-
-fn msg_target(settings: &Settings) -> String {
-    settings.target.clone()
 }
 
 /// Sets `serin.dev/pending` and its condition on a status being written: `pending` is the gate's

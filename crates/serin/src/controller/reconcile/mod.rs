@@ -199,6 +199,11 @@ impl Reconcile {
             Ok(plan) => plan,
             Err(hold) => return self.hold(hold).await,
         };
+        if !super::admission::in_run(plan.progress.phase) {
+            // A slot handed out for a run that did not start (a confirm-rollout gate said no)
+            // goes back at once.
+            self.ctx.admission.forget(&backoff::key(&self.canary));
+        }
 
         // Act.
         self.act(&seen, &plan).await?;
