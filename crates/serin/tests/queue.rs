@@ -2,7 +2,7 @@
 //! canaries changes at once and `--max-concurrent-rollouts 3` keeps at most 3 runs going, watched
 //! continuously from the Canaries' phases, until all 20 are done; a release inside a freeze
 //! window waits, says so, and starts when the window opens; a Canary's `serin.dev/freeze`
-//! annotation holds it until removed.
+//! annotation holds it until removed, and a Namespace's `pause` holds a run in progress.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests stop at a failed step, naming it
 
 mod support;
@@ -334,4 +334,70 @@ async fn a_release_inside_a_freeze_waits_and_starts_when_the_window_opens() {
         },
     )
     .await;
+
+    // A Namespace's `serin.dev/freeze: pause` holds a run in progress where it is.
+    w.apply(canary(
+        "podinfo",
+        json!({"interval": "10s", "threshold": 2, "maxWeight": 50, "stepWeight": 25}),
+    ))
+    .await;
+    w.apply(app("podinfo", "podinfo:6.0.3")).await;
+    w.wait_phase("podinfo", "Progressing", LIMIT).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(w.client.clone());
+    let annotate_ns = |v: Value| {
+        let namespaces = namespaces.clone();
+        let ns = w.ns.clone();
+        async move {
+            namespaces
+                .patch(
+                    &ns,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"annotations": {"serin.dev/freeze": v}}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    annotate_ns(json!("pause")).await;
+    let paused = eventually("paused by the Namespace", LIMIT, || async {
+        match condition(&w.canary("podinfo").await, "serin.dev/Frozen") {
+            Some(c) if c.1 == "Paused" => Ok(c),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    println!("paused: {paused:?}");
+    assert!(
+        paused.2.contains(&format!("on Namespace {}", w.ns)),
+        "{}",
+        paused.2
+    );
+    let held = w.canary("podinfo").await;
+    let weight = held.status.as_ref().and_then(|s| s.canary_weight);
+    // Longer than an interval: no step is taken.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let later = w.canary("podinfo").await;
+    assert_eq!(phase(&later), "Progressing");
+    assert_eq!(
+        later.status.as_ref().and_then(|s| s.canary_weight),
+        weight,
+        "no step while paused"
+    );
+    assert!(serin_get(&w).await.contains("Progressing (paused)"));
+    annotate_ns(Value::Null).await;
+    eventually(
+        "the run finishes once the pause is lifted",
+        LIMIT,
+        || async {
+            let p = w.deployment("podinfo-primary").await.ok_or("no primary")?;
+            let c = w.canary("podinfo").await;
+            if image_of(&p) == "podinfo:6.0.3" && phase(&c) == "Succeeded" {
+                Ok(())
+            } else {
+                Err(format!("{} {}", image_of(&p), phase(&c)))
+            }
+        },
+    )
+    .await;
+    assert!(condition(&w.canary("podinfo").await, "serin.dev/Frozen").is_none());
 }
