@@ -214,3 +214,63 @@ pub(super) fn apply_pending(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::CanaryStatus;
+    use chrono::TimeZone;
+
+    fn pending(reason: &str, position: Option<i32>) -> PendingRun {
+        PendingRun {
+            since: to_time(chrono::Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()),
+            reason: reason.into(),
+            position,
+            message: format!("{reason} message"),
+        }
+    }
+
+    /// (serin.dev/pending reason, the waiting conditions) after `apply_pending`.
+    fn after(
+        previous: Option<&CanaryStatus>,
+        verdict: Option<Option<PendingRun>>,
+    ) -> (Option<String>, Vec<(String, String)>) {
+        let now = chrono::Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 5).unwrap();
+        // As `state::status` builds it: the previous status without serin's extra conditions.
+        let mut s = previous.cloned().unwrap_or_default();
+        s.conditions.clear();
+        apply_pending(&mut s, previous, verdict.as_ref(), now);
+        (
+            s.serin_pending.map(|p| p.reason),
+            s.conditions
+                .into_iter()
+                .map(|c| (c.type_, c.reason))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn the_wait_is_set_kept_and_cleared_with_its_condition() {
+        let queued = Some(Some(pending(QUEUED, Some(2))));
+        let (reason, conds) = after(None, queued.clone());
+        assert_eq!(reason.as_deref(), Some(QUEUED));
+        assert_eq!(conds, [(QUEUED_CONDITION.to_string(), QUEUED.to_string())]);
+
+        let mut held = CanaryStatus::default();
+        apply_pending(
+            &mut held,
+            None,
+            Some(&Some(pending(FROZEN, None))),
+            chrono::Utc::now(),
+        );
+        // A pass that did not reach the gate (a hold, a refused write) keeps the wait as it was.
+        let (reason, conds) = after(Some(&held), None);
+        assert_eq!(reason.as_deref(), Some(FROZEN));
+        assert_eq!(conds, [(FROZEN_CONDITION.to_string(), FROZEN.to_string())]);
+        // Paused runs show on the Frozen condition too.
+        let (_, conds) = after(Some(&held), Some(Some(pending(PAUSED, None))));
+        assert_eq!(conds, [(FROZEN_CONDITION.to_string(), PAUSED.to_string())]);
+        // Started (or nothing to start): both go.
+        assert_eq!(after(Some(&held), Some(None)), (None, vec![]));
+    }
+}
