@@ -2,7 +2,8 @@
 //! canaries changes at once and `--max-concurrent-rollouts 3` keeps at most 3 runs going, watched
 //! continuously from the Canaries' phases, until all 20 are done; a release inside a freeze
 //! window waits, says so, and starts when the window opens; a Canary's `serin.dev/freeze`
-//! annotation holds it until removed, and a Namespace's `pause` holds a run in progress.
+//! annotation holds it until removed, and a Namespace's `pause` holds a run in progress; a
+//! Namespace's cap of 1 holds across a controller restart (the queue is in the statuses).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests stop at a failed step, naming it
 
 mod support;
@@ -105,24 +106,12 @@ struct Seen {
     started: Vec<String>,
 }
 
-#[tokio::test]
-async fn a_shared_config_map_change_runs_at_most_three_at_once_and_all_twenty_finish() {
-    const N: usize = 20;
-    let w = World::with_controller_args("queue", &["--max-concurrent-rollouts", "3"]).await;
-    w.apply(config_map("shared", json!({"level": "1"}))).await;
-    let names: Vec<String> = (0..N).map(|i| format!("app{i:02}")).collect();
-    for n in &names {
-        w.apply(app(n, "podinfo:6.0.0")).await;
-        w.apply(canary(n, quick())).await;
-    }
-    all_in_phase(&w, N, "Initialized", LIMIT * 2).await;
-
-    // Watch the phases continuously from here on.
+/// Watches the Canaries' phases every 100 ms until aborted.
+fn watch_runs(w: &World) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let api: Api<Canary> = Api::namespaced(w.client.clone(), &w.ns);
     let monitor = {
         let seen = seen.clone();
-        let api = api.clone();
         tokio::spawn(async move {
             loop {
                 if let Ok(list) = api.list(&ListParams::default()).await {
@@ -156,6 +145,23 @@ async fn a_shared_config_map_change_runs_at_most_three_at_once_and_all_twenty_fi
             }
         })
     };
+    (seen, monitor)
+}
+
+#[tokio::test]
+async fn a_shared_config_map_change_runs_at_most_three_at_once_and_all_twenty_finish() {
+    const N: usize = 20;
+    let w = World::with_controller_args("queue", &["--max-concurrent-rollouts", "3"]).await;
+    w.apply(config_map("shared", json!({"level": "1"}))).await;
+    let names: Vec<String> = (0..N).map(|i| format!("app{i:02}")).collect();
+    for n in &names {
+        w.apply(app(n, "podinfo:6.0.0")).await;
+        w.apply(canary(n, quick())).await;
+    }
+    all_in_phase(&w, N, "Initialized", LIMIT * 2).await;
+
+    // Watch the phases continuously from here on.
+    let (seen, monitor) = watch_runs(&w);
 
     let start = std::time::Instant::now();
     w.apply(config_map("shared", json!({"level": "2"}))).await;
@@ -400,4 +406,66 @@ async fn a_release_inside_a_freeze_waits_and_starts_when_the_window_opens() {
     )
     .await;
     assert!(condition(&w.canary("podinfo").await, "serin.dev/Frozen").is_none());
+}
+
+#[tokio::test]
+async fn a_namespace_cap_holds_across_a_controller_restart() {
+    let mut w = World::new("nscap").await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(w.client.clone());
+    namespaces
+        .patch(
+            &w.ns,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"serin.dev/max-concurrent-rollouts": "1"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    w.apply(config_map("shared", json!({"level": "1"}))).await;
+    let names = ["one", "two", "three"];
+    let analysis = json!({"interval": "5s", "threshold": 2, "maxWeight": 50, "stepWeight": 25});
+    for n in names {
+        w.apply(app(n, "podinfo:6.0.0")).await;
+        w.apply(canary(n, analysis.clone())).await;
+    }
+    all_in_phase(&w, names.len(), "Initialized", LIMIT).await;
+    let (seen, monitor) = watch_runs(&w);
+    w.apply(config_map("shared", json!({"level": "2"}))).await;
+
+    // One runs, two wait; then the controller is killed and a new one takes over.
+    eventually("a queue of two", LIMIT, || async {
+        let s = seen.lock().unwrap();
+        let positions: BTreeSet<i32> = s.queued.iter().map(|(_, p)| *p).collect();
+        if positions.contains(&2) && !s.started.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{:?} started {:?}", s.queued, s.started))
+        }
+    })
+    .await;
+    w.controller.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    w.controller = ControllerProcess::spawn(w.env, &w.ns, "2");
+    all_in_phase(&w, names.len(), "Succeeded", Duration::from_secs(300)).await;
+    monitor.abort();
+    {
+        let s = seen.lock().unwrap();
+        println!(
+            "namespace cap 1: at most {} at once over {} polls, start order {:?}",
+            s.max_running, s.polls, s.started
+        );
+        assert_eq!(s.max_running, 1, "{:?}", s.started);
+        assert_eq!(s.started.len(), names.len());
+    }
+    let queued = w
+        .events("two")
+        .await
+        .into_iter()
+        .chain(w.events("three").await)
+        .chain(w.events("one").await)
+        .any(|(_, m)| {
+            m.contains("rollouts run in this namespace (serin.dev/max-concurrent-rollouts)")
+        });
+    assert!(queued, "the namespace's cap is named");
 }
