@@ -208,7 +208,8 @@ fn canary_consumers(canary: &Canary) {
         spec.service.target_port(),
         spec.service.delegation(),
     );
-    if !problems.is_empty() {
+    // Warnings do not hold a Canary: the controller builds its objects for those too.
+    if problems.iter().any(|p| !p.is_warning()) {
         return;
     }
     // What the controller builds from a Canary that passed validation.

@@ -78,6 +78,10 @@ pub struct CanarySpec {
     /// Gloo only; kept on round-trip, ignored by serin.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_ref: Option<UpstreamRef>,
+    /// Not required by the schema, as in Flagger's CRD, so every Canary Flagger's CRD takes is
+    /// taken; the controller holds a Canary without it, since no Service can be made without a
+    /// port.
+    #[serde(default)]
     pub service: CanaryService,
     /// Required by the CRD; use [`CanarySpec::analysis()`], which also honours `canaryAnalysis`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -624,6 +628,11 @@ pub struct RunProgress {
     /// The last gate asked in this run and its answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateRecord>,
+    /// Since when a metric with `onNoData: hold` has found no data (the first analysis of the
+    /// current stretch); the canary is rolled back once the stretch outlasts
+    /// progressDeadlineSeconds, counted from here across restarts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_data_since: Option<Time>,
 }
 
 /// `status["serin.dev/progress"].request`: a person's request and serin's answer.
@@ -693,6 +702,41 @@ pub struct MetricCheckStatus {
     pub checked_at: Time,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The verdict: `pass`, `fail` or `noData` (then `onNoData` decided).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// With `compare`: the canary against the primary, as judged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<MetricComparisonStatus>,
+}
+
+/// The last comparison of one metric with the primary (`compare`): the numbers that explain it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricComparisonStatus {
+    /// The canary's median over the window; absent without values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<f64>,
+    /// The primary's median over the window; absent without values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary: Option<f64>,
+    /// Values used on each side (NaN and infinite values left out).
+    pub canary_samples: u32,
+    pub primary_samples: u32,
+    /// How much worse the canary is, in percent of the primary's median (Hodges-Lehmann shift);
+    /// negative when better. Absent when the primary's median is 0 or there are no values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degradation_percent: Option<f64>,
+    /// The threshold: how much worse the canary may be, in the metric's unit.
+    pub allowed: f64,
+    /// One-sided p-value of "worse by more than allowed"; the check fails below `alpha`.
+    /// Absent when there were too few values to test.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p_value: Option<f64>,
+    /// 1 − confidence.
+    pub alpha: f64,
+    /// `pass`, `fail` or `notEnoughData`.
+    pub result: String,
 }
 
 impl Canary {

@@ -117,10 +117,9 @@ pub(crate) fn canary_patches() -> Vec<Patch> {
 
 fn canary_more_patches() -> Vec<Patch> {
     vec![
-        patch(
-            "spec",
-            json!({"required": ["targetRef", "service", "analysis"]}),
-        ),
+        // Flagger's CRD does not require `service` either (Knative canaries have none); the
+        // controller holds a Canary without it (validate()).
+        patch("spec", json!({"required": ["targetRef", "analysis"]})),
         patch(
             "spec.provider",
             json!({"enum": [
@@ -654,7 +653,8 @@ mod tests {
             .as_array_mut()
             .unwrap()
             .sort_by_key(|v| v.to_string());
-        assert_eq!(required, json!(["analysis", "service", "targetRef"]));
+        // As Flagger's CRD: `service` is not required (issue 13).
+        assert_eq!(required, json!(["analysis", "targetRef"]));
         assert_eq!(
             node_mut(&mut c, "spec.service").unwrap()["required"],
             json!(["port"])

@@ -24,7 +24,7 @@ pub use metric_template::{
     MetricTemplateStatus,
 };
 pub use validate::{
-    Problem, validate, validate_alert_provider, validate_canary, validate_metric_template,
+    Problem, Severity, validate, validate_alert_provider, validate_canary, validate_metric_template,
 };
 
 /// The API group and version of every kind here.

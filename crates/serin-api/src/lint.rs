@@ -14,8 +14,11 @@ use super::validate::{Problem, validate};
 /// What a run of [`run`] checked.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
-    /// Problem lines written.
+    /// Problem lines written, warnings included.
     pub problems: usize,
+    /// Of those, warnings: manifests Flagger runs (and serin runs too) that likely do not do
+    /// what their author meant ([`Severity::Warning`](super::validate::Severity::Warning)).
+    pub warnings: usize,
     /// Canaries, MetricTemplates and AlertProviders checked.
     pub objects: usize,
     /// Files read (standard input counts as one).
@@ -28,7 +31,8 @@ pub struct Summary {
 
 /// Checks every manifest in `paths` (files, directories searched recursively for *.yaml, *.yml
 /// and *.json, or `-` for stdin), writes one line per problem to `out`
-/// (`FILE: Kind/name: field.path: message (hint)`), and returns what was checked. Documents of
+/// (`FILE: Kind/name: field.path: message (hint)`, with `warning: ` before the field for a
+/// warning), and returns what was checked. Documents of
 /// other Kubernetes kinds are skipped; a document that is not a Kubernetes object at all is a
 /// problem. Errors are I/O failures only (unreadable paths).
 pub fn run(paths: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<Summary> {
@@ -119,6 +123,7 @@ pub fn check(text: &str) -> Checked {
                         path: String::new(),
                         message: format!("cannot parse YAML: {e}"),
                         hint: "fix the YAML syntax (indentation, quotes, tabs)".into(),
+                        severity: super::validate::Severity::Error,
                     },
                 ));
                 // The stream cannot be resynchronised after a syntax error.
@@ -143,6 +148,7 @@ fn check_document(value: &Value, number: usize, checked: &mut Checked) {
                 hint: "write each object as a mapping with apiVersion, kind and metadata, one \
                        per YAML document (separated by ---), or as items of a kind: List"
                     .into(),
+                severity: super::validate::Severity::Error,
             },
         )
     };
@@ -171,6 +177,7 @@ fn check_document(value: &Value, number: usize, checked: &mut Checked) {
                     path: "apiVersion".into(),
                     message: "Required value".into(),
                     hint: format!("add apiVersion: {}", super::API_VERSION),
+                    severity: super::validate::Severity::Error,
                 },
             ));
             let mut with_version = map.clone();
@@ -223,6 +230,7 @@ fn check_value(value: &Value, checked: &mut Checked) {
                 path: "apiVersion".into(),
                 message: format!("{api_version} is not served"),
                 hint: format!("use apiVersion: {}", super::API_VERSION),
+                severity: super::validate::Severity::Error,
             },
         ));
         return;
@@ -234,6 +242,7 @@ fn check_value(value: &Value, checked: &mut Checked) {
                 path: "kind".into(),
                 message: format!("{kind:?} is not a kind of {}", super::API_VERSION),
                 hint: "use Canary, MetricTemplate or AlertProvider".into(),
+                severity: super::validate::Severity::Error,
             },
         ));
         return;
@@ -247,6 +256,7 @@ fn check_value(value: &Value, checked: &mut Checked) {
                 path: "metadata.name".into(),
                 message: "Required value".into(),
                 hint: "name the object".into(),
+                severity: super::validate::Severity::Error,
             },
         ));
     }
@@ -288,6 +298,9 @@ fn check_text(
         lines.push_str(": ");
         lines.push_str(object);
         lines.push_str(": ");
+        if p.is_warning() {
+            lines.push_str("warning: ");
+        }
         if !p.path.is_empty() {
             lines.push_str(&p.path);
             lines.push_str(": ");
@@ -304,6 +317,11 @@ fn check_text(
     summary.files += 1;
     summary.objects += checked.objects;
     summary.problems += checked.problems.len();
+    summary.warnings += checked
+        .problems
+        .iter()
+        .filter(|(_, p)| p.is_warning())
+        .count();
     Ok(())
 }
 

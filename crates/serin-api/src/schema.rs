@@ -120,6 +120,7 @@ fn refused(out: &mut Vec<SchemaProblem>, path: &str, message: String, hint: Stri
             path: path.to_string(),
             message,
             hint,
+            severity: super::validate::Severity::Error,
         },
         outcome: Outcome::Refused,
     });
@@ -434,6 +435,7 @@ fn dropped_null(out: &mut Vec<SchemaProblem>, path: &str) {
             path: path.to_string(),
             message: "null value (the API server drops it)".into(),
             hint: "remove the field or give it a value".into(),
+            severity: super::validate::Severity::Error,
         },
         outcome: Outcome::Dropped,
     });
@@ -521,6 +523,7 @@ fn object_checks(
                     path: p,
                     message: "unknown field (the API server drops it)".into(),
                     hint: unknown_field_hint(key, props.map(|p| p.keys())),
+                    severity: super::validate::Severity::Error,
                 },
                 outcome: Outcome::Dropped,
             }),

@@ -11,6 +11,27 @@ use super::duration::parse_go_duration;
 use super::istio::StringMatch;
 use super::{AlertProvider, MetricProviderType, MetricTemplate};
 
+/// How much a problem weighs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Neither Flagger nor serin can run the manifest as written (Flagger's CRD refuses it, or
+    /// what it asks for cannot work): the API server refuses it or the controller holds the
+    /// Canary.
+    #[default]
+    Error,
+    /// Flagger runs the manifest (ignoring a field, or doing something the author likely did
+    /// not mean), and so does serin: the controller runs it and says what it does instead on a
+    /// condition and a Warning Event. Holding it would freeze rollouts that ran under Flagger.
+    Warning,
+}
+
+impl Severity {
+    pub fn is_error(&self) -> bool {
+        *self == Severity::Error
+    }
+}
+
 /// One thing wrong with a manifest: the field, what is wrong, and how to fix it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
@@ -18,6 +39,8 @@ pub struct Problem {
     pub path: String,
     pub message: String,
     pub hint: String,
+    #[serde(default, skip_serializing_if = "Severity::is_error")]
+    pub severity: Severity,
 }
 
 impl Problem {
@@ -26,7 +49,24 @@ impl Problem {
             path: path.into(),
             message: message.into(),
             hint: hint.into(),
+            severity: Severity::Error,
         }
+    }
+
+    /// A problem Flagger runs anyway ([`Severity::Warning`]).
+    fn warning(
+        path: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        Problem {
+            severity: Severity::Warning,
+            ..Problem::new(path, message, hint)
+        }
+    }
+
+    pub fn is_warning(&self) -> bool {
+        self.severity == Severity::Warning
     }
 }
 
@@ -365,7 +405,14 @@ fn validate_string_match(m: &StringMatch, path: &str, allow_suffix: bool, out: &
 }
 
 fn validate_service(s: &CanaryService, out: &mut Vec<Problem>) {
-    if !(1..=65535).contains(&s.port) {
+    if s.port == 0 {
+        // Also a missing `service`, which the schema takes as Flagger's CRD does.
+        out.push(Problem::new(
+            "spec.service.port",
+            "Required value: the Services need a port",
+            "add service: {port: <the port the Services expose>}",
+        ));
+    } else if !(1..=65535).contains(&s.port) {
         out.push(Problem::new(
             "spec.service.port",
             format!("port {} is out of range 1..=65535", s.port),
@@ -472,7 +519,17 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
     let strategy = a.strategy();
 
     match a.interval.as_deref() {
-        Some(i) => duration_problem(out, &p("interval"), i, "1m"),
+        // Flagger's GetAnalysisInterval runs an interval it cannot parse as 1m, and so does
+        // CanaryAnalysis::interval: a warning, not a hold.
+        Some(i) => {
+            if let Err(e) = parse_go_duration(i) {
+                out.push(Problem::warning(
+                    p("interval"),
+                    format!("{e}: the analysis runs every 1m (Flagger's fallback)"),
+                    "write a Go duration such as 1m (units ns, us, ms, s, m, h)",
+                ));
+            }
+        }
         None => out.push(Problem::new(
             p("interval"),
             "Required value",
@@ -482,9 +539,11 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
     if let Some(t) = a.threshold
         && t < 0
     {
-        out.push(Problem::new(
+        // Flagger's GetAnalysisThreshold reads any value ≤ 0 as 1, and so does
+        // CanaryAnalysis::threshold.
+        out.push(Problem::warning(
             p("threshold"),
-            format!("{t} is negative"),
+            format!("{t} is negative: one failed check rolls back (Flagger's reading of <= 0)"),
             "set the number of failed checks that triggers a rollback (1 or more)",
         ));
     }
@@ -514,10 +573,10 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
                 "stepWeight is the traffic percentage added per step: use 1 to 100",
             ));
         } else if sw > a.max_weight.unwrap_or(100) && a.max_weight.is_some_and(|m| m > 0) {
-            out.push(Problem::new(
+            out.push(Problem::warning(
                 p("stepWeight"),
                 format!(
-                    "stepWeight {sw} is greater than maxWeight {}",
+                    "stepWeight {sw} is greater than maxWeight {}: serin's first step stops at maxWeight (Flagger sends stepWeight)",
                     a.max_weight.unwrap_or(100)
                 ),
                 "make stepWeight <= maxWeight, or raise maxWeight",
@@ -560,7 +619,7 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
             ));
         }
         if a.max_weight.is_some() && !steps.is_empty() {
-            out.push(Problem::new(
+            out.push(Problem::warning(
                 p("maxWeight"),
                 "maxWeight is ignored when stepWeights is set (the last step is the maximum)",
                 "remove maxWeight",
@@ -594,10 +653,10 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
         ));
     }
     if !a.match_.is_empty() && a.iterations.is_none_or(|n| n <= 0) {
-        out.push(Problem::new(
+        out.push(Problem::warning(
             p("match"),
-            "match is set but iterations is not: A/B testing needs iterations",
-            "add iterations (the number of checks) or remove match",
+            "match is set but iterations is not: this runs a progressive canary whose weights apply to the matched requests only (the others stay on the primary), as in Flagger, not A/B testing",
+            "add iterations for A/B testing, or remove match",
         ));
     }
     for (i, m) in a.match_.iter().enumerate() {
@@ -615,14 +674,14 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
     }
     percent_problem(out, &p("mirrorWeight"), a.mirror_weight, 0, "mirrorWeight");
     if a.mirror() && strategy == Strategy::ABTesting {
-        out.push(Problem::new(
+        out.push(Problem::warning(
             p("mirror"),
-            "traffic mirroring is not available with A/B testing",
+            "traffic mirroring is not available with A/B testing: mirror is ignored",
             "use mirror with Blue/Green (iterations without match) or with a progressive canary",
         ));
     }
     if a.mirror_weight.is_some() && !a.mirror() {
-        out.push(Problem::new(
+        out.push(Problem::warning(
             p("mirrorWeight"),
             "mirrorWeight has no effect without mirror: true",
             "set mirror: true or remove mirrorWeight",
@@ -677,10 +736,17 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
             ));
         }
         if strategy != Strategy::Canary {
-            out.push(Problem::new(
+            out.push(Problem::warning(
                 p("sessionAffinity"),
-                "session affinity only applies to the progressive canary strategy",
+                "session affinity only applies to the progressive canary strategy: serin ignores it here",
                 "remove sessionAffinity, or use stepWeight/stepWeights instead of iterations",
+            ));
+        } else if !a.match_.is_empty() {
+            // Flagger's SetRoutes writes the A/B routes over the sticky ones.
+            out.push(Problem::warning(
+                p("sessionAffinity"),
+                "session affinity has no effect with analysis.match: the matched routes replace the sticky ones",
+                "remove sessionAffinity or analysis.match",
             ));
         }
     }
@@ -695,17 +761,17 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
                 "name the metric",
             ));
         } else if !names.insert(m.name.as_str()) {
-            out.push(Problem::new(
+            out.push(Problem::warning(
                 format!("{mp}.name"),
-                format!("duplicate metric name {:?}", m.name),
+                format!("duplicate metric name {:?}: each entry still runs, but Events, the status and alerts cannot tell them apart", m.name),
                 "give every metric a unique name",
             ));
         }
         match (&m.template_ref, &m.query) {
-            (Some(_), Some(_)) => out.push(Problem::new(
+            (Some(_), Some(_)) => out.push(Problem::warning(
                 mp.clone(),
-                "both templateRef and query are set",
-                "keep templateRef (query is the deprecated inline form)",
+                "both templateRef and query are set: serin checks the template only (Flagger runs both queries)",
+                "keep templateRef (query is the deprecated inline form), or split them into two metrics",
             )),
             (None, None) if !m.is_builtin() => out.push(Problem::new(
                 mp.clone(),
@@ -740,9 +806,9 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
             ));
         }
         if m.threshold.is_some() && m.threshold_range.is_some() {
-            out.push(Problem::new(
+            out.push(Problem::warning(
                 format!("{mp}.threshold"),
-                "both threshold (deprecated) and thresholdRange are set",
+                "both threshold (deprecated) and thresholdRange are set: threshold is ignored",
                 "remove threshold and keep thresholdRange",
             ));
         }
@@ -761,9 +827,9 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
                 "name the webhook",
             ));
         } else if !names.insert(w.name.as_str()) {
-            out.push(Problem::new(
+            out.push(Problem::warning(
                 format!("{wp}.name"),
-                format!("duplicate webhook name {:?}", w.name),
+                format!("duplicate webhook name {:?}: each entry still runs, but Events, the status and alerts cannot tell them apart", w.name),
                 "give every webhook a unique name",
             ));
         }
@@ -782,9 +848,9 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
         }
         if w.hook_type() == super::HookType::ConfirmTrafficIncrease && strategy != Strategy::Canary
         {
-            out.push(Problem::new(
+            out.push(Problem::warning(
                 format!("{wp}.type"),
-                "confirm-traffic-increase hooks only run with the progressive canary strategy",
+                "confirm-traffic-increase hooks only run with the progressive canary strategy: this one is never called",
                 "use confirm-promotion for A/B testing and Blue/Green",
             ));
         }
@@ -800,9 +866,9 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
                 "name the alert",
             ));
         } else if !names.insert(al.name.as_str()) {
-            out.push(Problem::new(
+            out.push(Problem::warning(
                 format!("{ap}.name"),
-                format!("duplicate alert name {:?}", al.name),
+                format!("duplicate alert name {:?}: each entry still runs, but Events, the status and alerts cannot tell them apart", al.name),
                 "give every alert a unique name",
             ));
         }
@@ -814,7 +880,7 @@ fn validate_analysis(a: &CanaryAnalysis, base: &str, out: &mut Vec<Problem>) {
             ));
         }
         if al.severity == Some(super::AlertSeverity::Unset) {
-            out.push(Problem::new(
+            out.push(Problem::warning(
                 format!("{ap}.severity"),
                 "empty severity: Flagger sends nothing to this alert, serin sends everything (info)",
                 "write severity: info, warn or error",

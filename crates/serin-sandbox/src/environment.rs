@@ -43,6 +43,9 @@ pub struct SandboxOptions {
     pub dir: Option<PathBuf>,
     /// Extra non-admin users; see [`SandboxOptions::add_user`].
     pub users: Vec<User>,
+    /// Also run Flux (its CRDs, source-controller, kustomize-controller and a Git server):
+    /// [`Sandbox::flux`].
+    pub flux: bool,
 }
 
 impl SandboxOptions {
@@ -127,6 +130,7 @@ pub struct Sandbox {
     stopping: Arc<AtomicBool>,
     died: watch::Sender<Option<ChildExit>>,
     kubelet: Option<Kubelet>,
+    flux: Option<crate::flux::Flux>,
     stopped: bool,
     /// How the API server was started, to start it again ([`Sandbox::start_apiserver`]).
     apiserver: Option<(PathBuf, Vec<String>)>,
@@ -258,12 +262,16 @@ impl Sandbox {
             stopping: Arc::new(AtomicBool::new(false)),
             died,
             kubelet: None,
+            flux: None,
             stopped: false,
             apiserver: None,
             apiserver_down: Arc::new(AtomicBool::new(false)),
         };
         // On any error `sb` is dropped here, which tears down whatever did start.
         sb.boot(bins, &ports).await?;
+        if opts.flux {
+            sb.flux = Some(crate::flux::Flux::start(&sb).await?);
+        }
         sb.startup = t0.elapsed();
         Ok(sb)
     }
@@ -317,7 +325,6 @@ impl Sandbox {
             format!("--etcd-servers={etcd_client}"),
             format!("--cert-dir={}", pki.join("serving").display()),
             format!("--secure-port={}", ports.apiserver),
-            "--insecure-port=0".into(),
             "--bind-address=127.0.0.1".into(),
             "--advertise-address=127.0.0.1".into(),
             format!("--service-account-key-file={}", sa_pub.display()),
@@ -325,8 +332,12 @@ impl Sandbox {
             "--service-account-issuer=https://kubernetes.default.svc".into(),
             format!("--token-auth-file={}", tokens.display()),
             "--authorization-mode=RBAC".into(),
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            // Room for tens of thousands of Services (a /24 is full at about 84 canaries).
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
             "--allow-privileged=true".into(),
+            // Otherwise it refuses to start: 127.0.0.1 is no address to publish as the
+            // `kubernetes` Service's endpoint, and no pod here needs that endpoint.
+            "--endpoint-reconciler-type=none".into(),
         ];
         self.apiserver = Some((bins.kube_apiserver.clone(), apiserver_args.clone()));
         let down = self.apiserver_down.clone();
@@ -348,10 +359,18 @@ impl Sandbox {
             &[
                 format!("--kubeconfig={}", self.kubeconfig.display()),
                 format!("--service-account-private-key-file={}", sa_key.display()),
-                "--controllers=*,-nodeipam,-nodelifecycle,-attachdetach,-persistentvolume-binder,-route,-service,-cloud-node-lifecycle".into(),
+                // No nodes to allocate CIDRs to or to watch, no volumes: the simulated kubelet
+                // plays the node. (1.3x refuses unknown or cloud-only names here.)
+                "--controllers=*,-node-ipam-controller,-node-lifecycle-controller,-persistentvolume-attach-detach-controller,-persistentvolume-binder-controller".into(),
                 "--leader-elect=false".into(),
                 "--secure-port=0".into(),
-                "--port=0".into(),
+                // Its default client rate (20 QPS) made 1,000 Deployments take minutes to become
+                // available and a burst of 100 releases 29 s: the sandbox must not be what a
+                // benchmark measures.
+                "--kube-api-qps=1000".into(),
+                "--kube-api-burst=2000".into(),
+                "--concurrent-deployment-syncs=20".into(),
+                "--concurrent-replicaset-syncs=20".into(),
             ],
         )?;
 
@@ -360,7 +379,7 @@ impl Sandbox {
         self.kubelet = Some(kubelet);
 
         let client = self.try_client()?;
-        install_crds(&client).await?;
+        install_crds(&client, bins).await?;
         tracing::info!(
             "CRDs established {:.2} s after start",
             self.started_at.elapsed().as_secs_f64()
@@ -388,21 +407,13 @@ impl Sandbox {
         })
         .await?;
 
-        // Pods need their namespace's service account token, which the controller manager makes.
+        // Pods are refused until their namespace's service account exists, which the controller
+        // manager makes. (Since 1.24 it makes no token Secret: pods get a projected token.)
         let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-        self.until_ready(
-            "kube-controller-manager (default service account token)",
-            || {
-                let sa = sa.clone();
-                async move {
-                    sa.get_opt("default")
-                        .await
-                        .ok()
-                        .flatten()
-                        .is_some_and(|s| s.secrets.is_some_and(|v| !v.is_empty()))
-                }
-            },
-        )
+        self.until_ready("kube-controller-manager (default service account)", || {
+            let sa = sa.clone();
+            async move { sa.get_opt("default").await.ok().flatten().is_some() }
+        })
         .await?;
 
         write_file(
@@ -504,31 +515,37 @@ impl Sandbox {
         args: &[String],
         expected: Arc<AtomicBool>,
     ) -> Result<(), Error> {
-        let died = self.died.clone();
-        let stopping = self.stopping.clone();
         let child = Supervised::spawn(
             name,
             program,
             args,
             &self.logs.join(format!("{name}.log")),
             expected,
-            Box::new(move |exit| {
-                if stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                died.send_if_modified(|d| {
-                    if d.is_none() {
-                        *d = Some(exit);
-                        true
-                    } else {
-                        false
-                    }
-                });
-            }),
+            self.exit_hook(),
         )
         .map_err(io_err(format!("starting {}", program.display())))?;
         self.children.push(child);
         Ok(())
+    }
+
+    /// What a child supervised beside the sandbox's own (Flux's controllers) calls when it dies
+    /// unexpectedly: [`Sandbox::died`] resolves with its exit.
+    pub(crate) fn exit_hook(&self) -> process::OnExit {
+        let died = self.died.clone();
+        let stopping = self.stopping.clone();
+        Box::new(move |exit| {
+            if stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            died.send_if_modified(|d| {
+                if d.is_none() {
+                    *d = Some(exit);
+                    true
+                } else {
+                    false
+                }
+            });
+        })
     }
 
     /// Runs `fut`, failing early if a child dies meanwhile or the time runs out.
@@ -603,6 +620,17 @@ impl Sandbox {
         &self.kubeconfig
     }
 
+    /// The data directory (etcd, Prometheus, Flux's storage and Git repositories), removed on
+    /// stop.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Flux, when started with [`SandboxOptions::flux`].
+    pub fn flux(&self) -> Option<&crate::flux::Flux> {
+        self.flux.as_ref()
+    }
+
     /// The file to `source` for `KUBECONFIG` and `PROMETHEUS_URL`.
     pub fn env_path(&self) -> &Path {
         &self.env_file
@@ -631,10 +659,15 @@ impl Sandbox {
 
     /// The supervised processes: (name, pid).
     pub fn processes(&self) -> Vec<(String, i32)> {
-        self.children
+        let mut all: Vec<(String, i32)> = self
+            .children
             .iter()
             .map(|c| (c.name().to_string(), c.pid()))
-            .collect()
+            .collect();
+        if let Some(f) = &self.flux {
+            all.extend(f.processes());
+        }
+        all
     }
 
     /// Wall clock from [`Sandbox::start`] until everything answered.
@@ -730,6 +763,10 @@ impl Sandbox {
         }
         self.stopped = true;
         self.stopping.store(true, Ordering::SeqCst);
+        // Flux's controllers go before the API server they talk to.
+        if let Some(mut f) = self.flux.take() {
+            f.stop();
+        }
         if let Some(mut k) = self.kubelet.take() {
             k.stop();
         }
@@ -763,16 +800,20 @@ fn probe_client() -> Result<reqwest::Client, Error> {
         .map_err(|e| Error::Other(format!("building an HTTP client: {e}")))
 }
 
-/// Every CRD the sandbox installs: serin's own and Istio's networking API.
+/// Every CRD the sandbox installs: serin's own and Istio's, as Istio publishes them.
 pub fn sandbox_crds() -> Result<Vec<CustomResourceDefinition>, Error> {
+    crds_of(&locate()?)
+}
+
+fn crds_of(bins: &Binaries) -> Result<Vec<CustomResourceDefinition>, Error> {
     let mut crds = serin_api::crd::all();
-    crds.extend(super::istio::crds().map_err(|e| Error::Other(format!("istio-crds.yaml: {e}")))?);
+    crds.extend(super::istio::crds(&bins.istio_crds).map_err(Error::Other)?);
     Ok(crds)
 }
 
-async fn install_crds(client: &Client) -> Result<(), Error> {
+async fn install_crds(client: &Client, bins: &Binaries) -> Result<(), Error> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crds = sandbox_crds()?;
+    let crds = crds_of(bins)?;
     let pp = PatchParams::apply("serin").force();
     for crd in &crds {
         let name = crd.metadata.name.clone().unwrap_or_default();

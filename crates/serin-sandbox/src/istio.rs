@@ -1,19 +1,38 @@
-//! Istio's networking API as CRDs (VirtualService, DestinationRule, Gateway), written for the
-//! project since no Istio can be installed here. Names, versions, short names, categories and
-//! printer columns follow Istio's own CRDs; the schemas are open, as serin only stores and reads
-//! these objects and the mesh simulator plays Envoy's part.
+//! Istio's own CRDs, as Istio publishes them: the generated file of the `istio.io/api` module
+//! (every CRD with its OpenAPI schema and CEL validation rules), fetched into the cache by
+//! `serin-sandbox setup`. Installed as they are, so the API server judges every VirtualService
+//! and DestinationRule serin writes exactly as a cluster with Istio does.
+
+use std::path::Path;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Deserialize;
 
-/// The CRDs as YAML, one document each.
-pub const CRDS_YAML: &str = include_str!("istio-crds.yaml");
+/// The CRDs the sandbox, the mesh simulator and serin need from the file.
+pub const REQUIRED_CRDS: [&str; 3] = [
+    "virtualservices.networking.istio.io",
+    "destinationrules.networking.istio.io",
+    "gateways.networking.istio.io",
+];
 
-/// The parsed CRDs.
-pub fn crds() -> Result<Vec<CustomResourceDefinition>, serde_yaml_ng::Error> {
-    serde_yaml_ng::Deserializer::from_str(CRDS_YAML)
-        .map(CustomResourceDefinition::deserialize)
-        .collect()
+/// Every CRD of the file; empty documents (between `---` separators) are skipped.
+pub fn parse_crds(text: &str) -> Result<Vec<CustomResourceDefinition>, serde_yaml_ng::Error> {
+    let mut crds = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let value = serde_yaml_ng::Value::deserialize(doc)?;
+        if value.is_null() {
+            continue;
+        }
+        crds.push(serde_yaml_ng::from_value(value)?);
+    }
+    Ok(crds)
+}
+
+/// The CRDs of the cached file (`setup::locate()`'s `istio_crds`).
+pub fn crds(path: &Path) -> Result<Vec<CustomResourceDefinition>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read Istio's CRDs at {}: {e}", path.display()))?;
+    parse_crds(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -21,80 +40,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn three_networking_crds_like_istios() {
-        let crds = crds().unwrap();
-        let names: Vec<_> = crds
-            .iter()
-            .map(|c| c.metadata.name.clone().unwrap())
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "virtualservices.networking.istio.io",
-                "destinationrules.networking.istio.io",
-                "gateways.networking.istio.io"
-            ]
-        );
-        for crd in &crds {
-            let s = &crd.spec;
-            assert_eq!(s.group, "networking.istio.io");
-            assert_eq!(s.scope, "Namespaced");
-            assert_eq!(
-                s.names.categories.as_deref().unwrap(),
-                ["istio-io", "networking-istio-io"]
-            );
-            let served: Vec<_> = s
-                .versions
-                .iter()
-                .filter(|v| v.served)
-                .map(|v| v.name.as_str())
-                .collect();
-            assert!(
-                served.contains(&"v1beta1") && served.contains(&"v1"),
-                "{served:?}"
-            );
-            assert_eq!(s.versions.iter().filter(|v| v.storage).count(), 1);
-            for v in &s.versions {
-                let schema = v
-                    .schema
-                    .as_ref()
-                    .unwrap()
-                    .open_api_v3_schema
-                    .as_ref()
-                    .unwrap();
-                let props = schema.properties.as_ref().unwrap();
-                for field in ["spec", "status"] {
-                    assert_eq!(
-                        props[field].x_kubernetes_preserve_unknown_fields,
-                        Some(true),
-                        "{field}"
-                    );
-                }
-                assert!(v.subresources.as_ref().unwrap().status.is_some());
-            }
-        }
-        let columns = |i: usize| -> Vec<(String, String)> {
-            crds[i].spec.versions[0]
-                .additional_printer_columns
-                .as_deref()
-                .unwrap_or_default()
-                .iter()
-                .map(|c| (c.name.clone(), c.json_path.clone()))
-                .collect()
-        };
-        assert_eq!(
-            columns(0)[..2],
-            [
-                ("Gateways".to_string(), ".spec.gateways".to_string()),
-                ("Hosts".to_string(), ".spec.hosts".to_string())
-            ]
-        );
-        assert_eq!(
-            columns(1)[0],
-            ("Host".to_string(), ".spec.host".to_string())
-        );
-        assert_eq!(crds[0].spec.names.short_names.as_deref().unwrap(), ["vs"]);
-        assert_eq!(crds[1].spec.names.short_names.as_deref().unwrap(), ["dr"]);
-        assert_eq!(crds[2].spec.names.short_names.as_deref().unwrap(), ["gw"]);
+    fn empty_documents_are_skipped() {
+        let text = "# generated\n---\napiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: a.x.io\nspec:\n  group: x.io\n  scope: Namespaced\n  names: {plural: a, kind: A}\n  versions: []\n---\n";
+        let crds = parse_crds(text).unwrap();
+        assert_eq!(crds.len(), 1);
+        assert_eq!(crds[0].metadata.name.as_deref(), Some("a.x.io"));
+        assert!(parse_crds("kind: [").is_err());
     }
 }

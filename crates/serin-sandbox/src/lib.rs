@@ -1,6 +1,7 @@
 //! The local control plane: real etcd, kube-apiserver, kube-controller-manager and Prometheus as
-//! plain processes on loopback, plus a simulated kubelet. Used by `serin-sandbox`, the tests and
-//! the demo.
+//! plain processes on loopback, plus a simulated kubelet; on request real Flux (its controllers and
+//! a Git server, [`flux`]) and Flagger ([`flagger`]). Used by `serin-sandbox`, the tests and the
+//! demo.
 //!
 //! Nothing outlives it: children die with the process that started them (`PR_SET_PDEATHSIG` from
 //! one long-lived spawner thread), and directories of dead owners are swept at the next start.
@@ -18,7 +19,8 @@
 
 pub mod demo;
 mod environment;
-pub mod gitops;
+pub mod flagger;
+pub mod flux;
 pub mod istio;
 pub mod kubelet;
 pub mod mesh;
@@ -34,7 +36,7 @@ pub use environment::{
     sweep_stale_temp_dirs,
 };
 pub use process::ChildExit;
-pub use setup::{Binaries, NotSetUp, cache_dir, locate};
+pub use setup::{Binaries, NotSetUp, cache_dir, kubectl, locate};
 
 /// The file in `--dir` holding the pid of `serin-sandbox up`.
 pub const PID_FILE: &str = "sandbox.pid";
@@ -72,6 +74,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     eprintln!("starting the sandbox...");
     let start = Sandbox::start(SandboxOptions {
         dir: opts.dir.clone(),
+        flux: true,
         ..SandboxOptions::default()
     });
     let sandbox = tokio::select! {
@@ -85,8 +88,19 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     // Istio's telemetry to the sandbox's Prometheus.
     let mesh = mesh::start(sandbox.config(), mesh::MeshOptions::default())?;
     sandbox.register_scrape_target("mesh", &mesh.metrics_addr().to_string())?;
+    let git = sandbox
+        .flux()
+        .map(|f| {
+            format!(
+                "\n  Flux:        source-controller and kustomize-controller in namespace {}\n  Git server:  http://{}/ (smart HTTP, read-only; bare repositories NAME.git in {})",
+                flux::NAMESPACE,
+                f.git().addr(),
+                f.git().root().display()
+            )
+        })
+        .unwrap_or_default();
     println!(
-        "serin-sandbox ready in {:.1} s\n  API server:  {}\n  Prometheus:  {}\n  mesh:        http://{}/metrics (simulated Istio telemetry)\n  kubeconfig:  {}\n  logs:        {}\n\n  source {}\n\nStop with Ctrl-C or `serin-sandbox down --dir {}`.",
+        "serin-sandbox ready in {:.1} s\n  API server:  {}\n  Prometheus:  {}\n  mesh:        http://{}/metrics (simulated Istio telemetry){git}\n  kubeconfig:  {}\n  logs:        {}\n\n  source {}\n\nStop with Ctrl-C or `serin-sandbox down --dir {}`.",
         sandbox.startup_time().as_secs_f64(),
         sandbox.api_url(),
         sandbox.prometheus_url(),

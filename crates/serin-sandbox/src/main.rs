@@ -29,8 +29,13 @@ enum Command {
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/gitops"))]
         gitops: PathBuf,
     },
-    /// Install the packages and build the Kubernetes binaries the sandbox needs (idempotent).
-    Setup,
+    /// Install the packages and build what the sandbox runs: Kubernetes, etcd, Flux's
+    /// controllers (idempotent; cached per machine).
+    Setup {
+        /// Also build Flagger and its load tester, the reference serin is compared with.
+        #[arg(long)]
+        with_flagger: bool,
+    },
     /// Start a sandbox and keep it running until interrupted.
     Up {
         /// Directory for kubeconfig, env, logs and data (default: a new temporary directory).
@@ -57,7 +62,10 @@ fn main() -> ExitCode {
 
 /// The README's commands work on a fresh machine: set up on first use.
 fn ensure_set_up() -> anyhow::Result<()> {
-    if let Err(missing) = serin_sandbox::locate() {
+    let missing = serin_sandbox::locate()
+        .err()
+        .or_else(|| serin_sandbox::setup::flux::locate_flux().err());
+    if let Some(missing) = missing {
         eprintln!("{missing}\nrunning `serin-sandbox setup` first (once per machine)");
         serin_sandbox::setup::run()?;
     }
@@ -77,8 +85,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Setup => {
-            serin_sandbox::setup::run()?;
+        Command::Setup { with_flagger } => {
+            serin_sandbox::setup::run_with(&serin_sandbox::setup::flux::SetupOptions {
+                with_flagger,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Up { dir } => {

@@ -99,10 +99,25 @@ impl Supervised {
         expected: Arc<AtomicBool>,
         on_exit: OnExit,
     ) -> io::Result<Supervised> {
+        Self::spawn_with_env(name, program, args, &[], log, expected, on_exit)
+    }
+
+    /// [`Supervised::spawn`] with extra environment variables (Flux's controllers read their
+    /// kubeconfig and namespace only from there).
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log: &Path,
+        expected: Arc<AtomicBool>,
+        on_exit: OnExit,
+    ) -> io::Result<Supervised> {
         let out = File::options().create(true).append(true).open(log)?;
         let err = out.try_clone()?;
         let mut cmd = Command::new(program);
         cmd.args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -1,14 +1,16 @@
-//! `serin-sandbox setup`: installs the Debian packages the sandbox needs and builds
-//! kube-apiserver and kube-controller-manager v1.20.2 from Debian's `kubernetes` source package,
-//! caching the binaries per machine. [`locate`] finds what it left behind without installing
-//! anything, for the sandbox runtime and the tests.
+//! `serin-sandbox setup`: installs the Debian packages the sandbox needs, builds kube-apiserver,
+//! kube-controller-manager and kubectl ([`KUBERNETES_VERSION`]) and etcd ([`ETCD_VERSION`]) from
+//! their published Go modules with the machine's Go, and fetches Istio's CRDs from the
+//! `istio.io/api` module ([`ISTIO_API_VERSION`]), caching all of it per machine. [`locate`] finds
+//! what it left behind without installing anything, for the sandbox runtime and the tests.
 //!
-//! The recipe, and why each odd step is needed, is in docs/sandbox.md (section "Building
-//! Kubernetes 1.20 from Debian's source package").
+//! The recipe, and why each step is needed, is in docs/sandbox.md (section "Building Kubernetes
+//! from the Go module proxy").
 
-pub mod apt;
 mod exec;
-pub mod tree;
+pub mod flux;
+pub mod gobuild;
+pub mod gomod;
 
 use std::ffi::OsString;
 use std::fs;
@@ -22,66 +24,57 @@ use anyhow::{Context, anyhow, bail};
 
 use exec::{Log, capture, secs, tail};
 
-/// The Kubernetes version built and cached; the sandbox's API quirks are this version's.
-pub const KUBERNETES_VERSION: &str = "v1.20.2";
-/// Debian bookworm's source package: the upstream v1.20.2 tree with `vendor/` intact.
-pub const SOURCE_PACKAGE: &str = "kubernetes";
-pub const SOURCE_VERSION: &str = "1.20.5+really1.20.2-1.1+deb12u1";
-const SUITE: &str = "bookworm";
-const COMPONENT: &str = "main";
+/// The Kubernetes release built and cached: the newest patch release whose go.mod the machine's
+/// Go (1.26) can build. The sandbox's API is this version's.
+pub const KUBERNETES_VERSION: &str = "v1.37.2";
+pub const KUBERNETES_MODULE: &str = "k8s.io/kubernetes";
+/// etcd built rather than Debian's 3.4: Kubernetes 1.3x reads consistent lists from its watch
+/// cache only when etcd supports `RequestWatchProgress` (3.5 and later), as every real cluster's
+/// does; against 3.4 it silently falls back to reading etcd.
+pub const ETCD_VERSION: &str = "v3.6.17";
+pub const ETCD_MODULE: &str = "go.etcd.io/etcd/server/v3";
+/// The Istio API release whose generated CRDs the sandbox installs.
+pub const ISTIO_API_VERSION: &str = "v1.32.0";
+pub const ISTIO_API_MODULE: &str = "istio.io/api";
+/// Inside the `istio.io/api` module: every Istio CRD with its OpenAPI schema and CEL rules.
+pub const ISTIO_CRD_FILE: &str = "kubernetes/customresourcedefinitions.gen.yaml";
+/// The oldest Go that builds [`KUBERNETES_VERSION`] (its go.mod says `go 1.26.0`).
+pub const GO_MINIMUM: (u32, u32) = (1, 26);
 
-/// Debian packages the sandbox and the build need. dpkg-dev brings `dpkg-source`, which checks
-/// the pieces against the `.dsc` and applies Debian's security patches.
-pub const PACKAGES: &[&str] = &[
-    "etcd-server",
-    "golang-go",
-    "golang-github-modern-go-reflect2-dev",
-    "prometheus",
-    "hey",
-    "openssl",
-    "dpkg-dev",
+/// Debian packages the sandbox needs. Go is not among them: Debian's is too old for a current
+/// Kubernetes, so the build uses the machine's own (see [`find_go`]).
+pub const PACKAGES: &[&str] = &["prometheus", "hey", "openssl"];
+
+/// The binaries built from the Kubernetes module.
+pub const KUBE_BINARIES: [&str; 3] = ["kube-apiserver", "kube-controller-manager", "kubectl"];
+/// Every binary built and cached in [`kube_bin_dir`].
+pub const BUILT_BINARIES: [&str; 4] = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kubectl",
+    "etcd",
 ];
-
-/// Debian's kubectl (1.20, with kustomize 2), installed only when no `kubectl` is on the PATH:
-/// the demo's `kubectl describe` and the tests' `kubectl apply -k` need one, and a newer kubectl
-/// the user already has is better than Debian's.
-pub const KUBECTL_PACKAGE: &str = "kubernetes-client";
-
-/// The Debian packages to have: [`PACKAGES`], plus [`KUBECTL_PACKAGE`] when there is no kubectl.
-pub fn wanted_packages(kubectl_found: bool) -> Vec<&'static str> {
-    let mut all = PACKAGES.to_vec();
-    if !kubectl_found {
-        all.push(KUBECTL_PACKAGE);
-    }
-    all
-}
-
-/// The two binaries built from source.
-pub const KUBE_BINARIES: [&str; 2] = ["kube-apiserver", "kube-controller-manager"];
-
-/// reflect2 1.0.1 (vendored by v1.20.2) crashes the API server under Go ≥ 1.18 when a custom
-/// resource is written; Debian's 1.0.2 does not.
-const REFLECT2_DEBIAN: &str = "/usr/share/gocode/src/github.com/modern-go/reflect2";
-const REFLECT2_VENDORED: &str = "vendor/github.com/modern-go/reflect2";
 
 /// How the cached binaries were built. Change it whenever a change to the build changes what
 /// the binaries do: binaries from another recipe count as not set up ([`locate`]) and are
-/// rebuilt (`serin-sandbox setup`). Recipe 1 (no file) lacked the zero-value fix, so its API
-/// server refused every empty string in a custom resource.
-pub const RECIPE: &str =
-    "2: Debian patches; reflect2 1.0.2; kube-openapi type validator without the zero-value check";
+/// rebuilt (`serin-sandbox setup`). Recipes 1 and 2 built v1.20.2 from Debian's source package.
+pub const RECIPE: &str = "3: k8s.io/kubernetes v1.37.2 with its staging modules at v0.37.2, go.etcd.io/etcd/server/v3 v3.6.17; Go module proxy";
 /// Next to the binaries, holding the [`RECIPE`] that built them.
 pub const RECIPE_FILE: &str = "recipe";
 
-/// The sandbox's programs, as found on this machine.
+/// The sandbox's programs and files, as found on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binaries {
     pub kube_apiserver: PathBuf,
     pub kube_controller_manager: PathBuf,
+    /// The kubectl built with the API server: the tests and the demo run this one, so that
+    /// `kubectl apply -k` and `--server-side` behave as the server's own release does.
+    pub kubectl: PathBuf,
     pub etcd: PathBuf,
     pub prometheus: PathBuf,
-    pub kubectl: Option<PathBuf>,
     pub hey: Option<PathBuf>,
+    /// Istio's generated CRD file.
+    pub istio_crds: PathBuf,
 }
 
 /// One required program that [`locate`] could not find.
@@ -167,14 +160,34 @@ pub fn cache_dir_from(
     }
 }
 
-/// Where the two Kubernetes binaries of [`KUBERNETES_VERSION`] are cached under `cache`.
+/// Where the binaries of [`KUBERNETES_VERSION`] (and etcd) are cached under `cache`.
 pub fn kube_bin_dir(cache: &Path) -> PathBuf {
     cache.join("kubernetes").join(KUBERNETES_VERSION)
 }
 
-/// Finds the sandbox's programs without installing anything: the Kubernetes binaries in the
-/// cache only (a kube-apiserver of another version found on PATH would behave differently), and
-/// only when built by the current [`RECIPE`]; the rest in /usr/bin, then PATH.
+/// Where Istio's CRD file of [`ISTIO_API_VERSION`] is cached under `cache`.
+pub fn istio_crds_path(cache: &Path) -> PathBuf {
+    cache
+        .join("istio")
+        .join(ISTIO_API_VERSION)
+        .join("customresourcedefinitions.gen.yaml")
+}
+
+/// The kubectl to run against a sandbox: the one built with its API server when set up, else
+/// the PATH's.
+pub fn kubectl() -> PathBuf {
+    let built = kube_bin_dir(&cache_dir()).join("kubectl");
+    if is_executable(&built) {
+        built
+    } else {
+        PathBuf::from("kubectl")
+    }
+}
+
+/// Finds the sandbox's programs without installing anything: the built binaries in the cache
+/// only (a kube-apiserver of another version found on PATH would behave differently), and only
+/// when built by the current [`RECIPE`]; Istio's CRDs in the cache; the rest in /usr/bin, then
+/// PATH.
 pub fn locate() -> Result<Binaries, NotSetUp> {
     locate_in(&cache_dir(), &search_dirs())
 }
@@ -194,45 +207,54 @@ pub fn locate_in(cache: &Path, search: &[PathBuf]) -> Result<Binaries, NotSetUp>
     let bin_dir = kube_bin_dir(cache);
     let mut cached = |name: &str| {
         let path = bin_dir.join(name);
-        if is_executable(&path) {
-            path
-        } else {
+        if !is_executable(&path) {
+            let module = if name == "etcd" {
+                format!("{ETCD_MODULE} {ETCD_VERSION}")
+            } else {
+                format!("{KUBERNETES_MODULE} {KUBERNETES_VERSION}")
+            };
             missing.push(MissingBinary {
                 name: name.to_string(),
                 looked_in: path.display().to_string(),
-                provided_by: format!(
-                    "built from Debian's {SOURCE_PACKAGE} source package by `serin-sandbox setup`"
-                ),
+                provided_by: format!("built from the Go module {module} by `serin-sandbox setup`"),
             });
-            path
         }
+        path
     };
     let kube_apiserver = cached("kube-apiserver");
     let kube_controller_manager = cached("kube-controller-manager");
+    let kubectl = cached("kubectl");
+    let etcd = cached("etcd");
+    let istio_crds = istio_crds_path(cache);
+    if !istio_crds.is_file() {
+        missing.push(MissingBinary {
+            name: "Istio's CRDs".to_string(),
+            looked_in: istio_crds.display().to_string(),
+            provided_by: format!(
+                "{ISTIO_CRD_FILE} of the Go module {ISTIO_API_MODULE} {ISTIO_API_VERSION}, fetched by `serin-sandbox setup`"
+            ),
+        });
+    }
     let searched = search
         .iter()
         .map(|d| d.display().to_string())
         .collect::<Vec<_>>()
         .join(":");
-    let mut required = |name: &str, package: &str| {
-        find_program(name, search).unwrap_or_else(|| {
-            missing.push(MissingBinary {
-                name: name.to_string(),
-                looked_in: searched.clone(),
-                provided_by: format!("Debian package {package}"),
-            });
-            PathBuf::from(name)
-        })
-    };
-    let etcd = required("etcd", "etcd-server");
-    let prometheus = required("prometheus", "prometheus");
-    // Missing Kubernetes binaries are rebuilt by the current recipe anyway: no need to say more.
-    let kube_missing = missing
+    let prometheus = find_program("prometheus", search).unwrap_or_else(|| {
+        missing.push(MissingBinary {
+            name: "prometheus".to_string(),
+            looked_in: searched.clone(),
+            provided_by: "Debian package prometheus".to_string(),
+        });
+        PathBuf::from("prometheus")
+    });
+    // Missing binaries are rebuilt by the current recipe anyway: no need to say more.
+    let built_missing = missing
         .iter()
-        .any(|m| KUBE_BINARIES.contains(&m.name.as_str()));
+        .any(|m| BUILT_BINARIES.contains(&m.name.as_str()));
     let stale = match read_recipe(&bin_dir) {
         Some(found) if recipe_matches(&found) => None,
-        _ if kube_missing => None,
+        _ if built_missing => None,
         found => Some(StaleBuild {
             dir: bin_dir.clone(),
             found: found.map(|f| f.trim_end().to_string()),
@@ -244,10 +266,11 @@ pub fn locate_in(cache: &Path, search: &[PathBuf]) -> Result<Binaries, NotSetUp>
     Ok(Binaries {
         kube_apiserver,
         kube_controller_manager,
+        kubectl,
         etcd,
         prometheus,
-        kubectl: find_program("kubectl", search),
         hey: find_program("hey", search),
+        istio_crds,
     })
 }
 
@@ -265,7 +288,7 @@ fn recipe_current(bin_dir: &Path) -> bool {
     read_recipe(bin_dir).is_some_and(|r| recipe_matches(&r))
 }
 
-/// Written only once both binaries of this recipe are in place, by rename so that a reader sees
+/// Written only once every binary of this recipe is in place, by rename so that a reader sees
 /// the old content or the new, never a torn one.
 fn write_recipe(bin_dir: &Path) -> anyhow::Result<()> {
     let path = bin_dir.join(RECIPE_FILE);
@@ -291,39 +314,36 @@ fn is_executable(path: &Path) -> bool {
 struct Layout {
     cache: PathBuf,
     bin: PathBuf,
-    /// The downloaded source package; kept so that a rebuild needs no download.
-    source: PathBuf,
-    /// Private apt sources file and lists: the system's apt configuration stays untouched.
-    apt: PathBuf,
-    /// The unpacked tree and tools; deleted after a successful build.
+    istio_crds: PathBuf,
+    /// The writable copies of the modules; deleted after a successful build.
     build: PathBuf,
-    gopath: PathBuf,
-    tree: PathBuf,
-    /// Go's build cache for this build; kept across a failed run, deleted after success.
-    gocache: PathBuf,
+    /// Where the 1.20 recipe kept its own Go build cache; removed if found.
+    old_gocache: PathBuf,
 }
 
 impl Layout {
     fn new(cache: &Path) -> Self {
         let kube = cache.join("kubernetes");
-        let build = kube.join("build");
-        let gopath = build.join("gopath");
-        let tree = gopath.join("src").join(tree::KUBE_IMPORT_ROOT);
         Layout {
             cache: cache.to_path_buf(),
             bin: kube_bin_dir(cache),
-            source: kube.join("source").join(SOURCE_VERSION),
-            apt: kube.join("apt"),
-            build,
-            gopath,
-            tree,
-            gocache: kube.join("go-build"),
+            istio_crds: istio_crds_path(cache),
+            build: kube.join("build"),
+            old_gocache: kube.join("go-build"),
         }
     }
 
-    fn dsc(&self) -> PathBuf {
-        self.source
-            .join(format!("{SOURCE_PACKAGE}_{SOURCE_VERSION}.dsc"))
+    fn kube_tree(&self) -> PathBuf {
+        self.build.join("kubernetes")
+    }
+
+    fn etcd_tree(&self) -> PathBuf {
+        self.build.join("etcd")
+    }
+
+    /// Go's scratch space and the directory module downloads run in (outside any module).
+    fn tmp(&self) -> PathBuf {
+        self.build.join("tmp")
     }
 }
 
@@ -339,11 +359,11 @@ struct Steps {
 }
 
 impl Steps {
-    fn run(
+    fn run<T>(
         &mut self,
         name: &str,
-        step: impl FnOnce() -> anyhow::Result<Outcome>,
-    ) -> anyhow::Result<()> {
+        step: impl FnOnce() -> anyhow::Result<(Outcome, T)>,
+    ) -> anyhow::Result<T> {
         self.done += 1;
         print!("[{}/{}] {name} ... ", self.done, self.total);
         let _ = std::io::stdout().flush();
@@ -358,20 +378,34 @@ impl Steps {
             }
         };
         match result {
-            Ok(Outcome::Done(note)) => println!("done in {took}{}", with_note(note)),
-            Ok(Outcome::Cached(note)) => println!("cached in {took}{}", with_note(note)),
+            Ok((Outcome::Done(note), t)) => {
+                println!("done in {took}{}", with_note(note));
+                Ok(t)
+            }
+            Ok((Outcome::Cached(note), t)) => {
+                println!("cached in {took}{}", with_note(note));
+                Ok(t)
+            }
             Err(e) => {
                 println!("FAILED after {took}");
-                return Err(e);
+                Err(e)
             }
         }
-        Ok(())
     }
+}
+
+fn plain(r: anyhow::Result<Outcome>) -> anyhow::Result<(Outcome, ())> {
+    r.map(|o| (o, ()))
 }
 
 /// Runs every set-up step, printing each with its duration. Idempotent: a second run finds
 /// everything in place and only checks it.
 pub fn run() -> anyhow::Result<()> {
+    run_with(&flux::SetupOptions::default())
+}
+
+/// [`run`], and Flagger too when asked ([`flux::SetupOptions`]).
+pub fn run_with(opts: &flux::SetupOptions) -> anyhow::Result<()> {
     let began = Instant::now();
     let layout = Layout::new(&cache_dir());
     fs::create_dir_all(&layout.bin).with_context(|| {
@@ -387,7 +421,7 @@ pub fn run() -> anyhow::Result<()> {
         chrono::Utc::now().to_rfc3339()
     ))?;
     println!(
-        "serin-sandbox setup: Kubernetes {KUBERNETES_VERSION} from Debian's {SOURCE_PACKAGE} {SOURCE_VERSION}"
+        "serin-sandbox setup: Kubernetes {KUBERNETES_VERSION}, etcd {ETCD_VERSION} and Istio's CRDs ({ISTIO_API_MODULE} {ISTIO_API_VERSION}) from the Go module proxy"
     );
     println!(
         "cache: {}   log: {}",
@@ -395,16 +429,25 @@ pub fn run() -> anyhow::Result<()> {
         log.path().display()
     );
 
-    let mut steps = Steps { done: 0, total: 7 };
-    steps.run("install Debian packages", || install_packages(&mut log))?;
+    let mut steps = Steps {
+        done: 0,
+        total: 10 + flux::step_count(opts),
+    };
+    steps.run("install Debian packages", || {
+        plain(install_packages(&mut log))
+    })?;
 
     // Binaries of another recipe are all rebuilt, even if they report the right version.
     let recipe_ok = recipe_current(&layout.bin);
-    let to_build: Vec<&str> = KUBE_BINARIES
+    let to_build: Vec<&str> = BUILT_BINARIES
         .into_iter()
-        .filter(|name| !(recipe_ok && is_cached(&layout.bin.join(name))))
+        .filter(|name| !(recipe_ok && is_cached(&layout.bin, name)))
         .collect();
-    if !recipe_ok && KUBE_BINARIES.iter().any(|n| is_cached(&layout.bin.join(n))) {
+    if !recipe_ok
+        && BUILT_BINARIES
+            .iter()
+            .any(|n| is_executable(&layout.bin.join(n)))
+    {
         let found = read_recipe(&layout.bin);
         println!(
             "the cached binaries were built by {}; rebuilding them with recipe `{RECIPE}`",
@@ -418,40 +461,108 @@ pub fn run() -> anyhow::Result<()> {
             layout.bin.join(RECIPE_FILE).display()
         ))?;
     }
-    let built = |what: &str| Outcome::Cached(format!("binaries already built, no {what} needed"));
-    steps.run("fetch Debian source package", || {
-        if to_build.is_empty() {
-            Ok(built("source"))
-        } else {
-            fetch_source(&layout, &mut log)
-        }
-    })?;
-    steps.run("unpack source tree", || {
-        if to_build.is_empty() {
-            Ok(built("tree"))
-        } else {
-            unpack(&layout, &mut log)
-        }
-    })?;
-    steps.run("generate openapi definitions", || {
-        if to_build.is_empty() {
-            Ok(built("generation"))
-        } else {
-            generate_openapi(&layout, &mut log)
-        }
-    })?;
+    let kube_needed = KUBE_BINARIES.iter().any(|n| to_build.contains(n));
+    let etcd_needed = to_build.contains(&"etcd");
+    let istio_needed = !layout.istio_crds.is_file();
+    let not_needed = || Outcome::Cached("already built".to_string());
+
+    let go = steps.run(
+        &format!("find Go {}.{} or later", GO_MINIMUM.0, GO_MINIMUM.1),
+        || {
+            if to_build.is_empty() && !istio_needed {
+                return Ok((Outcome::Cached("not needed".to_string()), None));
+            }
+            let (go, version) = find_go(&go_candidates(&search_dirs()))?;
+            let tmp = layout.tmp();
+            fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+            let note = format!("{} ({version})", go.display());
+            log.note(&format!("# Go: {note}"))?;
+            Ok((Outcome::Done(note), Some(go)))
+        },
+    )?;
+    let go = go.as_deref();
+    let need_go =
+        || go.ok_or_else(|| anyhow!("no Go found (a bug: the step that finds it was skipped)"));
+
+    steps.run(
+        &format!("download {KUBERNETES_MODULE} {KUBERNETES_VERSION}"),
+        || {
+            if !kube_needed {
+                return plain(Ok(not_needed()));
+            }
+            let staging = gomod::staging_version(KUBERNETES_VERSION)
+                .ok_or_else(|| anyhow!("{KUBERNETES_VERSION} is not a Kubernetes 1.x version"))?;
+            plain(prepare_module(
+                &layout,
+                &mut log,
+                need_go()?,
+                KUBERNETES_MODULE,
+                KUBERNETES_VERSION,
+                &layout.kube_tree(),
+                &|_| staging.clone(),
+            ))
+        },
+    )?;
     for name in KUBE_BINARIES {
         steps.run(&format!("build {name}"), || {
-            if to_build.contains(&name) {
-                build(&layout, &mut log, name)
-            } else {
-                Ok(Outcome::Cached(layout.bin.join(name).display().to_string()))
+            if !to_build.contains(&name) {
+                return plain(Ok(Outcome::Cached(
+                    layout.bin.join(name).display().to_string(),
+                )));
             }
+            plain(build(
+                &layout,
+                &mut log,
+                need_go()?,
+                &layout.kube_tree(),
+                &format!("./cmd/{name}"),
+                name,
+            ))
         })?;
     }
-    steps.run("verify and clean up", || {
-        verify_and_clean(&layout, &mut log)
+    steps.run(&format!("download {ETCD_MODULE} {ETCD_VERSION}"), || {
+        if !etcd_needed {
+            return plain(Ok(not_needed()));
+        }
+        plain(prepare_module(
+            &layout,
+            &mut log,
+            need_go()?,
+            ETCD_MODULE,
+            ETCD_VERSION,
+            &layout.etcd_tree(),
+            // Its sibling modules (api, client/pkg, client/v3, pkg) are released together.
+            &|_| ETCD_VERSION.to_string(),
+        ))
     })?;
+    steps.run("build etcd", || {
+        if !etcd_needed {
+            return plain(Ok(Outcome::Cached(
+                layout.bin.join("etcd").display().to_string(),
+            )));
+        }
+        plain(build(
+            &layout,
+            &mut log,
+            need_go()?,
+            &layout.etcd_tree(),
+            ".",
+            "etcd",
+        ))
+    })?;
+    steps.run(
+        &format!("fetch Istio's CRDs ({ISTIO_API_MODULE} {ISTIO_API_VERSION})"),
+        || {
+            if !istio_needed {
+                return plain(Ok(Outcome::Cached(layout.istio_crds.display().to_string())));
+            }
+            plain(fetch_istio_crds(&layout, &mut log, need_go()?))
+        },
+    )?;
+    steps.run("verify and clean up", || {
+        plain(verify_and_clean(&layout, &mut log, &to_build))
+    })?;
+    flux::run_steps(&mut steps, &mut log, &layout.cache, opts)?;
     println!(
         "serin-sandbox setup: ready in {}; binaries in {}",
         secs(began.elapsed()),
@@ -507,12 +618,11 @@ fn missing_packages(wanted: &[&'static str]) -> anyhow::Result<Vec<&'static str>
 }
 
 fn install_packages(log: &mut Log) -> anyhow::Result<Outcome> {
-    let wanted = wanted_packages(find_program("kubectl", &search_dirs()).is_some());
-    let missing = missing_packages(&wanted)?;
+    let missing = missing_packages(PACKAGES)?;
     if missing.is_empty() {
         return Ok(Outcome::Cached(format!(
             "all {} packages installed",
-            wanted.len()
+            PACKAGES.len()
         )));
     }
     let list = missing.join(" ");
@@ -547,217 +657,181 @@ fn install_packages(log: &mut Log) -> anyhow::Result<Outcome> {
     Ok(Outcome::Done(format!("installed {list}")))
 }
 
-/// The source package is complete when its `.dsc` and every piece it lists are there.
-fn source_complete(dir: &Path, dsc_name: &str) -> bool {
-    let Ok(dsc) = fs::read_to_string(dir.join(dsc_name)) else {
-        return false;
-    };
-    let files = tree::dsc_files(&dsc);
-    !files.is_empty() && files.iter().all(|f| dir.join(f).is_file())
+/// Where Go is looked for, in order: the official release archive's usual place (Debian's
+/// `golang-go` is older than any current Kubernetes allows), then each PATH directory, then
+/// Debian's.
+fn go_candidates(search: &[PathBuf]) -> Vec<PathBuf> {
+    let mut all = vec![PathBuf::from("/usr/local/go/bin/go")];
+    if let Some(path) = std::env::var_os("PATH") {
+        all.extend(std::env::split_paths(&path).map(|d| d.join("go")));
+    }
+    all.extend(search.iter().map(|d| d.join("go")));
+    all.push(PathBuf::from("/usr/lib/go/bin/go"));
+    let mut seen = Vec::new();
+    all.retain(|p| {
+        let key = fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        let new = is_executable(p) && !seen.contains(&key);
+        seen.push(key);
+        new
+    });
+    all
 }
 
-fn find_mirror() -> anyhow::Result<apt::Mirror> {
-    if let Some(uri) = std::env::var_os("SERIN_DEBIAN_MIRROR").filter(|v| !v.is_empty()) {
-        return Ok(apt::Mirror {
-            uri: uri.to_string_lossy().into_owned(),
-            signed_by: None,
-        });
-    }
-    let files = apt::system_source_files();
-    let mut sources = Vec::new();
-    for file in &files {
-        match fs::read_to_string(file) {
-            Ok(content) => sources.extend(apt::parse_file(file, &content)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => bail!(
-                "cannot read the apt sources file {}: {e}\nwhat to do: run as a user who can read it",
-                file.display()
-            ),
+/// The first candidate whose Go is at least [`GO_MINIMUM`], with its version.
+fn find_go(candidates: &[PathBuf]) -> anyhow::Result<(PathBuf, String)> {
+    let mut found = Vec::new();
+    for go in candidates {
+        let out = Command::new(go)
+            .args(["env", "GOVERSION"])
+            // Report this Go's own version, never one it would download.
+            .env("GOTOOLCHAIN", "local")
+            .env_remove("GOROOT")
+            .stdin(std::process::Stdio::null())
+            .output();
+        let Ok(out) = out else { continue };
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        match gomod::parse_go_version(&version) {
+            Some((major, minor, _)) if (major, minor) >= GO_MINIMUM => {
+                return Ok((go.clone(), version));
+            }
+            _ => found.push(format!(
+                "{} ({})",
+                go.display(),
+                if version.is_empty() {
+                    "no version"
+                } else {
+                    &version
+                }
+            )),
         }
     }
-    apt::choose_mirror(&sources, SUITE, COMPONENT).ok_or_else(|| {
-        let read: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-        anyhow!(
-            "no Debian mirror serving `{SUITE} {COMPONENT}` found in the apt sources ({})\nwhat to do: add an entry for your Debian mirror with suite `{SUITE}` and component `{COMPONENT}` (a `deb` or `deb-src` line in {} or a deb822 file in {}/), or set SERIN_DEBIAN_MIRROR to the mirror's URL; serin only reads it to fetch the {SOURCE_PACKAGE} source package",
-            read.join(", "),
-            apt::SOURCES_LIST,
-            apt::SOURCES_PARTS
-        )
-    })
+    let (major, minor) = GO_MINIMUM;
+    let found = if found.is_empty() {
+        "no `go` at all".to_string()
+    } else {
+        format!("only {}", found.join(", "))
+    };
+    bail!(
+        "building Kubernetes {KUBERNETES_VERSION} needs Go {major}.{minor} or later (its go.mod says go {major}.{minor}.0); found {found}\nwhat to do: install Go {major}.{minor} or later (the official release archive, unpacked so that /usr/local/go/bin/go exists, is looked at first; or put its bin directory first on the PATH), then run this again; Debian's golang-go is too old"
+    )
 }
 
-fn fetch_source(layout: &Layout, log: &mut Log) -> anyhow::Result<Outcome> {
-    let dsc_name = format!("{SOURCE_PACKAGE}_{SOURCE_VERSION}.dsc");
-    if source_complete(&layout.source, &dsc_name) {
-        return Ok(Outcome::Cached(layout.source.display().to_string()));
-    }
-    let mirror = find_mirror()?;
-    let lists = layout.apt.join("lists");
-    let sources_file = layout.apt.join("sources.list");
-    fs::create_dir_all(lists.join("partial"))
-        .with_context(|| format!("cannot create {}", lists.display()))?;
-    fs::write(&sources_file, mirror.deb_src_line(SUITE, COMPONENT))
-        .with_context(|| format!("cannot write {}", sources_file.display()))?;
-    let private = |cmd: &mut Command| {
-        cmd.arg("-q")
-            .arg("-o")
-            .arg(opt("Dir::Etc::SourceList", &sources_file))
-            .args(["-o", "Dir::Etc::SourceParts=-", "-o"])
-            .arg(opt("Dir::State::Lists", &lists))
-            // No shared binary caches either: they would be rebuilt from the private list.
-            .args([
-                "-o",
-                "Dir::Cache::pkgcache=",
-                "-o",
-                "Dir::Cache::srcpkgcache=",
-            ]);
-    };
-    let mut update = Command::new("apt-get");
-    private(&mut update);
-    // Without this, apt-get update exits 0 when the mirror cannot be reached.
-    update.args(["update", "--error-on=any"]);
-    log.run(
-        &mut update,
-        &format!("apt-get update with a private deb-src entry for {}", mirror.uri),
-        &format!(
-            "check the network and that {} serves `{SUITE} {COMPONENT}` sources; set SERIN_DEBIAN_MIRROR to use another mirror",
-            mirror.uri
-        ),
-    )?;
+/// A go command for the build: this Go and no downloaded toolchain; module mode, which may
+/// update go.mod and go.sum (the edited go.mod needs the staging modules' sums); no workspace
+/// (Kubernetes ships a go.work naming `./staging/...`, which the module does not contain);
+/// Go's scratch space in serin's cache. The module and build caches stay the machine's: shared
+/// with other Go builds (a rebuild after a recipe change reuses what was compiled), and Go trims
+/// its build cache itself.
+fn go_cmd(go: &Path, layout: &Layout, dir: &Path) -> Command {
+    let mut cmd = Command::new(go);
+    cmd.current_dir(dir)
+        .env("PWD", dir)
+        .env("GOTOOLCHAIN", "local")
+        .env("GOWORK", "off")
+        .env("GOFLAGS", "-mod=mod -buildvcs=false")
+        .env("GOTMPDIR", layout.tmp())
+        .env_remove("GOROOT")
+        .env_remove("GOBIN");
+    cmd
+}
 
-    let partial = layout.source.with_extension("partial");
-    if partial.exists() {
-        fs::remove_dir_all(&partial)
-            .with_context(|| format!("cannot remove {}", partial.display()))?;
+const GO_TODO: &str = "see the log; building needs network access to the Go module proxy (GOPROXY) and a few GB of free disk for Go's build and module caches";
+
+/// `go mod download -json MODULE@VERSION`: the module's directory in the module cache.
+fn go_download(
+    layout: &Layout,
+    log: &mut Log,
+    go: &Path,
+    module: &str,
+    version: &str,
+) -> anyhow::Result<PathBuf> {
+    let what = format!("downloading the Go module {module}@{version}");
+    let mut cmd = go_cmd(go, layout, &layout.tmp());
+    cmd.args(["mod", "download", "-json"])
+        .arg(format!("{module}@{version}"));
+    log.note(&format!("\n$ {}", exec::display(&cmd)))?;
+    let out = capture(&mut cmd, &what, GO_TODO)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    log.note(&format!("{stdout}{stderr}# {}", out.status))?;
+    let parsed: Option<gomod::Download> = serde_json::from_str(&stdout).ok();
+    match parsed {
+        Some(d) if out.status.success() && d.error.is_empty() && !d.dir.is_empty() => {
+            Ok(PathBuf::from(d.dir))
+        }
+        other => {
+            let error = other.map(|d| d.error).unwrap_or_default();
+            bail!(
+                "{what} failed ({}): {}\nwhat to do: check that the Go module proxy can be reached (`go env GOPROXY`) and serves {module}@{version}; the full output is in {}",
+                out.status,
+                tail(&format!("{error}\n{stderr}"), 10),
+                log.path().display()
+            )
+        }
     }
-    fs::create_dir_all(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
-    let mut source = Command::new("apt-get");
-    private(&mut source);
-    source
-        .args(["source", "--download-only"])
-        .arg(format!("{SOURCE_PACKAGE}={SOURCE_VERSION}"))
-        .current_dir(&partial);
-    log.run(
-        &mut source,
-        &format!("downloading the {SOURCE_PACKAGE} {SOURCE_VERSION} source package"),
-        &format!(
-            "check that {} still carries {SOURCE_PACKAGE} {SOURCE_VERSION} in `{SUITE} {COMPONENT}` (`apt-cache showsrc` with the private sources file in {}); set SERIN_DEBIAN_MIRROR to use another mirror",
-            mirror.uri,
-            sources_file.display()
-        ),
+}
+
+/// Downloads a module and makes a writable copy of it at `tree` that builds on its own: its
+/// local replaces become requirements ([`gomod::local_replace_edits`]).
+fn prepare_module(
+    layout: &Layout,
+    log: &mut Log,
+    go: &Path,
+    module: &str,
+    version: &str,
+    tree: &Path,
+    version_of: &dyn Fn(&str) -> String,
+) -> anyhow::Result<Outcome> {
+    let from = go_download(layout, log, go, module, version)?;
+    if tree.exists() {
+        // A leftover of an interrupted or failed run: start from a clean copy.
+        fs::remove_dir_all(tree).with_context(|| format!("cannot remove {}", tree.display()))?;
+    }
+    let files = copy_dir(&from, tree)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), tree.display()))?;
+    // Kubernetes' vendor/ holds only OWNERS files in the module, and its go.work names
+    // directories the module lacks: build in plain module mode.
+    for leftover in ["vendor", "go.work", "go.work.sum"] {
+        let p = tree.join(leftover);
+        if p.is_dir() {
+            fs::remove_dir_all(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+        } else if p.exists() {
+            fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+        }
+    }
+    let what = format!("reading {}/go.mod", tree.display());
+    let out = capture(
+        go_cmd(go, layout, tree).args(["mod", "edit", "-json"]),
+        &what,
+        GO_TODO,
     )?;
-    if !source_complete(&partial, &dsc_name) {
+    if !out.status.success() {
         bail!(
-            "apt-get source finished but {} lacks {dsc_name} or a piece it lists\nwhat to do: see {}, remove {} and run this again",
-            partial.display(),
-            log.path().display(),
-            partial.display()
+            "{what} failed: {}\nwhat to do: remove {} and run this again",
+            tail(&String::from_utf8_lossy(&out.stderr), 10),
+            tree.display()
         );
     }
-    if layout.source.exists() {
-        fs::remove_dir_all(&layout.source)
-            .with_context(|| format!("cannot remove {}", layout.source.display()))?;
+    let modfile: gomod::ModFile = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{what}: `go mod edit -json` printed something unexpected"))?;
+    let edits = gomod::local_replace_edits(&modfile, version_of);
+    if !edits.is_empty() {
+        log.run(
+            go_cmd(go, layout, tree).args(["mod", "edit"]).args(&edits),
+            "replacing the module's local replaces by requirements",
+            GO_TODO,
+        )?;
     }
-    fs::rename(&partial, &layout.source).with_context(|| {
-        format!(
-            "cannot move {} to {}",
-            partial.display(),
-            layout.source.display()
-        )
-    })?;
-    let bytes: u64 = fs::read_dir(&layout.source)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0);
+    let count = |flag: &str| edits.iter().filter(|e| e.starts_with(flag)).count();
     Ok(Outcome::Done(format!(
-        "{:.1} MB from {}",
-        bytes as f64 / 1e6,
-        mirror.uri
+        "{files} files; {} local replaces dropped, {} of them required at their release instead",
+        count("-dropreplace="),
+        count("-require=")
     )))
 }
 
-fn opt(name: &str, path: &Path) -> String {
-    format!("{name}={}", path.display())
-}
-
-fn unpack(layout: &Layout, log: &mut Log) -> anyhow::Result<Outcome> {
-    if layout.build.exists() {
-        // A leftover of an interrupted or failed run: start from a clean tree.
-        fs::remove_dir_all(&layout.build)
-            .with_context(|| format!("cannot remove {}", layout.build.display()))?;
-    }
-    let parent = layout
-        .tree
-        .parent()
-        .ok_or_else(|| anyhow!("the tree path {} has no parent", layout.tree.display()))?;
-    for dir in [parent, &layout.build.join("tmp")] {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    log.run(
-        Command::new("dpkg-source")
-            .arg("-x")
-            .arg(layout.dsc())
-            .arg(&layout.tree)
-            .current_dir(&layout.source),
-        "unpacking the source package",
-        &format!(
-            "dpkg-source comes with dpkg-dev; if it reports a checksum problem, remove {} so that the next run downloads the source again",
-            layout.source.display()
-        ),
-    )?;
-    replace_reflect2(layout, log)?;
-    fix_zero_value_check(layout, log)?;
-    Ok(Outcome::Done(format!(
-        "Debian's patches applied, reflect2 from {REFLECT2_DEBIAN}, kube-openapi's zero-value check removed"
-    )))
-}
-
-/// Without this, the API server refuses every empty string in a custom resource; see
-/// [`tree::fix_zero_value_check`].
-fn fix_zero_value_check(layout: &Layout, log: &mut Log) -> anyhow::Result<()> {
-    let path = layout.tree.join(tree::ZERO_CHECK_FILE);
-    let source =
-        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let Some(fixed) = tree::fix_zero_value_check(&source) else {
-        bail!(
-            "{} does not hold the expected zero-value check exactly once\nwhat to do: this is a bug in serin (the source package {SOURCE_VERSION} should carry it); see {}",
-            path.display(),
-            log.path().display()
-        );
-    };
-    fs::write(&path, fixed).with_context(|| format!("cannot write {}", path.display()))?;
-    log.note(&format!(
-        "# removed the zero-value check from {}",
-        path.display()
-    ))
-}
-
-fn replace_reflect2(layout: &Layout, log: &mut Log) -> anyhow::Result<()> {
-    let from = Path::new(REFLECT2_DEBIAN);
-    if !from.is_dir() {
-        bail!(
-            "{REFLECT2_DEBIAN} is missing\nwhat to do: install it with `apt-get install -y golang-github-modern-go-reflect2-dev` (its 1.0.2 sources replace the vendored 1.0.1, which crashes the API server when a custom resource is written)"
-        );
-    }
-    let to = layout.tree.join(REFLECT2_VENDORED);
-    // Remove first: files 1.0.1 has and 1.0.2 dropped would clash with their replacements.
-    if to.exists() {
-        fs::remove_dir_all(&to).with_context(|| format!("cannot remove {}", to.display()))?;
-    }
-    let copied = copy_dir(from, &to)
-        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
-    log.note(&format!(
-        "# replaced {} with {copied} files from {}",
-        to.display(),
-        from.display()
-    ))
-}
-
-/// Copies regular files (following symlinks) recursively; returns how many.
+/// Copies regular files recursively, writable (the module cache's are read-only); returns how
+/// many.
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<usize> {
     fs::create_dir_all(to)?;
     let mut count = 0;
@@ -770,101 +844,22 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<usize> {
             count += copy_dir(&src, &dst)?;
         } else if meta.is_file() {
             fs::copy(&src, &dst)?;
+            let mode = meta.permissions().mode() | 0o200;
+            fs::set_permissions(&dst, fs::Permissions::from_mode(mode))?;
             count += 1;
         }
     }
     Ok(count)
 }
 
-/// The Go toolchain Debian's golang-go installs; PATH's `go` otherwise.
-fn go_program() -> PathBuf {
-    let debian = Path::new("/usr/lib/go/bin/go");
-    if debian.is_file() {
-        debian.to_path_buf()
-    } else {
-        PathBuf::from("go")
-    }
-}
-
-/// A command run inside the tree in GOPATH mode: module mode fails on this tree
-/// (`updates to go.mod needed`). PWD is set because go takes the logical working directory
-/// from it to decide which GOPATH package it is in. Static (CGO off) as upstream releases are.
-fn in_tree(layout: &Layout, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.current_dir(&layout.tree)
-        .env("PWD", &layout.tree)
-        .env("GOPATH", &layout.gopath)
-        .env("GO111MODULE", "off")
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", &layout.gocache)
-        // Go's scratch space goes with the tree, so an interrupted build leaves nothing in /tmp.
-        .env("GOTMPDIR", layout.build.join("tmp"))
-        .env("GOFLAGS", "")
-        .env("GOENV", "off")
-        .env("GOPROXY", "off")
-        .env("GOTOOLCHAIN", "local")
-        .env_remove("GOROOT")
-        .env_remove("GOBIN");
-    cmd
-}
-
-const GO_TODO: &str = "see the log; the Go toolchain is Debian's golang-go (`apt-get install -y golang-go`); building needs about 1 GB of memory and 2 GB of disk";
-
-fn generate_openapi(layout: &Layout, log: &mut Log) -> anyhow::Result<Outcome> {
-    let tool = layout.build.join("bin").join("openapi-gen");
-    log.run(
-        in_tree(layout, go_program())
-            .arg("build")
-            .arg("-o")
-            .arg(&tool)
-            .arg("./vendor/k8s.io/kube-openapi/cmd/openapi-gen"),
-        "building openapi-gen",
-        GO_TODO,
-    )?;
-    let dirs = tree::openapi_dirs(&layout.tree)
-        .with_context(|| format!("cannot search {} for openapi tags", layout.tree.display()))?;
-    if dirs.is_empty() {
-        bail!(
-            "no package in {} carries a +k8s:openapi-gen= tag\nwhat to do: remove {} and {} and run this again",
-            layout.tree.display(),
-            layout.build.display(),
-            layout.source.display()
-        );
-    }
-    let packages: Vec<String> = dirs.iter().map(|d| tree::import_path(d)).collect();
-    log.note(&format!(
-        "# openapi-gen input packages ({}):\n{}",
-        packages.len(),
-        packages.join("\n")
-    ))?;
-    let output = layout
-        .tree
-        .join("pkg/generated/openapi/zz_generated.openapi.go");
-    log.run(
-        in_tree(layout, &tool)
-            .arg("-i")
-            .arg(packages.join(","))
-            .args(["-p", "k8s.io/kubernetes/pkg/generated/openapi"])
-            .args(["-O", "zz_generated.openapi"])
-            .args(["-h", "vendor/k8s.io/code-generator/hack/boilerplate.go.txt"])
-            .arg("-r")
-            .arg(layout.build.join("openapi-violations.report"))
-            .arg("-o")
-            .arg(layout.gopath.join("src")),
-        "generating pkg/generated/openapi/zz_generated.openapi.go",
-        "see the log",
-    )?;
-    if !output.is_file() {
-        bail!(
-            "openapi-gen succeeded but did not write {}\nwhat to do: see {}",
-            output.display(),
-            log.path().display()
-        );
-    }
-    Ok(Outcome::Done(format!("{} packages", packages.len())))
-}
-
-fn build(layout: &Layout, log: &mut Log, name: &str) -> anyhow::Result<Outcome> {
+fn build(
+    layout: &Layout,
+    log: &mut Log,
+    go: &Path,
+    tree: &Path,
+    package: &str,
+    name: &str,
+) -> anyhow::Result<Outcome> {
     let target = layout.bin.join(name);
     // Built under a name that never looks cached, renamed only once it proved itself.
     let partial = layout.bin.join(format!(".{name}.partial"));
@@ -872,22 +867,23 @@ fn build(layout: &Layout, log: &mut Log, name: &str) -> anyhow::Result<Outcome> 
         fs::remove_file(&partial)
             .with_context(|| format!("cannot remove {}", partial.display()))?;
     }
-    log.run(
-        in_tree(layout, go_program())
-            .arg("build")
-            .arg("-o")
-            .arg(&partial)
-            .arg("-ldflags")
-            .arg(tree::version_ldflags(KUBERNETES_VERSION))
-            .arg(format!("./cmd/{name}")),
-        &format!("building {name}"),
-        GO_TODO,
-    )?;
-    let version = binary_version(&partial)?;
-    let want = expected_version();
-    if version != want {
+    let mut cmd = go_cmd(go, layout, tree);
+    cmd.args(["build", "-trimpath", "-o"]).arg(&partial);
+    if name != "etcd" {
+        let date = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let flags = gomod::version_ldflags(KUBERNETES_VERSION, &date)
+            .ok_or_else(|| anyhow!("{KUBERNETES_VERSION} is not a version"))?;
+        cmd.arg("-ldflags").arg(flags);
+    } else {
+        cmd.args(["-ldflags", "-s -w"]);
+    }
+    cmd.arg(package);
+    log.run(&mut cmd, &format!("building {name}"), GO_TODO)?;
+    let version = binary_version(&partial, name)?;
+    if !reports_version(&version, name) {
         bail!(
-            "the freshly built {name} reports `{version}`, not `{want}`\nwhat to do: this is a bug in serin's build flags; see {}",
+            "the freshly built {name} reports `{version}`, not `{}`\nwhat to do: this is a bug in serin's build flags; see {}",
+            expected_version(name),
             log.path().display()
         );
     }
@@ -901,21 +897,37 @@ fn build(layout: &Layout, log: &mut Log, name: &str) -> anyhow::Result<Outcome> 
     )))
 }
 
-fn expected_version() -> String {
-    format!("Kubernetes {KUBERNETES_VERSION}")
+/// The line a binary of this recipe prints when asked for its version.
+fn expected_version(name: &str) -> String {
+    match name {
+        "kubectl" => format!("Client Version: {KUBERNETES_VERSION}"),
+        "etcd" => format!("etcd Version: {}", ETCD_VERSION.trim_start_matches('v')),
+        _ => format!("Kubernetes {KUBERNETES_VERSION}"),
+    }
 }
 
-/// What `BINARY --version` prints, trimmed.
-fn binary_version(binary: &Path) -> anyhow::Result<String> {
+fn reports_version(output: &str, name: &str) -> bool {
+    let want = expected_version(name);
+    output.lines().any(|l| l.trim() == want)
+}
+
+/// What the binary prints when asked for its version, trimmed.
+fn binary_version(binary: &Path, name: &str) -> anyhow::Result<String> {
+    let args: &[&str] = if name == "kubectl" {
+        &["version", "--client"]
+    } else {
+        &["--version"]
+    };
     let out = capture(
-        Command::new(binary).arg("--version"),
-        &format!("running {} --version", binary.display()),
+        Command::new(binary).args(args).env_remove("KUBECONFIG"),
+        &format!("running {} {}", binary.display(), args.join(" ")),
         "remove it and run `serin-sandbox setup` again",
     )?;
     if !out.status.success() {
         bail!(
-            "`{} --version` {}: {}\nwhat to do: remove it and run `serin-sandbox setup` again",
+            "`{} {}` {}: {}\nwhat to do: remove it and run `serin-sandbox setup` again",
             binary.display(),
+            args.join(" "),
             out.status,
             tail(&String::from_utf8_lossy(&out.stderr), 10)
         );
@@ -923,23 +935,56 @@ fn binary_version(binary: &Path) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn is_cached(binary: &Path) -> bool {
-    is_executable(binary) && binary_version(binary).is_ok_and(|v| v == expected_version())
+fn is_cached(bin: &Path, name: &str) -> bool {
+    let path = bin.join(name);
+    is_executable(&path) && binary_version(&path, name).is_ok_and(|v| reports_version(&v, name))
 }
 
-fn verify_and_clean(layout: &Layout, log: &mut Log) -> anyhow::Result<Outcome> {
-    for name in KUBE_BINARIES {
-        let path = layout.bin.join(name);
-        let version = binary_version(&path)?;
-        if version != expected_version() {
+/// Copies Istio's generated CRD file out of the `istio.io/api` module, once it proved to hold
+/// the networking CRDs the sandbox needs.
+fn fetch_istio_crds(layout: &Layout, log: &mut Log, go: &Path) -> anyhow::Result<Outcome> {
+    let dir = go_download(layout, log, go, ISTIO_API_MODULE, ISTIO_API_VERSION)?;
+    let source = dir.join(ISTIO_CRD_FILE);
+    let text =
+        fs::read_to_string(&source).with_context(|| format!("cannot read {}", source.display()))?;
+    let crds = crate::istio::parse_crds(&text)
+        .with_context(|| format!("{} does not parse as CRDs", source.display()))?;
+    let names: Vec<String> = crds
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    for want in crate::istio::REQUIRED_CRDS {
+        if !names.iter().any(|n| n == want) {
             bail!(
-                "{} reports `{version}`, not `{}`\nwhat to do: remove it and run `serin-sandbox setup` again",
-                path.display(),
-                expected_version()
+                "{} lacks the CRD {want}\nwhat to do: this is a bug in serin's pinned {ISTIO_API_MODULE} version",
+                source.display()
             );
         }
     }
-    // Reached only when every binary is cached under this recipe or was just built by it.
+    let target = &layout.istio_crds;
+    let parent = target
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent", target.display()))?;
+    fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let partial = target.with_extension("partial");
+    fs::write(&partial, &text).with_context(|| format!("cannot write {}", partial.display()))?;
+    fs::rename(&partial, target)
+        .with_context(|| format!("cannot move {} to {}", partial.display(), target.display()))?;
+    log.note(&format!(
+        "# copied {} to {}",
+        source.display(),
+        target.display()
+    ))?;
+    Ok(Outcome::Done(format!(
+        "{} CRDs, {}",
+        crds.len(),
+        target.display()
+    )))
+}
+
+/// Every binary was either found cached under this recipe (its version checked then) or just
+/// built and checked: record the recipe, remove the build's leftovers.
+fn verify_and_clean(layout: &Layout, log: &mut Log, built: &[&str]) -> anyhow::Result<Outcome> {
     if !recipe_current(&layout.bin) {
         write_recipe(&layout.bin)?;
         log.note(&format!(
@@ -948,7 +993,7 @@ fn verify_and_clean(layout: &Layout, log: &mut Log) -> anyhow::Result<Outcome> {
         ))?;
     }
     let mut removed = Vec::new();
-    for dir in [&layout.build, &layout.gocache] {
+    for dir in [&layout.build, &layout.old_gocache] {
         if dir.exists() {
             fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
             log.note(&format!("# removed {}", dir.display()))?;
@@ -956,20 +1001,21 @@ fn verify_and_clean(layout: &Layout, log: &mut Log) -> anyhow::Result<Outcome> {
         }
     }
     let found = locate_in(&layout.cache, &search_dirs())?;
-    let optional = |p: &Option<PathBuf>, name: &str| match p {
-        Some(_) => name.to_string(),
-        None => format!("{name} not found"),
-    };
     let mut note = format!(
-        "{} for both; etcd, prometheus, {}, {} found",
-        expected_version(),
-        optional(&found.kubectl, "kubectl"),
-        optional(&found.hey, "hey")
+        "Kubernetes {KUBERNETES_VERSION}, etcd {ETCD_VERSION}; prometheus found, hey {}",
+        if found.hey.is_some() {
+            "found"
+        } else {
+            "not found"
+        }
     );
+    if !built.is_empty() {
+        note.push_str(&format!("; built {}", built.join(", ")));
+    }
     if !removed.is_empty() {
         note.push_str(&format!("; removed {}", removed.join(", ")));
     }
-    Ok(if removed.is_empty() {
+    Ok(if removed.is_empty() && built.is_empty() {
         Outcome::Cached(note)
     } else {
         Outcome::Done(note)
@@ -1018,30 +1064,61 @@ mod tests {
     }
 
     #[test]
-    fn debians_kubectl_is_wanted_only_without_one_on_the_path() {
-        assert_eq!(wanted_packages(true), PACKAGES.to_vec());
-        let without = wanted_packages(false);
-        assert_eq!(&without[..PACKAGES.len()], PACKAGES);
-        assert_eq!(without[PACKAGES.len()..], [KUBECTL_PACKAGE]);
+    fn no_debian_go_or_kubernetes_package_is_wanted() {
+        for gone in [
+            "golang-go",
+            "golang-github-modern-go-reflect2-dev",
+            "dpkg-dev",
+            "kubernetes-client",
+            "etcd-server",
+        ] {
+            assert!(!PACKAGES.contains(&gone), "{gone}");
+        }
     }
 
     #[test]
-    fn binary_layout_is_keyed_by_version() {
+    fn layout_is_keyed_by_version() {
         assert_eq!(
             kube_bin_dir(Path::new("/c")),
-            PathBuf::from("/c/kubernetes/v1.20.2")
+            PathBuf::from("/c/kubernetes/v1.37.2")
+        );
+        assert_eq!(
+            istio_crds_path(Path::new("/c")),
+            PathBuf::from("/c/istio/v1.32.0/customresourcedefinitions.gen.yaml")
         );
         let l = Layout::new(Path::new("/c"));
         assert_eq!(
-            l.tree,
-            PathBuf::from("/c/kubernetes/build/gopath/src/k8s.io/kubernetes")
+            l.kube_tree(),
+            PathBuf::from("/c/kubernetes/build/kubernetes")
         );
-        assert_eq!(
-            l.dsc(),
-            PathBuf::from(
-                "/c/kubernetes/source/1.20.5+really1.20.2-1.1+deb12u1/kubernetes_1.20.5+really1.20.2-1.1+deb12u1.dsc"
-            )
-        );
+        assert_eq!(l.etcd_tree(), PathBuf::from("/c/kubernetes/build/etcd"));
+        assert_eq!(l.tmp(), PathBuf::from("/c/kubernetes/build/tmp"));
+    }
+
+    #[test]
+    fn the_recipe_names_the_versions_it_builds() {
+        assert!(RECIPE.contains(&format!("{KUBERNETES_MODULE} {KUBERNETES_VERSION}")));
+        assert!(RECIPE.contains(&gomod::staging_version(KUBERNETES_VERSION).unwrap()));
+        assert!(RECIPE.contains(&format!("{ETCD_MODULE} {ETCD_VERSION}")));
+    }
+
+    #[test]
+    fn version_lines() {
+        assert!(reports_version("Kubernetes v1.37.2", "kube-apiserver"));
+        assert!(!reports_version("Kubernetes v1.20.2", "kube-apiserver"));
+        assert!(reports_version(
+            "Client Version: v1.37.2\nKustomize Version: v5.8.1",
+            "kubectl"
+        ));
+        assert!(!reports_version(
+            "Client Version: v1.32.4-dispatcher",
+            "kubectl"
+        ));
+        assert!(reports_version(
+            "etcd Version: 3.6.17\nGit SHA: Not provided\nGo Version: go1.26.8",
+            "etcd"
+        ));
+        assert!(!reports_version("etcd Version: 3.4.23", "etcd"));
     }
 
     struct Temp(PathBuf);
@@ -1054,9 +1131,12 @@ mod tests {
             Temp(dir)
         }
         fn exe(&self, rel: &str, mode: u32) -> PathBuf {
+            self.file(rel, "#!/bin/sh\n", mode)
+        }
+        fn file(&self, rel: &str, text: &str, mode: u32) -> PathBuf {
             let p = self.0.join(rel);
             fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(&p, "#!/bin/sh\n").unwrap();
+            fs::write(&p, text).unwrap();
             fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
             p
         }
@@ -1067,31 +1147,50 @@ mod tests {
         }
     }
 
+    const BIN: &str = "cache/kubernetes/v1.37.2";
+    const ISTIO: &str = "cache/istio/v1.32.0/customresourcedefinitions.gen.yaml";
+
     #[test]
     fn locate_reports_exactly_what_is_missing() {
         let t = Temp::new("missing");
         let cache = t.0.join("cache");
         let bin = t.0.join("bin");
+        // Debian's etcd on the search path does not count: only the built one.
         t.exe("bin/etcd", 0o755);
         // Not executable: does not count.
         t.exe("bin/prometheus", 0o644);
-        t.exe("cache/kubernetes/v1.20.2/kube-apiserver", 0o755);
+        t.exe(&format!("{BIN}/kube-apiserver"), 0o755);
+        t.exe(&format!("{BIN}/kubectl"), 0o755);
         let err = locate_in(&cache, std::slice::from_ref(&bin)).unwrap_err();
         let names: Vec<&str> = err.missing.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["kube-controller-manager", "prometheus"]);
+        assert_eq!(
+            names,
+            [
+                "kube-controller-manager",
+                "etcd",
+                "Istio's CRDs",
+                "prometheus"
+            ]
+        );
         let text = err.to_string();
         assert!(
             text.contains(&format!(
-                "kube-controller-manager is missing (looked in {}",
-                cache
-                    .join("kubernetes/v1.20.2/kube-controller-manager")
-                    .display()
+                "kube-controller-manager is missing (looked in {}; built from the Go module k8s.io/kubernetes v1.37.2",
+                cache.join("kubernetes/v1.37.2/kube-controller-manager").display()
             )),
+            "{text}"
+        );
+        assert!(
+            text.contains("built from the Go module go.etcd.io/etcd/server/v3 v3.6.17"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubernetes/customresourcedefinitions.gen.yaml of the Go module istio.io/api v1.32.0"),
             "{text}"
         );
         assert!(text.contains("Debian package prometheus"), "{text}");
         assert!(text.contains("Run `serin-sandbox setup`"), "{text}");
-        assert!(!text.contains("etcd is missing"), "{text}");
+        assert!(!text.contains("kube-apiserver is missing"), "{text}");
     }
 
     #[test]
@@ -1100,14 +1199,17 @@ mod tests {
         let cache = t.0.join("cache");
         let first = t.0.join("first");
         let second = t.0.join("second");
-        let api = t.exe("cache/kubernetes/v1.20.2/kube-apiserver", 0o755);
-        let kcm = t.exe("cache/kubernetes/v1.20.2/kube-controller-manager", 0o700);
-        let etcd = t.exe("first/etcd", 0o755);
-        t.exe("second/etcd", 0o755);
+        let api = t.exe(&format!("{BIN}/kube-apiserver"), 0o755);
+        let kcm = t.exe(&format!("{BIN}/kube-controller-manager"), 0o700);
+        let kubectl = t.exe(&format!("{BIN}/kubectl"), 0o755);
+        let etcd = t.exe(&format!("{BIN}/etcd"), 0o755);
+        let istio = t.file(ISTIO, "", 0o644);
+        t.exe("first/etcd", 0o755);
         let prom = t.exe("second/prometheus", 0o755);
         let hey = t.exe("second/hey", 0o755);
-        // A kube-apiserver on the search path is not used: only the cached build counts.
+        // Programs on the search path are not used: only the cached builds count.
         t.exe("first/kube-apiserver", 0o755);
+        t.exe("first/kubectl", 0o755);
         write_recipe(&kube_bin_dir(&cache)).unwrap();
         let b = locate_in(&cache, &[first, second]).unwrap();
         assert_eq!(
@@ -1115,10 +1217,11 @@ mod tests {
             Binaries {
                 kube_apiserver: api,
                 kube_controller_manager: kcm,
+                kubectl,
                 etcd,
                 prometheus: prom,
-                kubectl: None,
                 hey: Some(hey),
+                istio_crds: istio,
             }
         );
     }
@@ -1132,17 +1235,18 @@ mod tests {
         assert!(!recipe_matches(&format!(" {RECIPE}")));
         assert!(!recipe_matches(&format!("{RECIPE}\nextra")));
         assert!(!recipe_matches(
-            "1: Debian patches; reflect2 1.0.2; kube-openapi type validator without the zero-value check"
+            "2: Debian patches; reflect2 1.0.2; kube-openapi type validator without the zero-value check"
         ));
     }
 
-    /// The cache as `serin-sandbox setup` left it before recipes: binaries, no recipe file.
-    fn old_cache(t: &Temp) -> (PathBuf, PathBuf) {
+    /// A complete cache without a recipe file.
+    fn unmarked_cache(t: &Temp) -> (PathBuf, PathBuf) {
         let cache = t.0.join("cache");
         let bin = t.0.join("bin");
-        t.exe("cache/kubernetes/v1.20.2/kube-apiserver", 0o755);
-        t.exe("cache/kubernetes/v1.20.2/kube-controller-manager", 0o755);
-        t.exe("bin/etcd", 0o755);
+        for name in BUILT_BINARIES {
+            t.exe(&format!("{BIN}/{name}"), 0o755);
+        }
+        t.file(ISTIO, "", 0o644);
         t.exe("bin/prometheus", 0o755);
         (cache, bin)
     }
@@ -1150,7 +1254,7 @@ mod tests {
     #[test]
     fn locate_refuses_binaries_of_another_recipe() {
         let t = Temp::new("stale");
-        let (cache, bin) = old_cache(&t);
+        let (cache, bin) = unmarked_cache(&t);
         let dir = kube_bin_dir(&cache);
 
         let err = locate_in(&cache, std::slice::from_ref(&bin)).unwrap_err();
@@ -1192,26 +1296,53 @@ mod tests {
     #[test]
     fn missing_binaries_are_not_also_called_stale() {
         let t = Temp::new("stale-missing");
-        let (cache, bin) = old_cache(&t);
+        let (cache, bin) = unmarked_cache(&t);
         let dir = kube_bin_dir(&cache);
-        fs::remove_file(dir.join("kube-controller-manager")).unwrap();
+        fs::remove_file(dir.join("etcd")).unwrap();
         let err = locate_in(&cache, std::slice::from_ref(&bin)).unwrap_err();
         assert_eq!(err.stale, None);
         let names: Vec<&str> = err.missing.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["kube-controller-manager"]);
+        assert_eq!(names, ["etcd"]);
     }
 
     #[test]
-    fn source_completeness_follows_the_dsc() {
-        let t = Temp::new("dsc");
-        let dsc = "Files:\n abc 10 a.orig.tar.gz\n def 5 a.debian.tar.xz\n";
-        assert!(!source_complete(&t.0, "a.dsc"));
-        fs::write(t.0.join("a.dsc"), dsc).unwrap();
-        fs::write(t.0.join("a.orig.tar.gz"), "x").unwrap();
-        assert!(!source_complete(&t.0, "a.dsc"));
-        fs::write(t.0.join("a.debian.tar.xz"), "x").unwrap();
-        assert!(source_complete(&t.0, "a.dsc"));
-        fs::write(t.0.join("a.dsc"), "no files field\n").unwrap();
-        assert!(!source_complete(&t.0, "a.dsc"));
+    fn go_is_found_by_version_and_a_too_old_one_is_named() {
+        let t = Temp::new("go");
+        let old = t.file("old/go", "#!/bin/sh\necho go1.19.8\n", 0o755);
+        let new = t.file("new/go", "#!/bin/sh\necho go1.26.8\n", 0o755);
+        let broken = t.file("broken/go", "#!/bin/sh\nexit 1\n", 0o755);
+        let (go, version) = find_go(&[old.clone(), broken.clone(), new.clone()]).unwrap();
+        assert_eq!((go, version.as_str()), (new, "go1.26.8"));
+        let err = find_go(&[old.clone(), broken]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("building Kubernetes v1.37.2 needs Go 1.26 or later"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("{} (go1.19.8)", old.display())),
+            "{err}"
+        );
+        assert!(
+            err.contains("what to do: install Go 1.26 or later"),
+            "{err}"
+        );
+        let err = find_go(&[]).unwrap_err().to_string();
+        assert!(err.contains("found no `go` at all"), "{err}");
+    }
+
+    #[test]
+    fn copied_modules_are_writable() {
+        let t = Temp::new("copy");
+        let f = t.file("from/a/b.go", "package b\n", 0o444);
+        t.file("from/go.mod", "module x\n", 0o444);
+        let n = copy_dir(&t.0.join("from"), &t.0.join("to")).unwrap();
+        assert_eq!(n, 2);
+        let mode = fs::metadata(t.0.join("to/a/b.go"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+        fs::write(t.0.join("to/go.mod"), "module y\n").unwrap();
+        fs::set_permissions(f, fs::Permissions::from_mode(0o644)).unwrap();
     }
 }

@@ -22,6 +22,7 @@ pub const TEST_LABEL: &str = "serin.dev/test";
 /// The per-binary sandbox. Derefs to [`Sandbox`].
 pub struct SharedEnv {
     sandbox: Sandbox,
+    flux: tokio::sync::OnceCell<crate::flux::Flux>,
 }
 
 impl Deref for SharedEnv {
@@ -62,7 +63,10 @@ pub fn shared() -> &'static SharedEnv {
                     sandbox.api_url(),
                     sandbox.logs_dir().display()
                 );
-                Ok(SharedEnv { sandbox })
+                Ok(SharedEnv {
+                    sandbox,
+                    flux: tokio::sync::OnceCell::new(),
+                })
             }
             Ok(Err(e)) => Err(e),
             Err(_) => Err("the test environment thread died".into()),
@@ -75,8 +79,21 @@ pub fn shared() -> &'static SharedEnv {
 }
 
 impl SharedEnv {
+    /// Flux on this binary's sandbox, started by the first test that asks (the others do not
+    /// pay for it). Panics if it cannot start.
+    pub async fn flux(&self) -> &crate::flux::Flux {
+        let started = self
+            .flux
+            .get_or_try_init(|| crate::flux::Flux::start(&self.sandbox))
+            .await;
+        match started {
+            Ok(f) => f,
+            Err(e) => panic!("Flux could not start on the test sandbox: {e}"),
+        }
+    }
+
     /// Creates a namespace `PREFIX-XXXXXX` labelled `serin.dev/test=true` and waits until pods
-    /// can be created in it (its default service account has a token). Panics on failure.
+    /// can be created in it (its default service account exists). Panics on failure.
     pub async fn namespace(&self, prefix: &str) -> String {
         namespace(&self.sandbox, prefix).await
     }
@@ -99,13 +116,12 @@ pub async fn namespace(sandbox: &Sandbox, prefix: &str) -> String {
     let sa: Api<ServiceAccount> = Api::namespaced(client, &name);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(Some(s)) = sa.get_opt("default").await
-            && s.secrets.is_some_and(|v| !v.is_empty())
-        {
+        // Pods are refused until the controller manager made the default service account.
+        if let Ok(Some(_)) = sa.get_opt("default").await {
             return name;
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("namespace {name}: no default service account token after 60 s");
+            panic!("namespace {name}: no default service account after 60 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -1,5 +1,6 @@
-//! `cargo demo` (serin-sandbox demo) as a newcomer runs it (with `--keep`, then Ctrl-C): the whole story on its own
-//! sandbox, the sandbox explorable with kubectl afterwards, and nothing left once it stops.
+//! `cargo demo` (serin-sandbox demo) as a newcomer runs it (with `--keep`, then Ctrl-C): the whole
+//! story on its own sandbox with real Flux applying each release commit, the sandbox explorable
+//! with kubectl afterwards, and nothing left once it stops.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests stop at a failed step, naming it
 
 use std::io::Read;
@@ -91,13 +92,42 @@ fn the_demo_promotes_a_release_rolls_back_a_faulty_one_and_cleans_up() {
         "{text}"
     );
 
+    // Flux applied every commit: the table printed at the end shows the three Kustomizations
+    // Ready at the faulty release's commit, the last one.
+    let last_commit = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("==> release: commit "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no release commit printed:\n{text}"))
+        .to_string();
+    let table = text
+        .split("==> flux get kustomizations")
+        .nth(1)
+        .and_then(|t| t.split("==> summary").next())
+        .unwrap_or_else(|| panic!("no Kustomization table:\n{text}"));
+    for name in ["apps", "flux-system", "infra"] {
+        let row = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} row:\n{table}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert!(cells[1].starts_with(&last_commit), "{table}");
+        assert_eq!(cells[3], "True", "{table}");
+    }
+    // And apps waited for infra, as dependsOn says.
+    assert!(
+        text.contains("dependency 'flux-system/infra' is not ready"),
+        "{text}"
+    );
+
     // --keep: the sandbox answers kubectl with the printed KUBECONFIG.
     let kubeconfig = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("export KUBECONFIG="))
         .unwrap_or_else(|| panic!("no KUBECONFIG printed:\n{text}"))
         .to_string();
-    let phase = Command::new("kubectl")
+    let phase = Command::new(serin_sandbox::kubectl())
         .args([
             "-n",
             "prod",
@@ -114,6 +144,24 @@ fn the_demo_promotes_a_release_rolls_back_a_faulty_one_and_cleans_up() {
         String::from_utf8_lossy(&phase.stdout),
         "Failed",
         "{phase:?}"
+    );
+
+    let ready = Command::new(serin_sandbox::kubectl())
+        .args([
+            "-n",
+            "flux-system",
+            "get",
+            "kustomizations",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].status} {end}",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ready.stdout).trim(),
+        "apps=True flux-system=True infra=True",
+        "{ready:?}"
     );
 
     // Ctrl-C tears everything down.

@@ -6,11 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-const CHILDREN: [&str; 4] = [
+/// What `serin-sandbox up` runs, sorted: the control plane and Flux's controllers.
+const CHILDREN: [&str; 6] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
+    "kustomize-controller",
     "prometheus",
+    "source-controller",
 ];
 
 struct Up {
@@ -27,7 +30,8 @@ fn test_dir(name: &str) -> PathBuf {
     d
 }
 
-/// Starts `serin-sandbox up --dir BASE/sandbox` and waits for its env file.
+/// Starts `serin-sandbox up --dir BASE/sandbox` and waits for its env file and its summary
+/// (printed once Flux and the mesh simulator run too).
 fn up(base: &Path) -> Up {
     let dir = base.join("sandbox");
     let (stdout, stderr) = (base.join("up.stdout"), base.join("up.stderr"));
@@ -52,6 +56,19 @@ fn up(base: &Path) -> Up {
             "no {}/env after 120 s",
             dir.display()
         );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    while !std::fs::read_to_string(&stdout)
+        .unwrap_or_default()
+        .contains("serin-sandbox ready in")
+    {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "serin-sandbox up exited early ({status}):\n{}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "no summary after 120 s");
         std::thread::sleep(Duration::from_millis(100));
     }
     Up {
@@ -120,7 +137,7 @@ fn processes_mentioning(dir: &Path) -> Vec<(i32, String)> {
     found
 }
 
-fn assert_all_four_running(dir: &Path) -> Vec<(i32, String)> {
+fn assert_all_running(dir: &Path) -> Vec<(i32, String)> {
     let procs = processes_mentioning(dir);
     let mut names: Vec<&str> = procs.iter().map(|(_, n)| n.as_str()).collect();
     names.sort();
@@ -171,11 +188,15 @@ fn up_kubectl_down_leaves_nothing() {
     assert!(summary.contains("serin-sandbox ready in"), "{summary}");
     assert!(summary.contains("simulated Istio telemetry"), "{summary}");
     assert!(
+        summary.contains("Flux:") && summary.contains("Git server:  http://127.0.0.1:"),
+        "{summary}"
+    );
+    assert!(
         summary.contains(&format!("source {}", up.dir.join("env").display())),
         "{summary}"
     );
 
-    let kubectl = Command::new("kubectl")
+    let kubectl = Command::new(serin_sandbox::kubectl())
         .arg("--kubeconfig")
         .arg(up.dir.join("kubeconfig"))
         .args(["get", "ns"])
@@ -188,11 +209,11 @@ fn up_kubectl_down_leaves_nothing() {
         String::from_utf8_lossy(&kubectl.stderr)
     );
     assert!(
-        out.contains("default") && out.contains("kube-system"),
+        out.contains("default") && out.contains("kube-system") && out.contains("flux-system"),
         "{out}"
     );
 
-    assert_all_four_running(&up.dir);
+    assert_all_running(&up.dir);
 
     let down = serin(&["down", "--dir"], &up.dir);
     let said = String::from_utf8_lossy(&down.stdout);
@@ -238,7 +259,7 @@ fn sigkill_of_up_takes_the_children_along_and_stale_dirs_are_swept() {
     let base = test_dir("kill");
     let mut up = up(&base);
     assert!(!stale.exists(), "the stale dir should be swept at start");
-    assert_all_four_running(&up.dir);
+    assert_all_running(&up.dir);
 
     up.child.kill().unwrap(); // SIGKILL: no teardown code runs
     up.child.wait().unwrap();
@@ -261,7 +282,7 @@ fn sigkill_of_up_takes_the_children_along_and_stale_dirs_are_swept() {
 fn a_child_dying_is_reported_and_everything_torn_down() {
     let base = test_dir("crash");
     let mut up = up(&base);
-    let procs = assert_all_four_running(&up.dir);
+    let procs = assert_all_running(&up.dir);
     let (prom, _) = procs.iter().find(|(_, n)| n == "prometheus").unwrap();
     // SAFETY: plain syscall on a pid we just found.
     unsafe { libc::kill(*prom, libc::SIGKILL) };
@@ -272,6 +293,29 @@ fn a_child_dying_is_reported_and_everything_torn_down() {
     assert!(err.contains("prometheus exited unexpectedly"), "{err}");
     assert!(err.contains("signal: 9"), "{err}");
     assert!(err.contains("last lines of"), "{err}");
+    assert_none_left(&up.dir, Duration::ZERO);
+    assert!(!up.dir.join("data").exists());
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
+fn a_flux_controller_dying_is_reported_and_everything_torn_down() {
+    let base = test_dir("flux-crash");
+    let mut up = up(&base);
+    let procs = assert_all_running(&up.dir);
+    let (kc, _) = procs
+        .iter()
+        .find(|(_, n)| n == "kustomize-controller")
+        .unwrap();
+    // SAFETY: plain syscall on a pid we just found.
+    unsafe { libc::kill(*kc, libc::SIGKILL) };
+    let status = wait_exit(&mut up.child, Duration::from_secs(30));
+    assert!(!status.success(), "up should fail when Flux dies");
+    let err = std::fs::read_to_string(&up.stderr).unwrap();
+    assert!(
+        err.contains("kustomize-controller exited unexpectedly"),
+        "{err}"
+    );
     assert_none_left(&up.dir, Duration::ZERO);
     assert!(!up.dir.join("data").exists());
     std::fs::remove_dir_all(&base).unwrap();

@@ -56,8 +56,12 @@ async fn api_server_answers_and_all_crds_are_established() {
     let client = env.client();
     let version = client.apiserver_version().await.unwrap();
     assert_eq!(
-        (version.major.as_str(), version.minor.as_str()),
-        ("1", "20")
+        (
+            version.major.as_str(),
+            version.minor.as_str(),
+            version.git_version.as_str()
+        ),
+        ("1", "37", "v1.37.2")
     );
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -108,6 +112,75 @@ async fn api_server_answers_and_all_crds_are_established() {
         .await
         .unwrap();
     assert_eq!(got.data["spec"]["http"][0]["route"][1]["weight"], 10);
+}
+
+fn virtual_service(version: &str) -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "networking.istio.io",
+        version,
+        "VirtualService",
+    ))
+}
+
+/// Istio's own schema is in force: the API server refuses a VirtualService Istio's CRD refuses,
+/// in both served versions, and drops or refuses fields Istio does not define.
+#[tokio::test]
+async fn istios_schema_refuses_a_bad_virtual_service() {
+    let env = shared();
+    let client = env.client();
+    let ns = env.namespace("istio-schema").await;
+    let route = |weight: serde_json::Value| {
+        json!({"hosts": ["podinfo"], "http": [{"route": [
+            {"destination": {"host": "podinfo-primary"}, "weight": weight},
+        ]}]})
+    };
+    for version in ["v1", "v1beta1"] {
+        let ar = virtual_service(version);
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+
+        // A weight written as a string, as a hand-edited manifest might have it.
+        let mut vs = DynamicObject::new(&format!("string-weight-{version}"), &ar).within(&ns);
+        vs.data = json!({"spec": route(json!("90"))});
+        match api.create(&PostParams::default(), &vs).await {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!(s.code, 422, "{s:?}");
+                assert!(
+                    s.message.contains("spec.http[0].route[0].weight")
+                        && s.message.contains("integer"),
+                    "{}",
+                    s.message
+                );
+            }
+            other => panic!("{version}: a string weight was not refused: {other:?}"),
+        }
+
+        // A field Istio does not define: refused under strict field validation...
+        let name = format!("unknown-field-{version}");
+        let mut vs = DynamicObject::new(&name, &ar).within(&ns);
+        let mut spec = route(json!(100));
+        spec["trafficSplit"] = json!("90/10");
+        vs.data = json!({"spec": spec});
+        let strict = PatchParams::apply("serin-test").validation_strict();
+        match api.patch(&name, &strict, &Patch::Apply(&vs)).await {
+            Err(kube::Error::Api(s)) => {
+                assert!(
+                    s.message
+                        .contains(".spec.trafficSplit: field not declared in schema"),
+                    "{}",
+                    s.message
+                );
+            }
+            other => panic!("{version}: an unknown field was accepted: {other:?}"),
+        }
+        // ...and pruned from a plain create: the schema is structural, not open.
+        let stored = api.create(&PostParams::default(), &vs).await.unwrap();
+        assert!(
+            stored.data["spec"].get("trafficSplit").is_none(),
+            "{}",
+            stored.data
+        );
+        assert_eq!(stored.data["spec"]["http"][0]["route"][0]["weight"], 100);
+    }
 }
 
 #[tokio::test]
@@ -207,8 +280,11 @@ async fn unready_annotation_makes_the_progress_deadline_expire() {
         async move {
             let d = api.get("broken").await.map_err(|e| e.to_string())?;
             let conds = d.status.and_then(|s| s.conditions).unwrap_or_default();
-            match conds.iter().find(|c| c.type_ == "Progressing") {
-                Some(c) if c.status == "False" => Ok(c.reason.clone()),
+            match conds
+                .iter()
+                .find(|c| c.type_.as_deref() == Some("Progressing"))
+            {
+                Some(c) if c.status.as_deref() == Some("False") => Ok(c.reason.clone()),
                 other => Err(format!("{other:?}")),
             }
         }

@@ -1,8 +1,7 @@
 //! The binaries `serin-sandbox setup` left in the cache are the ones the sandbox needs: found by
-//! `locate()`, version v1.20.2, and an API server that survives writing and watching a custom
-//! resource (the vendored reflect2 1.0.1 crashed it there under Go ≥ 1.18) and accepts empty
-//! strings in one (the vendored kube-openapi called them null under Go ≥ 1.16). Needs the
-//! environment: fails, never skips, when setup has not run.
+//! `locate()`, reporting v1.37.2 (etcd 3.6.17), and an API server that stores, serves and
+//! watches a custom resource, empty strings included; Istio's CRD file is Istio's, with real
+//! schemas. Needs the environment: fails, never skips, when setup has not run.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests stop at a failed step, naming it
 
 use std::path::{Path, PathBuf};
@@ -29,8 +28,18 @@ fn version(binary: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+fn version_of(binary: &Path, args: &[&str]) -> String {
+    let out = Command::new(binary).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} {args:?}: {out:?}",
+        binary.display()
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[test]
-fn locate_finds_v1_20_2_binaries_in_the_cache() {
+fn locate_finds_v1_37_2_binaries_in_the_cache() {
     let b = located();
     let bin_dir = setup::kube_bin_dir(&setup::cache_dir());
     assert_eq!(b.kube_apiserver, bin_dir.join("kube-apiserver"));
@@ -38,12 +47,20 @@ fn locate_finds_v1_20_2_binaries_in_the_cache() {
         b.kube_controller_manager,
         bin_dir.join("kube-controller-manager")
     );
-    assert_eq!(version(&b.kube_apiserver), "Kubernetes v1.20.2");
-    assert_eq!(version(&b.kube_controller_manager), "Kubernetes v1.20.2");
-    let etcd = Command::new(&b.etcd).arg("--version").output().unwrap();
+    assert_eq!(b.kubectl, bin_dir.join("kubectl"));
+    assert_eq!(b.etcd, bin_dir.join("etcd"));
+    assert_eq!(serin_sandbox::kubectl(), b.kubectl);
+    assert_eq!(version(&b.kube_apiserver), "Kubernetes v1.37.2");
+    assert_eq!(version(&b.kube_controller_manager), "Kubernetes v1.37.2");
+    let kubectl = version_of(&b.kubectl, &["version", "--client"]);
     assert!(
-        String::from_utf8_lossy(&etcd.stdout).contains("etcd Version: 3.4"),
-        "{etcd:?}"
+        kubectl.lines().any(|l| l == "Client Version: v1.37.2"),
+        "{kubectl}"
+    );
+    let etcd = version(&b.etcd);
+    assert!(
+        etcd.lines().next() == Some("etcd Version: 3.6.17"),
+        "{etcd}"
     );
     // No half-built binary left behind by an interrupted build.
     let leftovers: Vec<String> = std::fs::read_dir(&bin_dir)
@@ -54,6 +71,51 @@ fn locate_finds_v1_20_2_binaries_in_the_cache() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let recipe = std::fs::read_to_string(bin_dir.join(setup::RECIPE_FILE)).unwrap();
     assert_eq!(recipe.trim_end(), setup::RECIPE);
+}
+
+/// The cached file is Istio's: the networking CRDs serve `v1` (stored) and `v1beta1`, as a
+/// current Istio installs them, each version with a real schema for `spec`.
+#[test]
+fn istios_crds_serve_v1_and_v1beta1_with_schemas() {
+    let b = located();
+    let crds = serin_sandbox::istio::crds(&b.istio_crds).unwrap();
+    assert!(crds.len() > 3, "{} CRDs", crds.len());
+    for name in serin_sandbox::istio::REQUIRED_CRDS {
+        let crd = crds
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing"));
+        let vs = &crd.spec.versions;
+        let served: Vec<&str> = vs
+            .iter()
+            .filter(|v| v.served)
+            .map(|v| v.name.as_str())
+            .collect();
+        assert!(
+            served.contains(&"v1") && served.contains(&"v1beta1"),
+            "{name}: {served:?}"
+        );
+        let storage: Vec<&str> = vs
+            .iter()
+            .filter(|v| v.storage)
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(storage, ["v1"], "{name}");
+        for v in &crd.spec.versions {
+            let spec = v
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .and_then(|s| s.properties.as_ref())
+                .and_then(|p| p.get("spec"))
+                .unwrap_or_else(|| panic!("{name} {}: no spec schema", v.name));
+            assert!(
+                spec.properties.as_ref().is_some_and(|p| !p.is_empty()),
+                "{name} {}: an open spec schema",
+                v.name
+            );
+        }
+    }
 }
 
 /// Kills its process on drop so that a failing assertion leaves nothing running.
@@ -173,6 +235,7 @@ async fn built_api_server_stores_and_serves_a_custom_resource() {
             .args([
                 "--authorization-mode=RBAC",
                 "--service-cluster-ip-range=10.0.0.0/24",
+                "--endpoint-reconciler-type=none",
             ]),
     );
 
@@ -202,7 +265,7 @@ async fn built_api_server_stores_and_serves_a_custom_resource() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let v: Value = get("/version".into()).await.unwrap().json().await.unwrap();
-    assert_eq!(v["gitVersion"], "v1.20.2");
+    assert_eq!(v["gitVersion"], "v1.37.2");
 
     let crd = json!({
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -278,8 +341,8 @@ async fn built_api_server_stores_and_serves_a_custom_resource() {
         "apiVersion": "test.serin.dev/v1",
         "kind": "Widget",
         "metadata": {"name": "w1", "labels": {"a": "1", "b": "2"}},
-        // Empty strings where the schema says `type: string`: a real 1.20 cluster accepts them,
-        // as Flagger's users' Canaries rely on (`metricsServer: ""`, condition `message: ""`).
+        // Empty strings where the schema says `type: string`: a real cluster accepts them, as
+        // Flagger's users' Canaries rely on (`metricsServer: ""`, condition `message: ""`).
         "spec": {
             "labels": {"x": "y", "z": "w", "blank": ""},
             "free": {"nested": {"k": [1, 2, 3]}},

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "serin",
     version,
+    propagate_version = true,
     about = "Progressive delivery for Kubernetes, Flagger-compatible, on Istio"
 )]
 struct Cli {
@@ -22,11 +23,15 @@ enum Command {
     Crds,
     /// Check Canary, MetricTemplate and AlertProvider manifests offline (schema and semantic checks).
     ///
-    /// Prints one line per problem on standard output (`FILE: Kind/name: field: message (hint)`)
-    /// and a summary of what was checked on standard error. Exit code 0 when at least one
-    /// Canary, MetricTemplate or AlertProvider was checked and none has a problem; 1 when there
-    /// is a problem (including a document that is not a Kubernetes object), when nothing at all
-    /// was checked (an empty file, /dev/null, only other kinds), or when a path cannot be read.
+    /// Prints one line per problem on standard output (`FILE: Kind/name: field: message (hint)`,
+    /// `FILE: Kind/name: warning: field: ...` for a warning) and a summary of what was checked
+    /// on standard error. A warning is a manifest Flagger runs and serin runs too, likely not as
+    /// meant (an ignored field, a step beyond maxWeight); an error is one the API server refuses
+    /// or the controller holds. Exit code 0 when at least one Canary, MetricTemplate or
+    /// AlertProvider was checked and none has a problem; 1 when there is an error (including a
+    /// document that is not a Kubernetes object), when nothing at all was checked (an empty file,
+    /// /dev/null, only other kinds), or when a path cannot be read; 3 when every problem is a
+    /// warning (2 stays the usage error of the argument parser).
     Validate {
         /// Files or directories to check; `-` reads standard input.
         #[arg(short = 'f', long = "filename", required = true)]
@@ -134,17 +139,26 @@ struct ControllerArgs {
     /// Watch only this namespace.
     #[arg(long)]
     namespace: Option<String>,
-    /// Canaries reconciled concurrently.
-    #[arg(long, default_value_t = 16)]
+    /// Canaries reconciled concurrently (Flagger: `-threadiness`).
+    #[arg(long, visible_alias = "threadiness", default_value_t = 16)]
     concurrency: u16,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: std::net::SocketAddr,
-    /// debug, info, warn or error.
+    /// Flagger's `-port`: the port of --listen.
+    #[arg(long)]
+    port: Option<u16>,
+    /// debug, info, warn (or warning) or error.
     #[arg(long, default_value = "info")]
     log_level: String,
     #[arg(long, value_enum, default_value = "text")]
     log_format: serin::telemetry::LogFormat,
+    /// The source component of the Events serin records (the FROM column of `kubectl describe`):
+    /// `flagger` for event filters and dashboards written for Flagger's Events.
+    #[arg(long, env = "EVENT_COMPONENT", default_value = "serin")]
+    event_component: String,
+    #[command(flatten)]
+    flagger: FlaggerArgs,
     /// Flagger's `-event-webhook`: every Event of a Canary that has no `event` webhook of its own
     /// is POSTed here with Flagger's event payload.
     #[arg(long, env = "EVENT_WEBHOOK_URL")]
@@ -157,6 +171,210 @@ struct ControllerArgs {
     /// Alerts: the global notifier and the cluster name (boxed: it is large).
     #[command(flatten)]
     alerts: Box<serin::alerts::GlobalArgs>,
+}
+
+/// Go's `strconv.ParseBool`, for Flagger's boolean flags (`-enable-leader-election=true`).
+fn parse_go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("invalid boolean value {s:?}")),
+    }
+}
+
+/// Flagger's controller flags (cmd/flagger/main.go, v1.44) that have no serin flag of the same
+/// name, so the Helm chart's `args` carry over. Flags serin shares with Flagger (`-kubeconfig`,
+/// `-metrics-server`, `-namespace`, `-log-level`, `-slack-*`, `-msteams-*`, `-event-webhook`,
+/// `-cluster-name`, `-threadiness`) are serin's own; single-dash spellings are accepted for all
+/// ([`go_style_args`]). Flags without meaning for serin are accepted with a warning.
+#[derive(clap::Args)]
+struct FlaggerArgs {
+    /// `-master`: the API server address, overriding the kubeconfig's.
+    #[arg(long, hide = true)]
+    master: Option<String>,
+    /// `-mesh-provider`: serin routes with Istio only.
+    #[arg(long, hide = true)]
+    mesh_provider: Option<String>,
+    /// `-selector-labels`: label keys (comma-separated, in order) the target's selector is
+    /// searched for (default app,name,app.kubernetes.io/name).
+    #[arg(long)]
+    selector_labels: Option<String>,
+    /// `-include-label-prefix`: target labels copied to the primary Deployment, by key prefix
+    /// (comma-separated; `*` = all; default none).
+    #[arg(long)]
+    include_label_prefix: Option<String>,
+    /// `-enable-config-tracking`: start a run when a referenced ConfigMap or Secret changes, and
+    /// give the primary `-primary` copies (default true).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    enable_config_tracking: Option<bool>,
+    /// `-enable-leader-election`: same as --leader-elect.
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    enable_leader_election: Option<bool>,
+    /// `-zap-encoding`: json or console (= --log-format json or text).
+    #[arg(long, hide = true)]
+    zap_encoding: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    zap_replace_globals: Option<bool>,
+    #[arg(long, hide = true)]
+    kubeconfig_qps: Option<String>,
+    #[arg(long, hide = true)]
+    kubeconfig_burst: Option<String>,
+    #[arg(long, hide = true)]
+    control_loop_interval: Option<String>,
+    #[arg(long, hide = true)]
+    ingress_annotations_prefix: Option<String>,
+    #[arg(long, hide = true)]
+    ingress_class: Option<String>,
+    #[arg(long, hide = true)]
+    kubeconfig_service_mesh: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    no_cross_namespace_refs: Option<bool>,
+}
+
+fn comma_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+impl FlaggerArgs {
+    /// Warnings for flags serin accepts but does not act on as Flagger does.
+    fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let ignored = |flag: &str, why: &str| {
+            format!("-{flag} is accepted for Flagger compatibility and ignored: {why}")
+        };
+        if let Some(p) = self.mesh_provider.as_deref()
+            && !p.is_empty()
+            && p != "istio"
+        {
+            out.push(format!(
+                "-mesh-provider={p}: serin routes with Istio only; Canaries are routed with Istio (a Canary whose spec.provider names another mesh is held)"
+            ));
+        }
+        for (flag, set, why) in [
+            (
+                "kubeconfig-qps",
+                self.kubeconfig_qps.is_some(),
+                "serin reads from watch caches and writes only on change",
+            ),
+            (
+                "kubeconfig-burst",
+                self.kubeconfig_burst.is_some(),
+                "serin reads from watch caches and writes only on change",
+            ),
+            (
+                "control-loop-interval",
+                self.control_loop_interval.is_some(),
+                "serin reconciles on changes and when a step is due",
+            ),
+            (
+                "ingress-annotations-prefix",
+                self.ingress_annotations_prefix.is_some(),
+                "serin does not route with NGINX",
+            ),
+            (
+                "ingress-class",
+                self.ingress_class.is_some(),
+                "serin does not route with Contour",
+            ),
+            (
+                "zap-replace-globals",
+                self.zap_replace_globals.is_some(),
+                "serin does not use zap",
+            ),
+        ] {
+            if set {
+                out.push(ignored(flag, why));
+            }
+        }
+        if self.kubeconfig_service_mesh.is_some() {
+            out.push(ignored(
+                "kubeconfig-service-mesh",
+                "serin writes the DestinationRules and the VirtualService to the cluster of --kubeconfig",
+            ));
+        }
+        if self.no_cross_namespace_refs == Some(true) {
+            out.push(ignored(
+                "no-cross-namespace-refs",
+                "serin still follows templateRef and providerRef into other namespaces",
+            ));
+        }
+        if let Some(e) = self.zap_encoding.as_deref()
+            && !matches!(e, "json" | "console")
+        {
+            out.push(format!(
+                "-zap-encoding={e}: not json or console; logging as --log-format says"
+            ));
+        }
+        out
+    }
+
+    fn workload_options(&self) -> serin::workload::WorkloadOptions {
+        let mut o = serin::workload::WorkloadOptions::default();
+        if let Some(s) = self.selector_labels.as_deref() {
+            let keys = comma_list(s);
+            if !keys.is_empty() {
+                o.selector_labels = keys;
+            }
+        }
+        if let Some(p) = self.include_label_prefix.as_deref() {
+            o.include_label_prefixes = comma_list(p);
+        }
+        if let Some(t) = self.enable_config_tracking {
+            o.config_tracking = t;
+        }
+        o
+    }
+}
+
+/// Subcommands whose flags may be written Go style, as Flagger's and flagger-loadtester's are.
+const GO_STYLE_SUBCOMMANDS: [&str; 2] = ["controller", "loadtester"];
+
+/// The arguments with Go's single-dash long flags (`-metrics-server=x`, `-threadiness 4`)
+/// spelled the clap way (`--metrics-server=x`), so the `args` of Flagger's Helm chart work
+/// unchanged; only after `controller` or `loadtester`, whose flags have no single-letter form.
+/// Invoked as `flagger` (a link named after Flagger's binary, the chart's `command`), serin is
+/// `serin controller`.
+fn go_style_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut args = args;
+    let as_flagger = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == "flagger");
+    if as_flagger {
+        args.insert(1, "controller".into());
+    }
+    let mut out = Vec::with_capacity(args.len());
+    let mut go_style = false;
+    let mut after_dashes = false;
+    for (i, arg) in args.into_iter().enumerate() {
+        let text = arg.to_str().unwrap_or_default();
+        if i > 0 && !go_style && GO_STYLE_SUBCOMMANDS.contains(&text) {
+            go_style = true;
+            out.push(arg);
+            continue;
+        }
+        if text == "--" {
+            after_dashes = true;
+        }
+        let name = text.split('=').next().unwrap_or_default();
+        let single_dash_long = name.len() > 2
+            && name.starts_with('-')
+            && !name.starts_with("--")
+            && name[1..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic());
+        if go_style && !after_dashes && single_dash_long {
+            out.push(format!("-{text}").into());
+        } else {
+            out.push(arg);
+        }
+    }
+    out
 }
 
 /// Leader election (several replicas, one writes).
@@ -175,7 +393,7 @@ struct LeaderArgs {
     #[arg(long, default_value = "2s", value_parser = serin::controller::leader::parse_duration)]
     leader_elect_retry_period: std::time::Duration,
     /// Namespace of the Lease; default: $POD_NAMESPACE, the pod's namespace, or `default`.
-    #[arg(long)]
+    #[arg(long, visible_alias = "leader-election-namespace")]
     leader_elect_namespace: Option<String>,
     /// Name of the Lease.
     #[arg(long, default_value = "serin-leader")]
@@ -238,6 +456,9 @@ struct LoadtesterArgs {
     log_level: String,
     #[arg(long, value_enum, default_value = "text")]
     log_format: serin::telemetry::LogFormat,
+    /// flagger-loadtester's `-zap-encoding`: json or console (= --log-format json or text).
+    #[arg(long, hide = true)]
+    zap_encoding: Option<String>,
 }
 
 async fn loadtester(args: LoadtesterArgs) -> anyhow::Result<()> {
@@ -289,6 +510,10 @@ async fn loadtester(args: LoadtesterArgs) -> anyhow::Result<()> {
 }
 // ---- end serin loadtester ----
 
+/// `serin validate`'s exit code when every problem is a warning: distinct from errors (1) and
+/// from the argument parser's usage error (2), so CI can let warnings pass on purpose.
+const VALIDATE_WARNINGS_ONLY: u8 = 3;
+
 fn plural(n: usize, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
@@ -298,7 +523,7 @@ fn plural(n: usize, what: &str) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(go_style_args(std::env::args_os().collect()));
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -328,18 +553,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "serin validate: {} checked in {}: {}",
                 plural(summary.objects, "object"),
                 plural(summary.files, "file"),
-                match (summary.problems, summary.objects) {
-                    (0, 0) => "nothing to check".to_string(),
-                    (0, _) => "no problems".to_string(),
-                    (n, _) => plural(n, "problem"),
+                match (summary.problems, summary.objects, summary.warnings) {
+                    (0, 0, _) => "nothing to check".to_string(),
+                    (0, _, _) => "no problems".to_string(),
+                    (n, _, 0) => plural(n, "problem"),
+                    (n, _, w) if w == n => format!("{} (all warnings)", plural(n, "problem")),
+                    (n, _, w) => format!(
+                        "{} ({}, {})",
+                        plural(n, "problem"),
+                        plural(n - w, "error"),
+                        plural(w, "warning")
+                    ),
                 }
             );
             // Nothing checked fails too: a CI step pointed at the wrong file must not pass.
-            Ok(if summary.problems == 0 && summary.objects > 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(
+                if summary.objects == 0 || summary.problems > summary.warnings {
+                    ExitCode::FAILURE
+                } else if summary.warnings > 0 {
+                    ExitCode::from(VALIDATE_WARNINGS_ONLY)
+                } else {
+                    ExitCode::SUCCESS
+                },
+            )
         }
         Command::Plan {
             files,
@@ -378,13 +614,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }))
         }
-        Command::Controller(args) => {
-            serin::telemetry::init_logging(&args.log_level, args.log_format);
+        Command::Controller(mut args) => {
+            // Flagger's level names: debug, info, warning, error.
+            let level = match args.log_level.as_str() {
+                "warning" => "warn".to_string(),
+                l => l.to_string(),
+            };
+            let format = match args.flagger.zap_encoding.as_deref() {
+                Some("json") => serin::telemetry::LogFormat::Json,
+                Some("console") => serin::telemetry::LogFormat::Text,
+                _ => args.log_format,
+            };
+            serin::telemetry::init_logging(&level, format);
+            for w in args.flagger.warnings() {
+                tracing::warn!("{w}");
+            }
+            if args.flagger.enable_leader_election == Some(true) {
+                args.leader.leader_elect = true;
+            }
+            if let Some(port) = args.port {
+                args.listen.set_port(port);
+            }
+            serin::workload::configure(args.flagger.workload_options());
+            serin::controller::events::set_component(&args.event_component);
             runtime()?.block_on(controller(*args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Loadtester(args) => {
-            serin::telemetry::init_logging(&args.log_level, args.log_format);
+            let format = match args.zap_encoding.as_deref() {
+                Some("json") => serin::telemetry::LogFormat::Json,
+                Some("console") => serin::telemetry::LogFormat::Text,
+                _ => args.log_format,
+            };
+            let level = if args.log_level == "warning" {
+                "warn"
+            } else {
+                &args.log_level
+            };
+            serin::telemetry::init_logging(level, format);
             runtime()?.block_on(loadtester(args))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -439,6 +706,12 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         }
         None => kube::Config::infer().await?,
     };
+    let mut config = config;
+    if let Some(master) = args.flagger.master.as_deref().filter(|m| !m.is_empty()) {
+        config.cluster_url = master
+            .parse()
+            .map_err(|e| anyhow::anyhow!("-master {master:?}: {e}"))?;
+    }
     let opts = serin::controller::Options {
         namespace: args.namespace,
         metrics_server: args.metrics_server,
@@ -477,4 +750,118 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        go_style_args(list.iter().map(|s| s.into()).collect())
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn go_style_flags_after_controller_and_loadtester_get_two_dashes() {
+        assert_eq!(
+            args(&[
+                "serin",
+                "controller",
+                "-metrics-server=http://p:9090",
+                "-threadiness",
+                "4",
+                "-n",
+                "--listen",
+                "x"
+            ]),
+            [
+                "serin",
+                "controller",
+                "--metrics-server=http://p:9090",
+                "--threadiness",
+                "4",
+                "-n",
+                "--listen",
+                "x"
+            ]
+        );
+        assert_eq!(
+            args(&["serin", "loadtester", "-port", "9090", "-zap-encoding=json"]),
+            [
+                "serin",
+                "loadtester",
+                "--port",
+                "9090",
+                "--zap-encoding=json"
+            ]
+        );
+        // Other subcommands keep their single-dash values (`--from -90m`).
+        assert_eq!(
+            args(&["serin", "backtest", "--from", "-90m"]),
+            ["serin", "backtest", "--from", "-90m"]
+        );
+        // Called as Flagger's binary, serin is its controller.
+        assert_eq!(
+            args(&["./flagger", "-log-level=info"]),
+            ["./flagger", "controller", "--log-level=info"]
+        );
+    }
+
+    #[test]
+    fn flaggers_chart_flags_parse() {
+        let cli = Cli::try_parse_from(go_style_args(
+            [
+                "serin",
+                "controller",
+                "-log-level=info",
+                "-mesh-provider=istio",
+                "-metrics-server=http://flagger-prometheus:9090",
+                "-selector-labels=app,name,app.kubernetes.io/name",
+                "-enable-config-tracking=false",
+                "-namespace=test",
+                "-slack-url=https://hooks",
+                "-slack-user=flagger",
+                "-slack-channel=general",
+                "-enable-leader-election=true",
+                "-leader-election-namespace=flagger-system",
+                "-include-label-prefix=app.kubernetes.io",
+                "-threadiness=2",
+                "-kubeconfig-qps=100",
+                "-kubeconfig-burst=250",
+                "-cluster-name=prod",
+                "-no-cross-namespace-refs=false",
+                "-port=9999",
+            ]
+            .iter()
+            .map(|s| s.into())
+            .collect(),
+        ))
+        .unwrap();
+        let Command::Controller(a) = cli.command else {
+            panic!("not the controller");
+        };
+        assert_eq!(a.metrics_server, "http://flagger-prometheus:9090");
+        assert_eq!(a.namespace.as_deref(), Some("test"));
+        assert_eq!(a.concurrency, 2);
+        assert_eq!(a.port, Some(9999));
+        assert_eq!(a.flagger.enable_leader_election, Some(true));
+        assert_eq!(
+            a.leader.leader_elect_namespace.as_deref(),
+            Some("flagger-system")
+        );
+        let w = a.flagger.workload_options();
+        assert!(!w.config_tracking);
+        assert_eq!(w.include_label_prefixes, ["app.kubernetes.io"]);
+        assert_eq!(w.selector_labels, ["app", "name", "app.kubernetes.io/name"]);
+        assert_eq!(
+            a.flagger.warnings(),
+            [
+                "-kubeconfig-qps is accepted for Flagger compatibility and ignored: serin reads from watch caches and writes only on change",
+                "-kubeconfig-burst is accepted for Flagger compatibility and ignored: serin reads from watch caches and writes only on change",
+            ]
+        );
+        assert_eq!(a.event_component, "serin");
+    }
 }

@@ -1,191 +1,192 @@
-//! Metrics judged against the primary (`analysis.metrics[].compare`), offline parts: the two
-//! queries, the range query that samples them, and the texts that explain a judgement. The
-//! statistics live in [`crate::rollout::compare`]; `serin plan` and `serin backtest` use this
-//! module now, the controller's analysis will call the same functions.
+//! Metrics judged against the primary (`analysis.metrics[].compare`) and the verdict on one
+//! metric at one analysis, shared by the controller, `serin backtest` and `serin plan`: the
+//! combination of the fixed range and the comparison, what no data means, and the texts and
+//! status that explain a judgement. The statistics live in [`crate::rollout::compare`]; the
+//! queries come from [`crate::metrics::resolve`] (the same resolution for all three). Pure.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_http_query::response::Data;
+use k8s_openapi::api::core::v1::Secret;
 
-use crate::api::{Canary, CanaryMetric, MetricTemplate, OnNoData, TargetRef};
-use crate::metrics::{self, Check, MetricKind, TemplateModel};
-use crate::rollout::compare::{Criteria, Direction, Judgement, Verdict};
+use crate::api::{MetricComparisonStatus, MetricTemplate, OnNoData};
+use crate::metrics::{self, Judged, Lookups, QueryOutcome, Resolved};
+use crate::rollout::compare::{Criteria, Direction, Judgement, Verdict, judge};
 
-/// The template model of a metric, as the controller builds it (Flagger's `MetricTemplateModel`).
-pub fn model(canary: &Canary, metric: &CanaryMetric) -> TemplateModel {
-    let spec = &canary.spec;
-    let target = spec.target_ref.name.clone();
-    let or_target = |r: &Option<TargetRef>| {
-        r.as_ref()
-            .map(|r| r.name.clone())
-            .unwrap_or_else(|| target.clone())
-    };
-    TemplateModel {
-        name: canary.metadata.name.clone().unwrap_or_default(),
-        namespace: canary
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        target: target.clone(),
-        service: spec.service.name.clone().unwrap_or_else(|| target.clone()),
-        ingress: or_target(&spec.ingress_ref),
-        route: or_target(&spec.route_ref),
-        interval: metric.interval().to_string(),
-        variables: metric.template_variables.clone(),
+pub use crate::metrics::prometheus::Sample;
+
+/// The MetricTemplates given to the CLI as files, as lookups for [`metrics::resolve`]. Secrets
+/// are not read offline: a template's `secretRef` resolves to an empty Secret (no credentials;
+/// the CLI names its Prometheus itself).
+pub struct TemplateFiles<'a>(pub &'a [MetricTemplate]);
+
+impl Lookups for TemplateFiles<'_> {
+    fn template(&self, namespace: &str, name: &str) -> Option<Arc<MetricTemplate>> {
+        self.0
+            .iter()
+            .find(|t| {
+                t.metadata.name.as_deref() == Some(name)
+                    && t.metadata.namespace.as_deref().unwrap_or(namespace) == namespace
+            })
+            .map(|t| Arc::new(t.clone()))
+    }
+
+    fn secret(&self, _namespace: &str, _name: &str) -> Option<Arc<Secret>> {
+        Some(Arc::new(Secret::default()))
     }
 }
 
-/// The model for the primary's side: `{{ target }}` names `<target>-primary`, the workload the
-/// built-in queries (and templates written like them) select with `destination_workload`.
-pub fn primary_model(model: &TemplateModel) -> TemplateModel {
-    TemplateModel {
-        target: format!("{}-primary", model.target),
-        ..model.clone()
-    }
-}
-
-/// A metric resolved offline: its check (rendered query and range) and, with `compare`, the
-/// primary's query.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OfflineMetric {
-    pub check: Check,
-    pub primary_query: Option<String>,
-    pub criteria: Option<Criteria>,
-    pub on_no_data: OnNoData,
-}
-
-/// Why a metric of the manifest cannot be resolved offline; each names the field and the fix,
-/// as the controller's `serin.dev/Valid` condition would.
-#[derive(Debug, thiserror::Error)]
-pub enum OfflineError {
-    #[error(
-        "{field}.templateRef: MetricTemplate {namespace}/{name} is not among the files; add it with -f"
-    )]
-    MissingTemplate {
-        field: String,
-        namespace: String,
-        name: String,
-    },
-    #[error("{field}: {}", crate::rollout::messages::NO_USABLE_METRIC)]
-    NoUsableMetric { field: String },
-    #[error("{place}: {source}")]
-    Render {
-        place: String,
-        source: metrics::RenderError,
-    },
-    #[error(
-        "{field}.compare: the query does not depend on {{{{ target }}}}, so the primary's query is the canary's; select the workload with {{{{ target }}}}"
-    )]
-    CompareWithoutTarget { field: String },
-}
-
-/// Resolves the `index`-th metric against the MetricTemplates at hand (files given to the CLI).
-/// `Err` names the field and the fix, as the controller's `serin.dev/Valid` condition would.
-pub fn resolve_offline(
-    canary: &Canary,
+/// Resolves the `index`-th metric of `canary` against MetricTemplates given as files, with the
+/// controller's resolution.
+pub fn resolve_files(
+    canary: &crate::api::Canary,
     index: usize,
-    metric: &CanaryMetric,
+    metric: &crate::api::CanaryMetric,
     templates: &[MetricTemplate],
-) -> Result<OfflineMetric, OfflineError> {
-    let m = model(canary, metric);
-    let ns = m.namespace.clone();
-    let field = format!("spec.analysis.metrics[{index}]");
-    let (kind, template): (MetricKind, String) = if let Some(tr) = &metric.template_ref {
-        let tns = tr.namespace_or(&ns).to_string();
-        let Some(t) = templates.iter().find(|t| {
-            t.metadata.name.as_deref() == Some(tr.name.as_str())
-                && t.metadata.namespace.as_deref().unwrap_or(&ns) == tns
-        }) else {
-            return Err(OfflineError::MissingTemplate {
-                field,
-                namespace: tns,
-                name: tr.name.clone(),
-            });
-        };
-        (MetricKind::Template, t.spec.query.clone())
-    } else if let Some(q) = &metric.query {
-        (MetricKind::Inline, q.clone())
-    } else {
-        let kind = match metric.name.as_str() {
-            metrics::REQUEST_SUCCESS_RATE => MetricKind::SuccessRate,
-            metrics::REQUEST_DURATION => MetricKind::Duration,
-            _ => {
-                return Err(OfflineError::NoUsableMetric { field });
-            }
-        };
-        let render =
-            |m: &TemplateModel| metrics::builtin_query(&metric.name, m).unwrap_or_default();
-        let check = Check::new(metric, kind, &render(&m));
-        let primary_query = metric.compare.as_ref().map(|_| render(&primary_model(&m)));
-        return Ok(OfflineMetric {
-            check,
-            primary_query,
-            criteria: metric.compare_criteria(),
-            on_no_data: metric.on_no_data(),
-        });
-    };
-    let place = match kind {
-        MetricKind::Template => "spec.query of the MetricTemplate".to_string(),
-        _ => format!("{field}.query"),
-    };
-    let rendered = metrics::render(&template, &m).map_err(|source| OfflineError::Render {
-        place: place.clone(),
-        source,
-    })?;
-    let check = Check::new(metric, kind, &rendered);
-    let primary_query = match &metric.compare {
-        Some(_) => {
-            let q = metrics::render(&template, &primary_model(&m))
-                .map_err(|source| OfflineError::Render { place, source })?;
-            let q = metrics::trim_query(&q);
-            if q == check.query {
-                return Err(OfflineError::CompareWithoutTarget { field });
-            }
-            Some(q)
-        }
-        None => None,
-    };
-    Ok(OfflineMetric {
-        check,
-        primary_query,
-        criteria: metric.compare_criteria(),
-        on_no_data: metric.on_no_data(),
-    })
+) -> Result<Resolved, metrics::ResolveError> {
+    metrics::resolve(canary, index, metric, "", &TemplateFiles(templates))
 }
 
-/// One sampled value: seconds since the epoch, value.
-pub type Sample = (f64, f64);
+/// Whether a metric needs its instant query: it has a fixed range, or nothing else to judge by.
+pub fn needs_instant(r: &Resolved) -> bool {
+    r.check.min.is_some() || r.check.max.is_some() || r.criteria.is_none()
+}
 
-/// Runs a range query and returns its samples. A query that returns several series is an error
-/// naming their count, as an instant query with several values is for Flagger; no series at all
-/// is an empty result (no data).
-pub async fn range_samples(
-    client: &prometheus_http_query::Client,
-    query: &str,
-    start: i64,
-    end: i64,
-    step: Duration,
-) -> Result<Vec<Sample>, String> {
-    let res = client
-        .query_range(query, start, end, step.as_secs_f64().max(0.001))
-        .get()
-        .await
-        .map_err(|e| e.to_string())?;
-    match res.data() {
-        Data::Matrix(series) => match series.as_slice() {
-            [] => Ok(Vec::new()),
-            [one] => Ok(one
-                .samples()
-                .iter()
-                .map(|s| (s.timestamp(), s.value()))
-                .collect()),
-            many => Err(format!(
-                "the query returned {} series; aggregate it to one (sum, max, histogram_quantile ... by (le))",
-                many.len()
-            )),
-        },
-        _ => Err("a range query returned no matrix".into()),
+/// What one metric gave at one analysis, before `onNoData`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Finding {
+    Pass,
+    /// A failed check: the text the Warning Event and the status carry.
+    Fail(String),
+    /// No values (or too few to compare): `onNoData` decides; the text says which side lacks them.
+    NoData(String),
+}
+
+/// One metric at one analysis: the value to show, the finding and, with `compare`, the
+/// judgement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    /// The instant query's value, else the canary's median over the comparison window.
+    pub value: Option<f64>,
+    /// The instant query's value (Flagger's `flagger_canary_metric_analysis`).
+    pub instant: Option<f64>,
+    pub finding: Finding,
+    pub judgement: Option<Judgement>,
+}
+
+/// The canary's and the primary's values over the comparison window, or why they could not be
+/// fetched (the query's error).
+pub type Compared = Result<(Vec<f64>, Vec<f64>), String>;
+
+/// The text of a query Prometheus refused: the metric, Prometheus' words, the fix.
+pub fn refused_text(index: usize, metric: &str, err: &str) -> String {
+    format!(
+        "spec.analysis.metrics[{index}] ({metric}): Prometheus refused the query: {err}; fix the query"
+    )
+}
+
+/// Judges the `index`-th metric: the fixed range on `instant` (when [`needs_instant`]), then the
+/// comparison on `compared` (the canary's and the primary's values over the window, or the
+/// error of fetching them). `canary` and `target` are `name.namespace`. The first failure wins;
+/// a refused or failed query is a failed check (Flagger's behaviour), not a hold.
+pub fn evaluate(
+    r: &Resolved,
+    index: usize,
+    instant: Option<&QueryOutcome>,
+    compared: Option<Compared>,
+    canary: &str,
+    target: &str,
+) -> Evaluation {
+    let check = &r.check;
+    let mut out = Evaluation {
+        value: None,
+        instant: None,
+        finding: Finding::Pass,
+        judgement: None,
+    };
+    let mut no_data = None;
+    if let Some(outcome) = instant {
+        if let QueryOutcome::Value(v) = outcome {
+            out.value = Some(*v);
+            out.instant = Some(*v);
+        }
+        match metrics::judge(check, outcome, canary, target) {
+            Ok(()) => {}
+            Err(Judged::QueryRefused(e)) => {
+                out.finding = Finding::Fail(refused_text(index, &check.name, &e));
+                return out;
+            }
+            Err(Judged::Failed(f)) if *outcome == QueryOutcome::NoValues => no_data = Some(f.0),
+            Err(Judged::Failed(f)) => {
+                out.finding = Finding::Fail(f.0);
+                return out;
+            }
+        }
+    }
+    if let (Some(c), Some(compared)) = (&r.criteria, compared) {
+        let (cv, pv) = match compared {
+            Ok(values) => values,
+            Err(e) if e.starts_with("bad_data") => {
+                out.finding = Finding::Fail(refused_text(index, &check.name, &e));
+                return out;
+            }
+            Err(e) => {
+                out.finding = Finding::Fail(metrics::error_text(check, &e));
+                return out;
+            }
+        };
+        let j = judge(&cv, &pv, c);
+        if out.value.is_none() {
+            out.value = j.canary.median;
+        }
+        match j.verdict {
+            Verdict::Pass => {}
+            Verdict::Fail => out.finding = Finding::Fail(halt_text(canary, &check.name, &j, c)),
+            Verdict::NotEnoughData => {
+                no_data.get_or_insert_with(|| not_enough_data_text(&check.name, &j, c));
+            }
+        }
+        out.judgement = Some(j);
+        if matches!(out.finding, Finding::Fail(_)) {
+            return out;
+        }
+    }
+    if let Some(text) = no_data {
+        out.finding = Finding::NoData(text);
+    }
+    out
+}
+
+/// The status line of a comparison.
+pub fn comparison_status(j: &Judgement, c: &Criteria) -> MetricComparisonStatus {
+    MetricComparisonStatus {
+        canary: j.canary.median,
+        primary: j.primary.median,
+        canary_samples: j.canary.count.min(u32::MAX as usize) as u32,
+        primary_samples: j.primary.count.min(u32::MAX as usize) as u32,
+        degradation_percent: j.degradation_percent.filter(|v| v.is_finite()),
+        allowed: j.allowed,
+        p_value: (j.verdict != Verdict::NotEnoughData).then_some(j.p_value),
+        alpha: c.alpha,
+        result: verdict_str(j.verdict).to_string(),
+    }
+}
+
+pub fn verdict_str(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Pass => "pass",
+        Verdict::Fail => "fail",
+        Verdict::NotEnoughData => "notEnoughData",
+    }
+}
+
+/// What `onNoData` makes of a finding without data: `Some(Ok)` pass, `Some(Err)` fail with the
+/// text, `None` hold.
+pub fn on_no_data(policy: OnNoData, text: &str) -> Option<Result<(), String>> {
+    match policy {
+        OnNoData::Fail => Some(Err(text.to_string())),
+        OnNoData::Pass => Some(Ok(())),
+        OnNoData::Hold => None,
     }
 }
 
@@ -270,7 +271,9 @@ pub fn not_enough_data_text(metric: &str, j: &Judgement, c: &Criteria) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{CanarySpec, MetricComparison, MetricTemplateSpec};
+    use crate::api::{
+        Canary, CanaryMetric, CanarySpec, MetricComparison, MetricTemplateSpec, TargetRef,
+    };
 
     fn canary(metrics: Vec<CanaryMetric>) -> Canary {
         let mut c = Canary::new(
@@ -300,7 +303,7 @@ mod tests {
             ..Default::default()
         };
         let c = canary(vec![m.clone()]);
-        let r = resolve_offline(&c, 0, &m, &[]).unwrap();
+        let r = resolve_files(&c, 0, &m, &[]).unwrap();
         assert!(r.check.query.contains(r#"destination_workload=~"podinfo""#));
         let pq = r.primary_query.unwrap();
         assert!(
@@ -326,7 +329,7 @@ mod tests {
             compare: Some(MetricComparison::default()),
             ..Default::default()
         };
-        let r = resolve_offline(&c, 0, &m, std::slice::from_ref(&t)).unwrap();
+        let r = resolve_files(&c, 0, &m, std::slice::from_ref(&t)).unwrap();
         assert_eq!(
             r.check.query,
             r#"sum(rate(errs{workload="podinfo",ns="test"}[1m]))"#
@@ -335,12 +338,129 @@ mod tests {
             r.primary_query.as_deref(),
             Some(r#"sum(rate(errs{workload="podinfo-primary",ns="test"}[1m]))"#)
         );
-        let e = resolve_offline(&c, 0, &m, &[]).unwrap_err().to_string();
+        let e = resolve_files(&c, 0, &m, &[]).unwrap_err().to_string();
         assert!(e.contains("MetricTemplate test/errors"), "{e}");
 
         t.spec.query = "sum(rate(errs[1m]))".into();
-        let e = resolve_offline(&c, 0, &m, &[t]).unwrap_err().to_string();
+        let e = resolve_files(&c, 0, &m, &[t]).unwrap_err().to_string();
         assert!(e.contains("spec.analysis.metrics[0].compare"), "{e}");
+    }
+
+    fn compared(m: CanaryMetric) -> Resolved {
+        let c = canary(vec![m.clone()]);
+        resolve_files(&c, 0, &m, &[]).unwrap()
+    }
+
+    #[test]
+    fn evaluation_combines_the_range_and_the_comparison() {
+        let m = CanaryMetric {
+            name: "request-duration".into(),
+            threshold_range: Some(crate::api::CanaryThresholdRange {
+                min: None,
+                max: Some(1000.0),
+            }),
+            compare: Some(MetricComparison {
+                min_samples: Some(5),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let r = compared(m);
+        assert!(needs_instant(&r));
+        let same = || Ok((vec![100.0; 10], vec![100.0; 10]));
+        let twice = || {
+            Ok((
+                (0..10).map(|i| 200.0 + i as f64).collect(),
+                (0..10).map(|i| 100.0 + i as f64).collect(),
+            ))
+        };
+        let e = evaluate(
+            &r,
+            0,
+            Some(&QueryOutcome::Value(150.0)),
+            Some(same()),
+            "c.t",
+            "p.t",
+        );
+        assert_eq!(e.finding, Finding::Pass);
+        assert_eq!(e.value, Some(150.0));
+        let e = evaluate(
+            &r,
+            0,
+            Some(&QueryOutcome::Value(200.0)),
+            Some(twice()),
+            "c.t",
+            "p.t",
+        );
+        let Finding::Fail(text) = &e.finding else {
+            panic!("{e:?}")
+        };
+        assert!(text.contains("worse than the primary"), "{text}");
+        let s = comparison_status(e.judgement.as_ref().unwrap(), r.criteria.as_ref().unwrap());
+        assert_eq!(s.result, "fail");
+        assert_eq!((s.canary_samples, s.primary_samples), (10, 10));
+        assert!(s.p_value.unwrap() < s.alpha);
+        assert!((s.allowed - 10.45).abs() < 1e-9, "10 % of the median 104.5");
+
+        // Out of range first: the comparison is not needed.
+        let e = evaluate(
+            &r,
+            0,
+            Some(&QueryOutcome::Value(2000.0)),
+            Some(same()),
+            "c.t",
+            "p.t",
+        );
+        assert!(
+            matches!(e.finding, Finding::Fail(ref t) if t.contains("2s > 1s")),
+            "{e:?}"
+        );
+        assert_eq!(e.judgement, None);
+
+        // No values on the canary side: no data, whatever the range said.
+        let e = evaluate(
+            &r,
+            0,
+            Some(&QueryOutcome::NoValues),
+            Some(Ok((vec![], vec![100.0; 10]))),
+            "c.t",
+            "p.t",
+        );
+        assert!(matches!(e.finding, Finding::NoData(_)), "{e:?}");
+        // A query Prometheus refuses, or one that fails, is a failed check.
+        let e = evaluate(
+            &r,
+            2,
+            None,
+            Some(Err("bad_data: parse error".into())),
+            "c.t",
+            "p.t",
+        );
+        assert!(
+            matches!(e.finding, Finding::Fail(ref t) if t.starts_with("spec.analysis.metrics[2] (request-duration): Prometheus refused the query")),
+            "{e:?}"
+        );
+        let e = evaluate(
+            &r,
+            0,
+            Some(&QueryOutcome::Error("bad_data: x".into())),
+            None,
+            "c.t",
+            "p.t",
+        );
+        assert!(matches!(e.finding, Finding::Fail(_)), "{e:?}");
+        let e = evaluate(&r, 0, None, Some(Err("timeout".into())), "c.t", "p.t");
+        assert!(
+            matches!(e.finding, Finding::Fail(ref t) if t.contains("timeout")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn no_data_policies() {
+        assert_eq!(on_no_data(OnNoData::Fail, "x"), Some(Err("x".into())));
+        assert_eq!(on_no_data(OnNoData::Pass, "x"), Some(Ok(())));
+        assert_eq!(on_no_data(OnNoData::Hold, "x"), None);
     }
 
     #[test]

@@ -15,7 +15,9 @@ use crate::api::istio_resources::{
     L4MatchAttributes, Percent, PortSelector, RouteDestination, TCPRoute, VirtualService,
     VirtualServiceSpec,
 };
-use crate::api::{Canary, CanaryStatus, CustomMetadata, SameSite, SessionAffinity, Strategy};
+use crate::api::{
+    Canary, CanaryService, CanaryStatus, CustomMetadata, SameSite, SessionAffinity, Strategy,
+};
 use crate::rollout::{self, Phase, Progress, Routes};
 use crate::workload::SelectorLabel;
 
@@ -93,7 +95,8 @@ impl RouterInputs<'_> {
 }
 
 /// The three Services: `<apex>-canary` (the target's pods), `<apex>-primary` and `<apex>` (both
-/// the primary's pods). Every port carries `protocol: TCP` (required by server-side apply on 1.20).
+/// the primary's pods). Every port carries `protocol: TCP`: with the port it keys the ports
+/// list under server-side apply, so it is spelled out rather than left to the default.
 pub fn desired_services(inp: &RouterInputs<'_>) -> Vec<Service> {
     let svc = &inp.canary.spec.service;
     let apex = inp.apex();
@@ -205,8 +208,12 @@ fn istio_match(m: &HTTPMatchRequest) -> HTTPMatchRequest {
     m
 }
 
-/// A/B matches: every analysis match combined with every service match, the headers, query
-/// parameters and source labels coming from the analysis match (Flagger's `mergeMatchConditions`).
+/// A/B matches: every analysis match combined with every service match (Flagger's
+/// `mergeMatchConditions`). What the analysis match sets replaces the service match's
+/// headers and source labels; what it leaves out keeps the service match's, so an analysis
+/// match on source labels alone still carries the service's header conditions. Query parameters
+/// are merged the same way, where Flagger drops the analysis match's (it would send every request
+/// of the service match to the canary).
 pub fn ab_matches(
     analysis: &[HTTPMatchRequest],
     service: &[HTTPMatchRequest],
@@ -218,13 +225,27 @@ pub fn ab_matches(
     for a in analysis {
         for s in service {
             let mut m = s.clone();
-            m.headers = a.headers.clone();
-            m.query_params = a.query_params.clone();
-            m.source_labels = a.source_labels.clone();
+            if !a.headers.is_empty() {
+                m.headers = a.headers.clone();
+            }
+            if !a.query_params.is_empty() {
+                m.query_params = a.query_params.clone();
+            }
+            if !a.source_labels.is_empty() {
+                m.source_labels = a.source_labels.clone();
+            }
             out.push(istio_match(&m));
         }
     }
     out
+}
+
+/// Whether the Services carry TCP and the VirtualService routes it with a `tcp:` route:
+/// `service.appProtocol` is `tcp` in any case, as Flagger's `isTcp` reads it.
+pub fn is_tcp(svc: &CanaryService) -> bool {
+    svc.app_protocol
+        .as_deref()
+        .is_some_and(|p| p.eq_ignore_ascii_case("tcp"))
 }
 
 /// The VirtualService `<apex>` with the given routes, its session-affinity rules built from the
@@ -292,12 +313,18 @@ pub fn desired_virtual_service_with_affinity(
     ];
 
     let mut spec = VirtualServiceSpec::default();
-    if svc.app_protocol.as_deref() == Some("tcp") {
+    if is_tcp(svc) {
+        // One L4 match per service match, on its port (Flagger's `canaryToL4Match`): without
+        // service matches the route takes every port of the hosts.
         spec.tcp = vec![TCPRoute {
-            match_: vec![L4MatchAttributes {
-                port: u32::try_from(svc.port).ok(),
-                ..Default::default()
-            }],
+            match_: svc
+                .match_
+                .iter()
+                .map(|m| L4MatchAttributes {
+                    port: m.port.filter(|p| *p > 0),
+                    ..Default::default()
+                })
+                .collect(),
             route: weighted
                 .into_iter()
                 .map(|d| RouteDestination {
@@ -324,10 +351,14 @@ pub fn desired_virtual_service_with_affinity(
         };
         let service_matches: Vec<HTTPMatchRequest> = svc.match_.iter().map(istio_match).collect();
         let analysis = canary.spec.analysis();
+        // Flagger writes the A/B routes whenever `analysis.match` is set, also for a
+        // progressive canary (match without iterations): the matched requests are then split
+        // by weight and the others stay on the primary. Those routes replace the sticky ones.
+        let ab = analysis.is_some_and(|a| !a.match_.is_empty());
         let affinity = analysis
             .and_then(|a| a.session_affinity.as_ref())
-            .filter(|_| canary.spec.strategy() == Strategy::Canary);
-        let mut http = if canary.spec.strategy() == Strategy::ABTesting {
+            .filter(|_| canary.spec.strategy() == Strategy::Canary && !ab);
+        let mut http = if ab {
             let matches = ab_matches(
                 analysis.map(|a| a.match_.as_slice()).unwrap_or_default(),
                 &svc.match_,
@@ -643,6 +674,100 @@ fn set_cookie_headers(value: &str) -> Headers {
     }
 }
 
+// ---- applying the desired state whole ----
+
+/// Whether `actual` still holds a field that `manager`'s last server-side apply set and that
+/// `desired` no longer says, or says differently inside a list or map the API server treats as
+/// one value (Istio's `http`, `tcp`, ...). A field-by-field subset test misses both: a removed
+/// `trafficPolicy`, a removed `timeout` inside the VirtualService's route, so the apply that
+/// would remove them never ran (issue 13). Applying then removes exactly what serin stopped
+/// saying, and nothing another manager owns.
+///
+/// The ownership comes from `metadata.managedFields` (`fieldsV1`) of the cached object; without
+/// it nothing counts as dropped.
+pub fn drops_owned_fields(desired: &Value, actual: &Value, manager: &str) -> bool {
+    let Some(entries) = actual
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+    else {
+        return false;
+    };
+    entries
+        .iter()
+        .filter(|e| {
+            e.get("manager").and_then(Value::as_str) == Some(manager)
+                && e.get("operation").and_then(Value::as_str) == Some("Apply")
+                && e.get("subresource").is_none_or(|s| s.as_str() == Some(""))
+        })
+        .filter_map(|e| e.get("fieldsV1").and_then(Value::as_object))
+        .any(|fields| owned_differs(fields, desired, actual))
+}
+
+fn owned_differs(fields: &serde_json::Map<String, Value>, desired: &Value, actual: &Value) -> bool {
+    fields.iter().any(|(key, sub)| {
+        let sub = sub.as_object();
+        let leaf = sub.is_none_or(|m| m.is_empty() || (m.len() == 1 && m.contains_key(".")));
+        if let Some(name) = key.strip_prefix("f:") {
+            let d = desired.get(name).filter(|v| !v.is_null());
+            let a = actual.get(name).filter(|v| !v.is_null());
+            match (d, a, sub) {
+                (None, _, _) => true,
+                (Some(_), None, _) => true,
+                (Some(d), Some(a), _) if leaf => !json_eq(d, a),
+                (Some(d), Some(a), Some(sub)) => owned_differs(sub, d, a),
+                (Some(d), Some(a), None) => !json_eq(d, a),
+            }
+        } else if let Some(item_key) = key.strip_prefix("k:") {
+            let Ok(Value::Object(item_key)) = serde_json::from_str::<Value>(item_key) else {
+                return false;
+            };
+            let find = |list: &Value| -> Option<Value> {
+                list.as_array()?
+                    .iter()
+                    .find(|item| {
+                        item_key
+                            .iter()
+                            .all(|(k, v)| item.get(k).is_some_and(|iv| json_eq(iv, v)))
+                    })
+                    .cloned()
+            };
+            match (find(desired), find(actual), sub) {
+                (None, _, _) | (Some(_), None, _) => true,
+                (Some(d), Some(a), Some(sub)) if !leaf => owned_differs(sub, &d, &a),
+                _ => false,
+            }
+        } else if let Some(v) = key.strip_prefix("v:") {
+            let Ok(v) = serde_json::from_str::<Value>(v) else {
+                return false;
+            };
+            !desired
+                .as_array()
+                .is_some_and(|items| items.iter().any(|i| json_eq(i, &v)))
+        } else {
+            false
+        }
+    })
+}
+
+/// JSON equality with numbers compared by value (`1` and `1.0` are the same to the API server).
+fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_eq(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            let present =
+                |m: &serde_json::Map<String, Value>| m.values().filter(|v| !v.is_null()).count();
+            present(x) == present(y)
+                && x.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -661,17 +786,50 @@ pub fn controlled_by(meta: &ObjectMeta, canary_uid: Option<&str>) -> bool {
         .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == canary_uid)
 }
 
-/// The Service to apply over `existing`: over a Service the user made, serin takes selector and
-/// ports but never ownership, so that deleting the Canary does not delete it.
+/// The Service to apply over `existing`. Over a Service the user made (an apex Service that
+/// existed before the Canary), serin takes the selector and the ports and nothing else, as
+/// Flagger's Service update does: no ownership (deleting the Canary must not delete it), none of
+/// serin's labels or annotations, and no `type`, `clusterIP` or `trafficDistribution`, so a
+/// NodePort or LoadBalancer Service keeps its type; its node ports are kept by port name.
 pub fn taken_over_service(
-    mut desired: Service,
-    existing: Option<&ObjectMeta>,
+    desired: Service,
+    existing: Option<&Service>,
     canary_uid: Option<&str>,
 ) -> Service {
-    if existing.is_some_and(|m| !controlled_by(m, canary_uid)) {
-        desired.metadata.owner_references = None;
+    let Some(existing) = existing.filter(|e| !controlled_by(&e.metadata, canary_uid)) else {
+        return desired;
+    };
+    let spec = desired.spec.unwrap_or_default();
+    let node_ports: BTreeMap<String, i32> = existing
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .filter_map(|p| Some((p.name.clone()?, p.node_port.filter(|n| *n > 0)?)))
+        .collect();
+    let ports = spec.ports.map(|ports| {
+        ports
+            .into_iter()
+            .map(|mut p| {
+                if let Some(n) = p.name.as_ref().and_then(|n| node_ports.get(n)) {
+                    p.node_port = Some(*n);
+                }
+                p
+            })
+            .collect()
+    });
+    Service {
+        metadata: ObjectMeta {
+            name: desired.metadata.name,
+            namespace: desired.metadata.namespace,
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: spec.selector,
+            ports,
+            ..Default::default()
+        }),
+        status: None,
     }
-    desired
 }
 
 /// The VirtualService to apply over `existing`. Over one the user made serin takes no

@@ -85,6 +85,15 @@ pub struct MetricLabels {
     pub metric: String,
 }
 
+/// A metric check's value on one side of a comparison (`side`: canary or primary).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MetricSideLabels {
+    pub name: String,
+    pub namespace: String,
+    pub metric: String,
+    pub side: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub name: String,
@@ -135,6 +144,53 @@ pub struct AlertDeliveryLabels {
 }
 // ---- end alerts ----
 
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// The numbers of the last check of each metric (`status["serin.dev/metrics"]` as metrics).
+pub struct MetricCheckMetrics {
+    /// The canary's value (the instant query's, else its median over the comparison window)
+    /// and, with `compare`, the primary's median.
+    pub value: Family<MetricSideLabels, FloatGauge>,
+    /// 0 passed, 1 no data, 2 failed (as `flagger_canary_status`: 0 is the good state).
+    pub result: Family<MetricLabels, Gauge>,
+    /// With `compare`: how much worse than the primary the canary may be, in the metric's unit.
+    pub allowed: Family<MetricLabels, FloatGauge>,
+    /// With `compare`: the one-sided p-value of "worse by more than allowed".
+    pub p_value: Family<MetricLabels, FloatGauge>,
+}
+
+impl MetricCheckMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = MetricCheckMetrics {
+            value: Family::default(),
+            result: Family::default(),
+            allowed: Family::default(),
+            p_value: Family::default(),
+        };
+        registry.register(
+            "serin_canary_metric_value",
+            "Last value of a metric check: the canary's and, when compared, the primary's",
+            m.value.clone(),
+        );
+        registry.register(
+            "serin_canary_metric_result",
+            "Last result of a metric check (0 passed, 1 no data, 2 failed)",
+            m.result.clone(),
+        );
+        registry.register(
+            "serin_canary_metric_allowed_degradation",
+            "How much worse than the primary the canary may be, in the metric's unit",
+            m.allowed.clone(),
+        );
+        registry.register(
+            "serin_canary_metric_p_value",
+            "One-sided p-value of the canary being worse than the primary by more than allowed",
+            m.p_value.clone(),
+        );
+        m
+    }
+}
+
 /// Flagger's metrics plus serin's own.
 pub struct Metrics {
     registry: Registry,
@@ -143,6 +199,8 @@ pub struct Metrics {
     pub canary_weight: Family<WorkloadNs, Gauge>,
     pub canary_duration: Family<NameNs, Histogram>,
     pub metric_analysis: Family<MetricLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// serin's: what a person needs to see why a metric check went the way it did.
+    pub metric_checks: MetricCheckMetrics,
     pub successes: Family<OutcomeLabels, Counter>,
     pub failures: Family<OutcomeLabels, Counter>,
     pub reconcile_duration: Histogram,
@@ -209,6 +267,7 @@ impl Metrics {
             "Last canary analysis result per metric",
             metric_analysis.clone(),
         );
+        let metric_checks = MetricCheckMetrics::register(&mut registry);
         let successes = Family::<OutcomeLabels, Counter>::default();
         // prometheus-client appends `_total` to counters.
         registry.register(
@@ -253,6 +312,7 @@ impl Metrics {
             canary_weight,
             canary_duration,
             metric_analysis,
+            metric_checks,
             successes,
             failures,
             reconcile_duration,

@@ -26,8 +26,57 @@ pub const REVISION_ANNOTATION: &str = "serin.dev/revision";
 /// Annotation that opts a ConfigMap or Secret out of tracking (Flagger's name, prefix "disable").
 pub const CONFIG_TRACKING_ANNOTATION: &str = "flagger.app/config-tracking";
 
-/// Label keys looked for, in order, in the target's selector (Flagger's `-selector-labels`).
+/// Label keys looked for, in order, in the target's selector (Flagger's `-selector-labels`
+/// default).
 pub const SELECTOR_LABELS: [&str; 3] = ["app", "name", "app.kubernetes.io/name"];
+
+/// The controller's process-wide workload options, Flagger's flags of the same names. Set once
+/// at start ([`configure`]); a process runs one controller, so they need no plumbing through
+/// every call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadOptions {
+    /// `-selector-labels`: label keys looked for, in order, in the target's selector.
+    pub selector_labels: Vec<String>,
+    /// `-include-label-prefix`: target labels copied to the primary Deployment (`*` = all;
+    /// empty = none, Flagger's default).
+    pub include_label_prefixes: Vec<String>,
+    /// `-enable-config-tracking`: ConfigMaps and Secrets of the pod spec start runs and get
+    /// `-primary` copies.
+    pub config_tracking: bool,
+}
+
+impl Default for WorkloadOptions {
+    fn default() -> Self {
+        WorkloadOptions {
+            selector_labels: SELECTOR_LABELS.iter().map(|s| s.to_string()).collect(),
+            include_label_prefixes: Vec::new(),
+            config_tracking: true,
+        }
+    }
+}
+
+static OPTIONS: std::sync::OnceLock<WorkloadOptions> = std::sync::OnceLock::new();
+
+/// Sets the options for this process; the first call wins (false when they were set already).
+pub fn configure(options: WorkloadOptions) -> bool {
+    OPTIONS.set(options).is_ok()
+}
+
+pub fn options() -> &'static WorkloadOptions {
+    static DEFAULT: std::sync::OnceLock<WorkloadOptions> = std::sync::OnceLock::new();
+    OPTIONS
+        .get()
+        .unwrap_or_else(|| DEFAULT.get_or_init(WorkloadOptions::default))
+}
+
+/// Flagger's `includeLabelsByPrefix`: keys with a listed prefix (all with `*`), never Flux's
+/// `toolkit.fluxcd.io` ones.
+pub fn include_label(key: &str, prefixes: &[String]) -> bool {
+    !key.contains("toolkit.fluxcd.io")
+        && prefixes
+            .iter()
+            .any(|p| p == "*" || (!p.is_empty() && key.starts_with(p.as_str())))
+}
 
 /// The revision of a pod template: `sha256:` and the first 16 hex digits of its canonical JSON.
 pub fn revision_hash(template: &PodTemplateSpec) -> String {
@@ -59,7 +108,7 @@ pub struct SelectorLabel {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
     "deployment {deployment} spec.selector.matchLabels must contain one of [{}]",
-    SELECTOR_LABELS.join(", ")
+    options().selector_labels.join(", ")
 )]
 pub struct NoSelectorLabel {
     pub deployment: String,
@@ -67,11 +116,8 @@ pub struct NoSelectorLabel {
 
 /// Finds the selector label as Flagger does; the error names the field and the accepted keys.
 pub fn selector_label(target: &Deployment) -> Result<SelectorLabel, NoSelectorLabel> {
-    let labels = target
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.as_ref());
-    for key in SELECTOR_LABELS {
+    let labels = target.spec.selector.match_labels.as_ref();
+    for key in &options().selector_labels {
         if let Some(value) = labels.and_then(|l| l.get(key)) {
             return Ok(SelectorLabel {
                 key: key.to_string(),
@@ -214,6 +260,9 @@ pub fn tracked_configs(
     get_cm: impl Fn(&str) -> Option<ConfigMap>,
     get_secret: impl Fn(&str) -> Option<Secret>,
 ) -> Result<ConfigChecksums, MissingConfig> {
+    if !options().config_tracking {
+        return Ok(BTreeMap::new());
+    }
     let refs = config_refs(spec);
     let mut out = BTreeMap::new();
     for (name, optional) in &refs.config_maps {
@@ -381,7 +430,7 @@ pub fn desired_primary(inp: &PrimaryInputs<'_>) -> Deployment {
     let target = inp.target;
     let name = format!("{}-primary", target.metadata.name.as_deref().unwrap_or(""));
     let primary_value = format!("{}-primary", inp.selector.value);
-    let spec = target.spec.clone().unwrap_or_default();
+    let spec = target.spec.clone();
     let mut template = spec.template.clone();
 
     let mut pod_labels = template
@@ -413,7 +462,15 @@ pub fn desired_primary(inp: &PrimaryInputs<'_>) -> Deployment {
     annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     annotations.remove("deployment.kubernetes.io/revision");
     annotations.insert(REVISION_ANNOTATION.into(), inp.revision.to_string());
-    let mut labels = BTreeMap::new();
+    let prefixes = &options().include_label_prefixes;
+    let mut labels: BTreeMap<String, String> = target
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| include_label(k, prefixes))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     labels.insert(inp.selector.key.clone(), primary_value.clone());
 
     Deployment {
@@ -425,7 +482,7 @@ pub fn desired_primary(inp: &PrimaryInputs<'_>) -> Deployment {
             owner_references: Some(vec![inp.owner.clone()]),
             ..Default::default()
         },
-        spec: Some(DeploymentSpec {
+        spec: DeploymentSpec {
             replicas: inp.replicas,
             selector: LabelSelector {
                 match_labels: Some(BTreeMap::from([(inp.selector.key.clone(), primary_value)])),
@@ -437,7 +494,7 @@ pub fn desired_primary(inp: &PrimaryInputs<'_>) -> Deployment {
             revision_history_limit: spec.revision_history_limit,
             strategy: spec.strategy,
             paused: None,
-        }),
+        },
         status: None,
     }
 }
@@ -494,14 +551,15 @@ pub fn readiness(d: &Deployment, threshold: i32) -> Readiness {
         );
     }
     let deadline = status.conditions.iter().flatten().any(|c| {
-        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        c.type_.as_deref() == Some("Progressing")
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
     });
     if deadline {
         return Readiness::Failed(format!(
             "deployment {name:?} exceeded its progress deadline"
         ));
     }
-    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let desired = d.spec.replicas.unwrap_or(1);
     let updated = status.updated_replicas.unwrap_or(0);
     let replicas = status.replicas.unwrap_or(0);
     let available = status.available_replicas.unwrap_or(0);
@@ -522,10 +580,12 @@ pub fn readiness(d: &Deployment, threshold: i32) -> Readiness {
         ));
     }
     let threshold = threshold.clamp(0, 100);
-    let needed = (updated * threshold + 99) / 100;
+    // Rounded down in float32 arithmetic, as Flagger's isDeploymentReady computes it (3 replicas
+    // at 50% wait for 1), so a threshold admits the same replicas under both controllers.
+    let needed = (updated as f32 * (threshold as f32 / 100.0)) as i32;
     if available < needed {
         return Readiness::Waiting(format!(
-            "waiting for rollout to finish: {available} of {updated} (readyThreshold {threshold}%) updated replicas are available"
+            "waiting for rollout to finish: {available} of {needed} (readyThreshold {threshold}%) updated replicas are available"
         ));
     }
     Readiness::Ready

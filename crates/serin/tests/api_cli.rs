@@ -77,7 +77,7 @@ fn each_invalid_file_fails_with_the_expected_line() {
 fn stdin_is_read_with_dash() {
     let invalid = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/corpus/invalid/semantic/stepweight-greater-than-maxweight.yaml"),
+            .join("tests/corpus/warning/stepweight-greater-than-maxweight.yaml"),
     )
     .unwrap();
     let mut child = serin()
@@ -94,10 +94,10 @@ fn stdin_is_read_with_dash() {
         .unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(
         stdout.starts_with(
-            "-: Canary/stepweight-greater-than-maxweight: spec.analysis.stepWeight: stepWeight 50 is greater than maxWeight 30"
+            "-: Canary/stepweight-greater-than-maxweight: warning: spec.analysis.stepWeight: stepWeight 50 is greater than maxWeight 30"
         ),
         "{stdout}"
     );
@@ -347,4 +347,58 @@ fn zero_interval_and_threshold_pass_as_with_flagger() {
         stderr.contains("1 object checked in 1 file: no problems"),
         "{stderr}"
     );
+}
+
+/// Manifests Flagger runs are warnings: reported, exit code 3 (not 1), so CI can tell them
+/// from manifests the API server refuses or the controller holds.
+#[test]
+fn each_warning_file_exits_three_with_a_warning_line() {
+    for f in files("warning") {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(&f)).unwrap();
+        let field = text
+            .lines()
+            .next()
+            .unwrap()
+            .strip_prefix("# expect: ")
+            .unwrap()
+            .trim();
+        let doc: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+        let object = format!("Canary/{}", doc["metadata"]["name"].as_str().unwrap());
+        let out = serin().args(["validate", "-f"]).arg(&f).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{}: {stdout}{stderr}",
+            f.display()
+        );
+        let want = format!("{}: {object}: warning: {field}: ", f.display());
+        assert!(
+            stdout.lines().any(|l| l.starts_with(&want)),
+            "{}: want a line starting {want:?}, got:\n{stdout}",
+            f.display()
+        );
+        assert!(
+            stdout.lines().all(|l| l.contains(": warning: ")),
+            "{}: only warnings expected:\n{stdout}",
+            f.display()
+        );
+        assert!(stderr.contains("(all warnings)"), "{stderr}");
+    }
+    assert!(files("warning").len() >= 10);
+}
+
+#[test]
+fn an_error_next_to_a_warning_exits_one() {
+    let out = serin()
+        .args(["validate", "-f"])
+        .arg(corpus("warning/mirrorweight-without-mirror.yaml"))
+        .arg("-f")
+        .arg(corpus("invalid/semantic/progress-deadline-zero.yaml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("1 error, 1 warning"), "{stderr}");
 }

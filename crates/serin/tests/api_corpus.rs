@@ -118,11 +118,42 @@ fn semantic_cases_pass_the_schema_and_fail_validate() {
         );
         let problems = validate(&docs[0]);
         assert!(
-            problems.iter().any(|p| p.path == want),
-            "{}: want a problem naming {want}, got {problems:#?}",
+            problems.iter().any(|p| p.path == want && !p.is_warning()),
+            "{}: want an error naming {want}, got {problems:#?}",
             path.display()
         );
         assert!(problems.iter().all(|p| !p.hint.is_empty()));
+    }
+    assert!(files.len() >= 10);
+}
+
+/// What Flagger runs is a warning, never an error: the controller runs these manifests.
+#[test]
+fn warning_cases_pass_the_schema_and_give_only_warnings() {
+    let files = corpus("warning");
+    for path in &files {
+        let want = expected_field(path);
+        let docs = documents(path);
+        assert_eq!(docs.len(), 1, "{}", path.display());
+        let schema_problems = schema::check_object(&docs[0]).unwrap();
+        assert!(
+            schema_problems.is_empty(),
+            "{}: the API server must accept this one, but the schema check says {schema_problems:#?}",
+            path.display()
+        );
+        let problems = validate(&docs[0]);
+        assert!(
+            problems.iter().any(|p| p.path == want),
+            "{}: want a warning naming {want}, got {problems:#?}",
+            path.display()
+        );
+        assert!(
+            problems
+                .iter()
+                .all(|p| p.is_warning() && !p.hint.is_empty()),
+            "{}: {problems:#?}",
+            path.display()
+        );
     }
     assert!(files.len() >= 10);
 }

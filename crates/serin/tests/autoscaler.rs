@@ -1,5 +1,5 @@
 //! `spec.autoscalerRef` end to end: `serin controller` against the sandbox's real API server,
-//! which serves HPAs as `autoscaling/v2beta2` only (1.20), and its real kube-controller-manager
+//! which serves HPAs as `autoscaling/v2`, and its real kube-controller-manager
 //! (whose HPA controller runs, but without metrics-server cannot scale on metrics: nothing here
 //! depends on HPA-driven scaling).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests stop at a failed step, naming it
@@ -18,7 +18,7 @@ use support::*;
 
 fn hpa_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("autoscaling", "v2beta2", "HorizontalPodAutoscaler"),
+        &GroupVersionKind::gvk("autoscaling", "v2", "HorizontalPodAutoscaler"),
         "horizontalpodautoscalers",
     )
 }
@@ -33,7 +33,7 @@ fn deployment_without_replicas(image: &str) -> Value {
 
 fn user_hpa(max: i32, labels: Value, annotations: Value) -> Value {
     json!({
-        "apiVersion": "autoscaling/v2beta2",
+        "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": {"name": "podinfo", "labels": labels, "annotations": annotations},
         "spec": {
@@ -52,7 +52,7 @@ fn canary_with_hpa(hpa_name: &str, kind: &str) -> Value {
         json!({"interval": "10s", "threshold": 2, "maxWeight": 50, "stepWeight": 50, "metrics": builtin_metrics()}),
     );
     c["spec"]["autoscalerRef"] =
-        json!({"apiVersion": "autoscaling/v2beta2", "kind": kind, "name": hpa_name});
+        json!({"apiVersion": "autoscaling/v2", "kind": kind, "name": hpa_name});
     c
 }
 
@@ -145,7 +145,7 @@ async fn the_primary_hpa_is_created_at_initialization_and_follows_the_users_hpa_
     let primary = get_hpa(&w, "podinfo-primary")
         .await
         .expect("the primary HPA exists after initialization");
-    assert_eq!(primary["apiVersion"], "autoscaling/v2beta2");
+    assert_eq!(primary["apiVersion"], "autoscaling/v2");
     assert_eq!(
         primary["spec"]["scaleTargetRef"],
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo-primary"})

@@ -8,8 +8,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use kube::Api;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::{Value, json};
 use serin::rollout::request::text;
 use serin_sandbox::testenv::eventually;
@@ -170,7 +168,11 @@ async fn get_and_status_show_the_run_and_promote_ends_it_early() {
     let asked = Instant::now();
     let p = serin(&w, &["promote", "podinfo"]).await;
     assert_eq!(p.code, 0, "{}{}", p.stdout, p.stderr);
-    assert!(p.stdout.contains("by admin (TokenReview)"), "{}", p.stdout);
+    assert!(
+        p.stdout.contains("by admin (SelfSubjectReview)"),
+        "{}",
+        p.stdout
+    );
     assert!(
         p.stdout.contains(&text::promotion_requested(&q, "admin")),
         "{}",
@@ -235,7 +237,11 @@ async fn abort_rolls_back_at_once_and_leaves_the_primary_alone() {
     std::fs::write(&relabelled, text).unwrap();
     let a = serin_with(&w, &relabelled, &["abort", "podinfo"]).await;
     assert_eq!(a.code, 0, "{}{}", a.stdout, a.stderr);
-    assert!(a.stdout.contains("by admin (TokenReview)"), "{}", a.stdout);
+    assert!(
+        a.stdout.contains("by admin (SelfSubjectReview)"),
+        "{}",
+        a.stdout
+    );
     assert!(
         a.stdout
             .contains(&text::rolling_back_requested(&q, "admin")),
@@ -289,31 +295,82 @@ async fn abort_rolls_back_at_once_and_leaves_the_primary_alone() {
     );
 }
 
-/// Applies `manifest` the way Flux's kustomize-controller does: server-side, its own manager.
-async fn flux_apply(w: &World, manifest: &Value) {
-    let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("flagger.app", "v1beta1", "Canary"),
-        "canaries",
-    );
-    let api: Api<DynamicObject> = Api::namespaced_with(w.client.clone(), &w.ns, &ar);
-    let mut m = manifest.clone();
-    m["metadata"]["namespace"] = json!(w.ns);
-    let name = m["metadata"]["name"].as_str().unwrap().to_string();
-    api.patch(
-        &name,
-        &PatchParams::apply("kustomize-controller").force(),
-        &Patch::Apply(&m),
+/// The Canary under real Flux: committed to a repository of the sandbox's Git server and applied
+/// into the test's namespace by a Kustomization that reconciles every 5 s, as Flux's interval
+/// re-applies on a cluster. Returns the repository, to commit changes to the Canary.
+async fn under_flux(w: &World, manifest: &Value) -> serin_sandbox::flux::Repository {
+    use serin_sandbox::flux::api::{self, Kind};
+    let flux = w.env.flux().await;
+    let content = std::env::temp_dir().join(format!("serin-cli-flux-{}", w.ns));
+    let _ = std::fs::remove_dir_all(&content);
+    std::fs::create_dir_all(content.join("apps")).unwrap();
+    std::fs::write(
+        content.join("apps/canary.yaml"),
+        serde_yaml_ng::to_string(manifest).unwrap(),
+    )
+    .unwrap();
+    let repo = flux
+        .git()
+        .create_repository(&w.ns, &content, "the canary")
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&content);
+    for object in [
+        json!({
+            "apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+            "metadata": {"name": w.ns, "namespace": api::NAMESPACE},
+            "spec": {"interval": "5s", "url": repo.url(), "ref": {"branch": "main"}}
+        }),
+        json!({
+            "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+            "metadata": {"name": w.ns, "namespace": api::NAMESPACE},
+            "spec": {"interval": "5s", "path": "./apps", "prune": true, "targetNamespace": w.ns,
+                     "sourceRef": {"kind": "GitRepository", "name": w.ns}}
+        }),
+    ] {
+        api::apply(&w.client, &object).await.unwrap();
+    }
+    let revision = repo.revision().unwrap();
+    api::wait_ready(
+        &w.client,
+        Kind::Kustomization,
+        api::NAMESPACE,
+        &w.ns,
+        Some(&revision),
+        LIMIT,
     )
     .await
-    .expect("flux apply");
+    .unwrap();
+    repo
+}
+
+/// Commits a change to the Canary's labels and waits until Flux applied it.
+async fn commit_label(w: &World, repo: &serin_sandbox::flux::Repository, value: &str) {
+    use serin_sandbox::flux::api::{self, Kind};
+    let file = repo.work_dir().join("apps/canary.yaml");
+    let mut c: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    c["metadata"]["labels"]["commit"] = json!(value);
+    std::fs::write(&file, serde_yaml_ng::to_string(&c).unwrap()).unwrap();
+    let revision = repo.commit(&format!("commit {value}")).unwrap();
+    api::request_reconcile(&w.client, Kind::GitRepository, api::NAMESPACE, &w.ns)
+        .await
+        .unwrap();
+    api::wait_ready(
+        &w.client,
+        Kind::Kustomization,
+        api::NAMESPACE,
+        &w.ns,
+        Some(&revision),
+        LIMIT,
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
 async fn pause_holds_the_weight_through_a_gitops_reapply_and_resume_continues() {
     let w = initialized("cli-pause", slow()).await;
     let q = qualified(&w);
-    let manifest = canary("podinfo", slow());
-    flux_apply(&w, &manifest).await;
+    let repo = under_flux(&w, &canary("podinfo", slow())).await;
     w.apply(deployment("podinfo", "podinfo:6.0.1", json!({})))
         .await;
     w.wait_weight("podinfo", 10).await;
@@ -322,10 +379,13 @@ async fn pause_holds_the_weight_through_a_gitops_reapply_and_resume_continues() 
     let held = status_weight(&w).await;
     assert!(held >= 10, "{held}");
     let weights = w.watch_weights("podinfo");
-    // Three and a half intervals, with Flux re-applying the Canary every few seconds.
-    for _ in 0..7 {
+    // Three and a half intervals, with Flux reconciling the Canary every 5 s and applying a
+    // commit that changes it every other time.
+    for i in 0..7 {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        flux_apply(&w, &manifest).await;
+        if i % 2 == 0 {
+            commit_label(&w, &repo, &i.to_string()).await;
+        }
         assert_eq!(status_weight(&w).await, held);
     }
     assert_eq!(vs_canary_weight(&w).await, Some(held as u32));
@@ -341,6 +401,16 @@ async fn pause_holds_the_weight_through_a_gitops_reapply_and_resume_continues() 
         ann.get("serin.dev/request").map(String::as_str),
         Some("pause"),
         "the re-apply kept the request"
+    );
+    assert_eq!(
+        c.metadata
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .get("commit")
+            .map(String::as_str),
+        Some("6"),
+        "Flux applied the last commit"
     );
     let st = c.status.unwrap();
     assert_eq!(st.phase.map(|p| p.as_str()), Some("Progressing"));
@@ -395,7 +465,7 @@ async fn retry_analyses_the_same_revision_again_once_the_fault_is_gone() {
     let failed = w.wait_phase("podinfo", "Failed", LIMIT).await;
     let revision = failed.status.unwrap().last_applied_spec;
     let target = w.deployment("podinfo").await.unwrap();
-    let template_before = target.spec.unwrap().template;
+    let template_before = target.spec.template;
 
     // Removing the fault alone changes nothing: the revision stays failed.
     w.apply(template("vector(0)")).await;
@@ -419,8 +489,7 @@ async fn retry_analyses_the_same_revision_again_once_the_fault_is_gone() {
     assert_eq!(status.last_promoted_spec, revision);
     let target = w.deployment("podinfo").await.unwrap();
     assert_eq!(
-        target.spec.unwrap().template,
-        template_before,
+        target.spec.template, template_before,
         "the pod template was not touched"
     );
     assert_eq!(

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -32,7 +33,7 @@ fn repo() -> &'static Path {
 
 /// Runs kubectl against the sandbox as its admin, with `stdin` piped in when given.
 fn kubectl(env: &SharedEnv, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    let mut child = Command::new("kubectl")
+    let mut child = Command::new(serin_sandbox::kubectl())
         .arg("--kubeconfig")
         .arg(env.kubeconfig_path())
         .args(args)
@@ -91,28 +92,28 @@ async fn serin_token(env: &SharedEnv) -> String {
     service_account_token(env, "istio-system", "serin").await
 }
 
-/// The token the token controller made for a ServiceAccount (Kubernetes 1.20 still makes them).
+/// A token for a ServiceAccount, as a pod running as it gets one (TokenRequest; the token
+/// controller makes no token Secrets since Kubernetes 1.24).
 async fn service_account_token(env: &SharedEnv, ns: &str, name: &str) -> String {
-    let client = env.client();
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let secrets: Api<Secret> = Api::namespaced(client, ns);
+    let sas: Api<ServiceAccount> = Api::namespaced(env.client(), ns);
     eventually(
         &format!("a token for ServiceAccount {ns}/{name}"),
         LIMIT,
         || async {
-            let sa = sas.get(name).await.map_err(|e| e.to_string())?;
-            let secret = sa
-                .secrets
-                .unwrap_or_default()
-                .into_iter()
-                .find_map(|r| r.name)
-                .ok_or("no token secret yet")?;
-            let s = secrets.get(&secret).await.map_err(|e| e.to_string())?;
-            let token = s
-                .data
-                .and_then(|d| d.get("token").cloned())
-                .ok_or("token secret without a token")?;
-            String::from_utf8(token.0).map_err(|e| e.to_string())
+            let request = TokenRequest {
+                spec: Some(TokenRequestSpec {
+                    expiration_seconds: Some(3600),
+                    ..TokenRequestSpec::default()
+                }),
+                ..TokenRequest::default()
+            };
+            let made = sas
+                .create_token_request(name, &PostParams::default(), &request)
+                .await
+                .map_err(|e| e.to_string())?;
+            made.status
+                .and_then(|s| s.token)
+                .ok_or_else(|| "a TokenRequest without a token".to_string())
         },
     )
     .await
@@ -362,7 +363,7 @@ async fn the_bases_apply_server_side_and_their_pods_become_ready() {
         .await
         .expect("Role serin-loadtester");
     let d = wait_available(&client, "test", "flagger-loadtester", 1).await;
-    let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
+    let c = &d.spec.template.spec.unwrap().containers[0];
     assert_eq!(
         c.args.clone().unwrap(),
         vec!["loadtester".to_string(), "--port=8080".to_string()]
@@ -424,7 +425,7 @@ async fn wait_event_count(w: &World, serin: &RestrictedController, message: &str
 
 fn hpa_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("autoscaling", "v2beta2", "HorizontalPodAutoscaler"),
+        &GroupVersionKind::gvk("autoscaling", "v2", "HorizontalPodAutoscaler"),
         "horizontalpodautoscalers",
     )
 }
@@ -457,7 +458,7 @@ async fn serin_with_only_its_cluster_role_completes_a_whole_rollout() {
     w.apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "podinfo-secret"}, "stringData": {"password": "one"}})).await;
     w.apply(target("podinfo:6.0.0", "blue")).await;
     w.apply(json!({
-        "apiVersion": "autoscaling/v2beta2",
+        "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": {"name": "podinfo"},
         "spec": {
@@ -473,7 +474,7 @@ async fn serin_with_only_its_cluster_role_completes_a_whole_rollout() {
         json!({"interval": "10s", "threshold": 2, "maxWeight": 50, "stepWeight": 25, "metrics": builtin_metrics()}),
     );
     c["spec"]["revertOnDeletion"] = json!(true);
-    c["spec"]["autoscalerRef"] = json!({"apiVersion": "autoscaling/v2beta2", "kind": "HorizontalPodAutoscaler", "name": "podinfo"});
+    c["spec"]["autoscalerRef"] = json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "name": "podinfo"});
     w.apply(c).await;
     wait_phase(&w, &serin, "podinfo", "Initialized").await;
 

@@ -1030,7 +1030,6 @@ async fn a_config_map_change_alone_is_released_progressively() {
             .await
             .unwrap()
             .spec
-            .unwrap()
             .template;
     let pods_before = primary_pods(&t).await;
     assert!(!pods_before.is_empty());
@@ -1054,21 +1053,13 @@ async fn a_config_map_change_alone_is_released_progressively() {
     );
     let primary = t.w.deployment("podinfo-primary").await.unwrap();
     assert_eq!(image_of(&primary), format!("{IMAGE}:6.0.0"));
-    let containers = &primary
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers;
+    let containers = &primary.spec.template.spec.as_ref().unwrap().containers;
     assert_eq!(
         serde_json::to_value(&containers[0].env_from).unwrap(),
         serde_json::json!([{"configMapRef": {"name": "podinfo-config-primary"}}])
     );
     assert_eq!(
-        serde_json::to_value(&primary.spec.unwrap().template.spec).unwrap(),
+        serde_json::to_value(&primary.spec.template.spec).unwrap(),
         serde_json::to_value(&primary_template.spec).unwrap(),
         "the pod spec is unchanged: only the configuration moved"
     );

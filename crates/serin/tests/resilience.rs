@@ -286,14 +286,18 @@ async fn an_api_server_restart_mid_rollout_is_survived_and_readyz_tells_the_outa
     );
 }
 
-/// Removes every `minimum` and `maximum` from the Canary CRD, so that the API server stores
-/// values serin's types refuse (what a CRD without bounds, or an older one, allows).
+/// Removes every `minimum`, `maximum` and `format` from the Canary CRD, so that the API server
+/// stores values serin's types refuse (what a CRD without bounds, or an older one, allows; since
+/// Kubernetes 1.3x the API server also checks `format: int32`).
 async fn loosen_canary_crd(client: &Client) {
     fn strip(v: &mut Value) {
         match v {
             Value::Object(m) => {
                 m.remove("minimum");
                 m.remove("maximum");
+                if m.get("type").and_then(Value::as_str) == Some("integer") {
+                    m.remove("format");
+                }
                 m.values_mut().for_each(strip);
             }
             Value::Array(a) => a.iter_mut().for_each(strip),

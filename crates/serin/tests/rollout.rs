@@ -252,8 +252,7 @@ async fn a_config_map_change_starts_an_analysis_and_reaches_the_primary_copy() {
     );
     let primary = w.deployment("podinfo-primary").await.unwrap();
     let env_from =
-        serde_json::to_value(&primary.spec.unwrap().template.spec.unwrap().containers[0].env_from)
-            .unwrap();
+        serde_json::to_value(&primary.spec.template.spec.unwrap().containers[0].env_from).unwrap();
     assert_eq!(
         env_from,
         json!([{"configMapRef": {"name": "podinfo-config-primary"}}])
@@ -523,81 +522,7 @@ async fn a_controller_killed_mid_analysis_resumes_to_the_same_outcome() {
     assert_eq!(starts, 1, "the run was not started twice: {events:#?}");
 }
 
-#[tokio::test]
-async fn a_missing_template_or_a_broken_query_holds_the_canary_with_a_clear_condition() {
-    let mut analysis = progressive();
-    analysis["metrics"] = json!([{"name": "error-rate", "interval": "30s", "templateRef": {"name": "error-rate"}, "thresholdRange": {"max": 1}}]);
-    let w = initialized("template", analysis).await;
-    let ns = w.ns.clone();
-    w.apply(deployment("podinfo", "podinfo:6.0.1", json!({})))
-        .await;
-    let c = eventually("Valid=False MetricTemplateNotFound", LIMIT, || async {
-        let c = w.canary("podinfo").await;
-        let cond = c.status.as_ref().and_then(|s| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == "serin.dev/Valid")
-                .cloned()
-        });
-        match cond {
-            Some(cond) if cond.status == "False" && cond.reason == "MetricTemplateNotFound" => {
-                Ok(cond)
-            }
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
-    let message = c.message.unwrap();
-    assert!(
-        message.contains("spec.analysis.metrics[0].templateRef")
-            && message.contains(&format!("MetricTemplate {ns}/error-rate not found")),
-        "{message}"
-    );
-    let events = w.events("podinfo").await;
-    assert!(
-        events.iter().any(|(t, m)| t == "Warning" && *m == message),
-        "{events:#?}"
-    );
-    let status = w.canary("podinfo").await.status.unwrap();
-    assert_eq!(
-        status.failed_checks,
-        Some(0),
-        "a configuration problem is not a failed check"
-    );
-    let held_weight = status.canary_weight;
-
-    // A template whose query Prometheus refuses: the condition names the metric and the fix.
-    w.apply(json!({
-        "apiVersion": "flagger.app/v1beta1", "kind": "MetricTemplate", "metadata": {"name": "error-rate"},
-        "spec": {"provider": {"type": "prometheus", "address": w.env.prometheus_url()}, "query": "sum(rate(istio_requests_total{namespace=\"{{ namespace }}\"}[{{ interval }}]) /"}
-    }))
-    .await;
-    let cond = eventually("Valid=False MetricQueryInvalid", LIMIT, || async {
-        let c = w.canary("podinfo").await;
-        let cond = c.status.as_ref().and_then(|s| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == "serin.dev/Valid")
-                .cloned()
-        });
-        match cond {
-            Some(cond) if cond.reason == "MetricQueryInvalid" => Ok(cond),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
-    assert!(
-        cond.message
-            .unwrap()
-            .starts_with("spec.analysis.metrics[0] (error-rate): Prometheus refused the query")
-    );
-    let status = w.canary("podinfo").await.status.unwrap();
-    assert_eq!(
-        status.canary_weight, held_weight,
-        "no traffic change while the configuration is broken"
-    );
-    assert_eq!(status.failed_checks, Some(0));
-}
+// A missing template or a query Prometheus refuses: tests/metric_config.rs.
 
 #[tokio::test]
 async fn deleting_a_canary_with_revert_on_deletion_hands_traffic_back_to_the_target() {

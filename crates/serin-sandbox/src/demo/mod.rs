@@ -1,11 +1,16 @@
-//! `cargo demo` (serin-sandbox demo): serin's whole story on one machine, in one command. It starts the sandbox with
-//! the mesh simulator, `serin controller` and `serin loadtester` as their own processes, and a
-//! local Slack-compatible receiver; applies the GitOps example (deploy/gitops) as Flux would; then
-//! ships a good release of `backend` (promoted) and a faulty one (rolled back, primary untouched).
+//! `cargo demo` (serin-sandbox demo): serin's whole story on one machine, in one command. It starts
+//! the sandbox with real Flux (source-controller, kustomize-controller, a local Git server), the
+//! mesh simulator, `serin controller` and `serin loadtester` as their own processes, and a local
+//! Slack-compatible receiver; serves the GitOps example (deploy/gitops) from a Git repository and
+//! bootstraps Flux on it; then ships a good release of `backend` (promoted) and a faulty one
+//! (rolled back, primary untouched), each a commit that bumps `images[0].newTag`. The
+//! Kustomizations' Ready conditions show beside serin's progress, as `flux get kustomizations`
+//! shows them.
 //!
-//! The demo changes the example only where a laptop differs from a cluster, and says so: webhook
-//! URLs point at the local load tester, `hey` goes through the simulated ingress, and the analysis
-//! runs on short intervals so the story takes minutes.
+//! The demo changes the example only where a laptop differs from a cluster, and says so in a
+//! commit of its own: webhook URLs point at the local load tester, `hey` and `curl` go through the
+//! simulated ingress, and the analysis runs every 10 s so the story takes minutes. Those changes
+//! are Flux `spec.patches` on the `apps` Kustomization: the example's own files stay as they are.
 
 mod progress;
 mod receiver;
@@ -74,9 +79,17 @@ struct Stage {
     mesh: Option<mesh::MeshHandle>,
     receiver: Option<Receiver>,
     namespace: String,
+    repository: Option<crate::flux::Repository>,
 }
 
 impl Stage {
+    fn flux(&self) -> anyhow::Result<&crate::flux::Flux> {
+        self.sandbox
+            .as_ref()
+            .and_then(|s| s.flux())
+            .context("the sandbox runs no Flux")
+    }
+
     async fn teardown(&mut self) {
         drop(self.receiver.take());
         if let Some(m) = self.mesh.take() {
@@ -89,8 +102,15 @@ impl Stage {
 }
 
 fn print_keep(sandbox: &Sandbox, stage: &Stage) {
+    let release = match &stage.repository {
+        Some(r) => format!(
+            "\n\nRelease again: edit newTag in {work}/deploy/gitops/apps/{APP}/kustomization.yaml, then\n  git -C {work} commit -am 'a release' && git -C {work} push origin main\n  kubectl -n flux-system annotate gitrepository {SYNC} --overwrite reconcile.fluxcd.io/requestedAt=\"$(date +%s)\"",
+            work = r.work_dir().display()
+        ),
+        None => String::new(),
+    };
     println!(
-        "\nThe sandbox keeps running (Ctrl-C stops it). In another shell:\n\n  export KUBECONFIG={kc}\n  kubectl -n {ns} get canaries\n  serin status {APP} -n {ns} --kubeconfig {kc}\n  serin get -n {ns} --kubeconfig {kc}\n\nLogs: {logs}",
+        "\nThe sandbox keeps running (Ctrl-C stops it). In another shell:\n\n  export KUBECONFIG={kc}\n  kubectl -n {ns} get canaries\n  kubectl -n flux-system get gitrepositories,kustomizations\n  serin status {APP} -n {ns} --kubeconfig {kc}\n  serin get -n {ns} --kubeconfig {kc}{release}\n\nLogs: {logs}",
         kc = sandbox.kubeconfig_path().display(),
         ns = stage.namespace,
         logs = sandbox.logs_dir().display(),
@@ -99,8 +119,14 @@ fn print_keep(sandbox: &Sandbox, stage: &Stage) {
 
 async fn story(opts: &DemoOptions, stage: &mut Stage) -> anyhow::Result<bool> {
     let t0 = Instant::now();
-    println!("==> starting the sandbox (API server, etcd, Prometheus, simulated kubelet)");
-    let mut sandbox = Sandbox::start(SandboxOptions::default()).await?;
+    println!(
+        "==> starting the sandbox (API server, etcd, Prometheus, simulated kubelet) with Flux (source-controller, kustomize-controller, a Git server)"
+    );
+    let mut sandbox = Sandbox::start(SandboxOptions {
+        flux: true,
+        ..SandboxOptions::default()
+    })
+    .await?;
     println!("    ready in {:.1} s", sandbox.startup_time().as_secs_f64());
     let mesh = mesh::start(
         sandbox.config(),
@@ -166,53 +192,103 @@ async fn story(opts: &DemoOptions, stage: &mut Stage) -> anyhow::Result<bool> {
     let client = sandbox.client();
     stage.sandbox = Some(sandbox);
 
-    // The example refers to its siblings (deploy/loadtester), so the whole deploy/ is copied.
-    let parent = opts
+    // The repository: the example and the bases it refers to (deploy/istio, deploy/loadtester),
+    // as deploy/ in a repository of the sandbox's Git server.
+    let deploy = opts
         .gitops
         .parent()
         .context("--gitops must be a directory inside deploy/")?;
-    let name = opts.gitops.file_name().context("--gitops has no name")?;
-    let root = stage_dir(stage)?.join("deploy");
-    copy_dir(parent, &root)?;
-    let work = root.join(name);
+    let name = opts
+        .gitops
+        .file_name()
+        .context("--gitops has no name")?
+        .to_string_lossy()
+        .into_owned();
+    let content = stage_dir(stage)?.join("repository");
+    copy_dir(deploy, &content.join("deploy"))?;
+    let flux = stage.flux()?;
+    let repo =
+        flux.git()
+            .create_repository(REPOSITORY, &content, "deploy: serin's GitOps example")?;
+    let gitops = repo.work_dir().join("deploy").join(&name);
+    println!(
+        "==> the GitOps repository: {} (the example, {}, as deploy/{name}; working clone {})",
+        repo.url(),
+        opts.gitops.display(),
+        repo.work_dir().display()
+    );
+
     let local = Localize {
         loadtester: format!("http://127.0.0.1:{tester_port}/"),
         ingress: ingress.to_string(),
     };
+    let apps = gitops.join("apps");
+    let canaries = canaries_in(&apps)?;
+    let cluster = format!("deploy/{name}/{CLUSTER}");
+    let apps_yaml = repo.work_dir().join(&cluster).join("apps.yaml");
+    crate::flux::bootstrap::edit_kustomization(&apps_yaml, "apps", |k| {
+        k["spec"]["patches"] = Value::Array(local.patches(&canaries));
+    })?;
+    let localized = repo.commit(LOCALIZE_COMMIT)?;
     println!(
-        "==> applying the GitOps example as Flux would ({})",
-        opts.gitops.display()
+        "==> commit {}: {LOCALIZE_COMMIT}\n    ({cluster}/apps.yaml: spec.patches on the Canaries; the example itself is unchanged)",
+        short(&localized)
     );
-    let apps = work.join("apps");
-    let objs = local.apply(&client, &apps).await?;
-    let ns = namespace_of(&objs, APP).context("the example has no backend Canary")?;
-    stage.namespace = ns.clone();
-    let threshold = threshold_of(&objs, APP).unwrap_or(2);
 
+    println!(
+        "==> flux bootstrap: GitRepository and Kustomization flux-system (path ./{cluster}), then infra, then apps (dependsOn: infra)"
+    );
+    // Istio is installed before Flux on a real cluster (the example's README): the mesh
+    // simulator plays it, and its namespace is where infra puts serin.
+    crate::flux::api::ensure_namespace(&client, "istio-system").await?;
+    let revision = crate::flux::bootstrap::bootstrap(&client, &repo, &cluster).await?;
+    let ns = canary_namespace(&apps.join(APP))?;
+    stage.namespace = ns.clone();
+    let threshold = canaries
+        .iter()
+        .find(|c| c["metadata"]["name"] == APP)
+        .and_then(|c| c["spec"]["analysis"]["threshold"].as_i64())
+        .unwrap_or(2) as i32;
     let mut follow = progress::Follower::new(client.clone(), &ns, APP);
+    follow
+        .until_applied(&revision, Duration::from_secs(300))
+        .await?;
+    print_kustomizations(&client).await;
     wait_initialized(&client, &ns, &mut follow).await?;
 
     let kustomization = apps.join(APP).join("kustomization.yaml");
     let mut releases = Vec::new();
     let old_tag = current_tag(&kustomization)?;
+    let mut revision = revision;
     for (tag, faulty) in [
         (next_tag(&old_tag, 1), false),
         (next_tag(&old_tag, 2), true),
     ] {
-        println!(
-            "\n==> release {tag}{}: bump images[0].newTag in apps/{APP}/kustomization.yaml and apply",
+        crate::flux::release::bump_tag(&kustomization, &tag)?;
+        if faulty {
+            add_fault(&apps.join(APP).join("deployment.yaml"))?;
+        }
+        let message = format!(
+            "{APP} {tag}{}",
             if faulty {
                 " (faulty: its pods answer half of the requests with 500)"
             } else {
                 ""
             }
         );
-        crate::gitops::bump_tag(&kustomization, &tag)?;
-        if faulty {
-            add_fault(&apps.join(APP).join("deployment.yaml"))?;
-        }
+        revision = repo.commit(&message)?;
+        println!(
+            "\n==> release: commit {} \"{message}\" bumps images[0].newTag in deploy/{name}/apps/{APP}/kustomization.yaml\n    flux reconcile source git {SYNC}: source-controller fetches it, kustomize-controller applies it, serin rolls it out",
+            short(&revision)
+        );
+        crate::flux::api::request_reconcile(
+            &client,
+            crate::flux::api::Kind::GitRepository,
+            crate::flux::NAMESPACE,
+            SYNC,
+        )
+        .await?;
         let started = Instant::now();
-        local.apply(&client, &apps).await?;
         let (snap, steps) = follow.follow(threshold, Duration::from_secs(300)).await?;
         releases.push(Release {
             tag,
@@ -222,6 +298,10 @@ async fn story(opts: &DemoOptions, stage: &mut Stage) -> anyhow::Result<bool> {
             primary_image: primary_image(&client, &ns).await,
         });
     }
+    let flux_ok = follow
+        .until_applied(&revision, Duration::from_secs(120))
+        .await
+        .is_ok();
 
     println!("\n==> kubectl describe canary {APP} -n {ns}");
     describe(stage, &ns);
@@ -232,21 +312,95 @@ async fn story(opts: &DemoOptions, stage: &mut Stage) -> anyhow::Result<bool> {
             println!("  {}", m.render());
         }
     }
+    println!("\n==> flux get kustomizations");
+    print_kustomizations(&client).await;
     println!(
         "\n==> summary ({:.0} s in all)\n{}",
         t0.elapsed().as_secs_f64(),
         summary(&releases)
     );
-    let ok = story_ok(&releases, &old_tag);
+    let ok = story_ok(&releases, &old_tag) && flux_ok;
     if ok {
         println!(
-            "The good release was promoted; the faulty one was rolled back and the primary kept serving {}.",
-            releases[0].tag
+            "The good release was promoted; the faulty one was rolled back and the primary kept serving {}. Flux applied both commits (Kustomizations Ready at {}).",
+            releases[0].tag,
+            short(&revision)
         );
     } else {
         println!("The story did not go as expected; see the events above and the logs.");
     }
+    stage.repository = Some(repo);
     Ok(ok)
+}
+
+/// The repository's name on the sandbox's Git server.
+pub const REPOSITORY: &str = "serin";
+
+/// Where the example keeps what `flux bootstrap --path` points at.
+pub const CLUSTER: &str = "clusters/my-cluster";
+
+/// The GitRepository and root Kustomization that bootstrap creates.
+const SYNC: &str = crate::flux::bootstrap::SYNC_NAME;
+
+/// The sandbox's own commit to its copy of the repository.
+pub const LOCALIZE_COMMIT: &str = "sandbox: webhooks to the local load tester, hey and curl through the simulated ingress, 10 s analysis";
+
+/// `main@sha1:0123456789abcdef...` → `main@sha1:0123456`.
+pub fn short(revision: &str) -> String {
+    match revision.split_once("@sha1:") {
+        Some((branch, sha)) => format!("{branch}@sha1:{}", &sha[..sha.len().min(7)]),
+        None => revision.to_string(),
+    }
+}
+
+async fn print_kustomizations(client: &Client) {
+    match crate::flux::api::list(
+        client,
+        crate::flux::api::Kind::Kustomization,
+        crate::flux::NAMESPACE,
+    )
+    .await
+    {
+        Ok(rows) => print!("{}", crate::flux::api::table(&rows)),
+        Err(e) => println!("(cannot list the Kustomizations: {e})"),
+    }
+}
+
+/// Every Canary of a directory tree of manifests.
+fn canaries_in(dir: &Path) -> anyhow::Result<Vec<Value>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            found.extend(canaries_in(&path)?);
+        } else if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path)?;
+            for doc in crate::flux::bootstrap::documents(&text)
+                .with_context(|| format!("{} is not YAML", path.display()))?
+            {
+                if doc["kind"] == "Canary" {
+                    found.push(doc);
+                }
+            }
+        }
+    }
+    found.sort_by_key(|c| {
+        c["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    });
+    Ok(found)
+}
+
+/// The namespace an app's kustomization.yaml puts it in.
+fn canary_namespace(app: &Path) -> anyhow::Result<String> {
+    let file = app.join("kustomization.yaml");
+    let k: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&file)?)?;
+    k["namespace"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("{} sets no namespace", file.display()))
 }
 
 /// Good release promoted, faulty release rolled back with the primary still on the good one.
@@ -262,7 +416,7 @@ fn story_ok(releases: &[Release], _old: &str) -> bool {
     }
 }
 
-/// The demo's only departures from the example, applied to the rendered objects: the load
+/// The demo's only departures from the example, made by Flux patches on the Canaries: the load
 /// tester's cluster DNS name becomes the local process, `hey` goes through the simulated ingress
 /// (which picks the Service from the Host header), and the analysis runs every 10 s.
 struct Localize {
@@ -274,18 +428,18 @@ struct Localize {
 pub const DEMO_INTERVAL: &str = "10s";
 
 impl Localize {
-    /// Renders `dir` like kustomize-controller, localizes, and applies as Flux would.
-    async fn apply(&self, client: &Client, dir: &Path) -> anyhow::Result<Vec<Value>> {
-        let mut values = Vec::new();
-        let mut objs = Vec::new();
-        for o in crate::gitops::render(dir)? {
-            let mut v = serde_json::to_value(&o)?;
-            self.transform(&mut v);
-            objs.push(serde_json::from_value(v.clone())?);
-            values.push(v);
-        }
-        crate::gitops::apply(client, &objs, crate::gitops::FIELD_MANAGER).await?;
-        Ok(values)
+    /// Flux `spec.patches` that make each Canary what [`Localize::transform`] makes of it.
+    fn patches(&self, canaries: &[Value]) -> Vec<Value> {
+        canaries
+            .iter()
+            .filter_map(|c| {
+                let mut local = c.clone();
+                self.transform(&mut local);
+                let ops = crate::flux::bootstrap::replace_ops(c, &local);
+                let name = c["metadata"]["name"].as_str()?;
+                (!ops.is_empty()).then(|| crate::flux::bootstrap::json_patch("Canary", name, &ops))
+            })
+            .collect()
     }
 
     fn transform(&self, o: &mut Value) {
@@ -346,20 +500,6 @@ impl Localize {
         }
         out.join(" ")
     }
-}
-
-fn namespace_of(objs: &[Value], name: &str) -> Option<String> {
-    objs.iter()
-        .find(|o| o["kind"] == "Canary" && o["metadata"]["name"] == name)
-        .and_then(|o| o["metadata"]["namespace"].as_str())
-        .map(str::to_string)
-}
-
-fn threshold_of(objs: &[Value], name: &str) -> Option<i32> {
-    objs.iter()
-        .find(|o| o["kind"] == "Canary" && o["metadata"]["name"] == name)
-        .and_then(|o| o["spec"]["analysis"]["threshold"].as_i64())
-        .map(|t| t as i32)
 }
 
 /// The next patch version: `6.0.0` + 1 → `6.0.1`; anything else gets a `-demo.N` suffix.
@@ -433,7 +573,7 @@ async fn primary_image(client: &Client, ns: &str) -> String {
         .await
         .ok()
         .flatten()
-        .and_then(|d| d.spec?.template.spec?.containers.first()?.image.clone())
+        .and_then(|d| d.spec.template.spec?.containers.first()?.image.clone())
         .unwrap_or_else(|| "-".into())
 }
 
@@ -443,7 +583,7 @@ fn describe(stage: &Stage, ns: &str) {
     };
     let kubectl = crate::locate()
         .ok()
-        .and_then(|b| b.kubectl)
+        .map(|b| b.kubectl)
         .unwrap_or_else(|| PathBuf::from("kubectl"));
     match std::process::Command::new(kubectl)
         .args(["describe", "canary", APP, "-n", ns])

@@ -1,13 +1,14 @@
 //! What the demo shows while a release runs: one line per change of phase, weight or metric value,
 //! the Events as they are recorded, and, at the end, a summary row per release.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Event;
 use kube::api::ListParams;
 use kube::{Api, Client};
 
+use crate::flux::api as flux_api;
 use serin_api::{Canary, CanaryPhase};
 
 /// What one poll of the Canary shows, reduced to what the live view prints.
@@ -101,13 +102,30 @@ pub fn summary(releases: &[Release]) -> String {
 }
 
 /// Follows one Canary until it reaches one of `done` phases (after having left them, so a stale
-/// Succeeded from the previous release does not end the wait) or `limit` passes. Prints as it goes.
+/// Succeeded from the previous release does not end the wait) or `limit` passes. Prints as it goes,
+/// the Flux Kustomizations' Ready conditions beside serin's progress.
 pub struct Follower {
     client: Client,
     ns: String,
     name: String,
     seen_events: BTreeSet<String>,
+    /// Each Kustomization's last printed (ready, revision, message).
+    kustomizations: BTreeMap<String, (String, String, String)>,
     start: Instant,
+}
+
+/// `[00:12]   flux  apps  Ready=True  main@sha1:0123456  Applied revision: main@sha1:0123…`
+pub fn flux_line(row: &flux_api::Row) -> String {
+    let revision = if row.revision.is_empty() {
+        "-".to_string()
+    } else {
+        super::short(&row.revision)
+    };
+    let message: String = row.message.lines().next().unwrap_or_default().to_string();
+    format!(
+        "flux  {:<12} Ready={:<7} {:<17} {message}",
+        row.name, row.ready, revision
+    )
 }
 
 impl Follower {
@@ -117,6 +135,7 @@ impl Follower {
             ns: ns.into(),
             name: name.into(),
             seen_events: BTreeSet::new(),
+            kustomizations: BTreeMap::new(),
             start: Instant::now(),
         }
     }
@@ -161,6 +180,47 @@ impl Follower {
         }
     }
 
+    /// Prints each Flux Kustomization whose Ready condition or revision changed since the last
+    /// look; returns them all.
+    pub async fn flux(&mut self) -> Vec<flux_api::Row> {
+        let Ok(rows) = flux_api::list(
+            &self.client,
+            flux_api::Kind::Kustomization,
+            flux_api::NAMESPACE,
+        )
+        .await
+        else {
+            return Vec::new();
+        };
+        for r in &rows {
+            let seen = (r.ready.clone(), r.revision.clone(), r.message.clone());
+            if self.kustomizations.get(&r.name) != Some(&seen) {
+                println!("{}   {}", self.stamp(), flux_line(r));
+                self.kustomizations.insert(r.name.clone(), seen);
+            }
+        }
+        rows
+    }
+
+    /// Waits until every Kustomization is Ready at `revision`, printing their changes.
+    pub async fn until_applied(&mut self, revision: &str, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let rows = self.flux().await;
+            if !rows.is_empty() && rows.iter().all(|r| r.is_ready() && r.revision == revision) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "the Kustomizations were not all Ready at {revision} within {} s:\n{}",
+                    limit.as_secs(),
+                    flux_api::table(&rows)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Waits for a terminal phase after the release started. Returns the last snapshot and the
     /// canary weights seen on the way.
     pub async fn follow(
@@ -202,6 +262,7 @@ impl Follower {
                 );
                 last = snap;
                 self.events(true).await;
+                self.flux().await;
                 if started && matches!(phase, Some(CanaryPhase::Succeeded | CanaryPhase::Failed)) {
                     return Ok((last, steps));
                 }

@@ -17,10 +17,10 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::api::{Canary, MetricTemplate, OnNoData, parse_go_duration};
-use crate::metrics::{self, MetricKind};
-use crate::relative::{self, OfflineMetric, Sample};
-use crate::rollout::compare::{Verdict, judge};
+use crate::api::{Canary, MetricTemplate, parse_go_duration};
+use crate::metrics::prometheus::{Prometheus, ProviderConfig};
+use crate::metrics::{MetricKind, QueryOutcome, Resolved};
+use crate::relative::{self, Finding, Sample};
 use crate::rollout::simulate::{self, Oracle};
 use crate::rollout::{NoDataHold, Outcome, Progress, Settings, Time};
 
@@ -38,7 +38,7 @@ pub struct MetricSeries {
 /// A metric to replay: how to judge it and its values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReplayMetric {
-    pub metric: OfflineMetric,
+    pub metric: Resolved,
     /// `compare.window`, when compared.
     pub window: Duration,
     pub series: MetricSeries,
@@ -181,7 +181,8 @@ impl Oracle for Replayer<'_> {
         let mut results = Vec::new();
         let mut failure: Option<String> = None;
         let mut hold: Option<String> = None;
-        for m in self.metrics {
+        let canary_name = &self.settings.canary;
+        for (i, m) in self.metrics.iter().enumerate() {
             let check = &m.metric.check;
             let mut r = MetricResult {
                 name: check.name.clone(),
@@ -195,58 +196,51 @@ impl Oracle for Replayer<'_> {
                 results.push(r);
                 continue;
             }
-            let mut no_data: Option<String> = None;
-            // The fixed range: the value an instant query would have returned at `at`.
-            let fixed = check.min.is_some() || check.max.is_some() || m.metric.criteria.is_none();
-            if fixed {
+            // The value an instant query would have returned at `at`.
+            let instant = relative::needs_instant(&m.metric).then(|| {
                 match relative::value_at(&m.series.canary, t, self.resolution) {
-                    Some(v) => {
-                        r.value = Some(v);
-                        if let Err(text) = metrics::verdict(check, v, &self.settings.canary) {
-                            r.verdict = "fail";
-                            r.message = Some(text.0.clone());
-                            failure = Some(text.0);
+                    Some(v) => QueryOutcome::Value(v),
+                    None => QueryOutcome::NoValues,
+                }
+            });
+            let compared = m.metric.criteria.as_ref().map(|_| {
+                Ok((
+                    relative::window_values(&m.series.compare_canary, t, m.window),
+                    relative::window_values(&m.series.compare_primary, t, m.window),
+                ))
+            });
+            let e = relative::evaluate(
+                &m.metric,
+                i,
+                instant.as_ref(),
+                compared,
+                canary_name,
+                target,
+            );
+            // A duration's median over the window is not shown in place of its p99.
+            r.value = e
+                .value
+                .filter(|_| instant.is_some() || check.kind != MetricKind::Duration);
+            if let (Some(j), Some(c)) = (&e.judgement, &m.metric.criteria) {
+                r.comparison = Some(relative::explain(j, c));
+            }
+            match e.finding {
+                Finding::Pass => {}
+                Finding::Fail(text) => {
+                    r.verdict = "fail";
+                    r.message = Some(text.clone());
+                    failure = Some(text);
+                }
+                Finding::NoData(text) => {
+                    r.verdict = "noData";
+                    r.message = Some(text.clone());
+                    match relative::on_no_data(m.metric.on_no_data, &text) {
+                        Some(Err(text)) => failure = Some(text),
+                        None => {
+                            hold.get_or_insert(text);
                         }
+                        Some(Ok(())) => {}
                     }
-                    None => no_data = Some(metrics::no_values_text(check, target)),
-                }
-            }
-            if failure.is_none()
-                && let Some(c) = &m.metric.criteria
-            {
-                let canary = relative::window_values(&m.series.compare_canary, t, m.window);
-                let primary = relative::window_values(&m.series.compare_primary, t, m.window);
-                let j = judge(&canary, &primary, c);
-                r.comparison = Some(relative::explain(&j, c));
-                if r.value.is_none() && check.kind != MetricKind::Duration {
-                    r.value = j.canary.median;
-                }
-                match j.verdict {
-                    Verdict::Pass => {}
-                    Verdict::Fail => {
-                        let text = relative::halt_text(&self.settings.canary, &check.name, &j, c);
-                        r.verdict = "fail";
-                        r.message = Some(text.clone());
-                        failure = Some(text);
-                    }
-                    Verdict::NotEnoughData => {
-                        no_data.get_or_insert_with(|| {
-                            relative::not_enough_data_text(&check.name, &j, c)
-                        });
-                    }
-                }
-            }
-            if failure.is_none()
-                && let Some(text) = no_data
-            {
-                r.verdict = "noData";
-                r.message = Some(text.clone());
-                match m.metric.on_no_data {
-                    OnNoData::Fail => failure = Some(text),
-                    OnNoData::Hold => {
-                        hold.get_or_insert(text);
-                    }
-                    OnNoData::Pass => {}
                 }
             }
             results.push(r);
@@ -361,8 +355,11 @@ pub async fn run(args: &Args) -> anyhow::Result<(String, u8)> {
     let from = parse_time(&args.from, now)?;
     let to = parse_time(&args.to, now)?;
     anyhow::ensure!(from < to, "--from {from} is not before --to {to}");
-    let client = prometheus_http_query::Client::try_from(args.prometheus.trim_end_matches('/'))
-        .with_context(|| format!("--prometheus {:?}", args.prometheus))?;
+    let client = Prometheus::new(&ProviderConfig {
+        address: args.prometheus.clone(),
+        ..Default::default()
+    })
+    .with_context(|| format!("--prometheus {:?}", args.prometheus))?;
     let res = resolution(from, to);
     let metrics = fetch(&client, &canary, &templates, from, to, res).await?;
     let settings = crate::controller::state::settings(&canary);
@@ -381,7 +378,7 @@ pub async fn run(args: &Args) -> anyhow::Result<(String, u8)> {
 }
 
 async fn fetch(
-    client: &prometheus_http_query::Client,
+    client: &Prometheus,
     canary: &Canary,
     templates: &[MetricTemplate],
     from: Time,
@@ -393,37 +390,27 @@ async fn fetch(
     };
     let mut out = Vec::new();
     for (i, metric) in analysis.metrics.iter().enumerate() {
-        let resolved = relative::resolve_offline(canary, i, metric, templates)?;
+        let resolved = relative::resolve_files(canary, i, metric, templates)?;
         let name = &resolved.check.name;
         let mut series = MetricSeries {
-            canary: relative::range_samples(
-                client,
-                &resolved.check.query,
-                from.timestamp(),
-                to.timestamp(),
-                res,
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("metric {name}: {e}"))?,
+            canary: client
+                .query_range(&resolved.check.query, from.timestamp(), to.timestamp(), res)
+                .await
+                .map_err(|e| anyhow::anyhow!("metric {name}: {e}"))?,
             ..Default::default()
         };
         let mut window = Duration::ZERO;
         if let (Some(cmp), Some(pq)) = (&metric.compare, &resolved.primary_query) {
             window = cmp.window();
             let start = from.timestamp() - window.as_secs() as i64;
-            series.compare_canary = relative::range_samples(
-                client,
-                &resolved.check.query,
-                start,
-                to.timestamp(),
-                cmp.step(),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("metric {name} (canary): {e}"))?;
-            series.compare_primary =
-                relative::range_samples(client, pq, start, to.timestamp(), cmp.step())
-                    .await
-                    .map_err(|e| anyhow::anyhow!("metric {name} (primary): {e}"))?;
+            series.compare_canary = client
+                .query_range(&resolved.check.query, start, to.timestamp(), cmp.step())
+                .await
+                .map_err(|e| anyhow::anyhow!("metric {name} (canary): {e}"))?;
+            series.compare_primary = client
+                .query_range(pq, start, to.timestamp(), cmp.step())
+                .await
+                .map_err(|e| anyhow::anyhow!("metric {name} (primary): {e}"))?;
         }
         out.push(ReplayMetric {
             metric: resolved,

@@ -4,8 +4,8 @@
 //! CLI names the user itself, preferring what the API server says over what the kubeconfig says:
 //! 1. `SelfSubjectReview` (authentication.k8s.io/v1 from 1.28, v1beta1 in 1.27): the
 //!    authenticated user, whatever the credential;
-//! 2. a `TokenReview` of the kubeconfig's bearer token (needs `create tokenreviews`; 1.20 has no
-//!    SelfSubjectReview, so this is what answers on the sandbox);
+//! 2. a `TokenReview` of the kubeconfig's bearer token (needs `create tokenreviews`; what answers
+//!    on clusters older than 1.27, which have no SelfSubjectReview);
 //! 3. the user entry of the kubeconfig's current context (a local label, not verified).
 //!
 //! The name is a claim by whoever may patch the Canary, not a proof; RBAC decides who may ask.
@@ -64,7 +64,7 @@ async fn token_review(s: &Session, token: String) -> Option<String> {
     let api: Api<TokenReview> = Api::all(s.client.clone());
     let review = TokenReview {
         spec: TokenReviewSpec {
-            token: Some(token),
+            token,
             ..Default::default()
         },
         ..Default::default()

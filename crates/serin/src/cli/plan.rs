@@ -14,7 +14,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::{Canary, CanaryAnalysis, HookType, MetricTemplate};
-use crate::relative::{OfflineMetric, resolve_offline};
+use crate::metrics::{ResolveError, Resolved};
+use crate::relative::resolve_files;
 use crate::rollout::compare::Direction;
 use crate::rollout::simulate::{self, AllPass, Moment, Oracle};
 use crate::rollout::{Action, Need, Outcome, Progress, Settings, Strategy, Time};
@@ -268,7 +269,7 @@ pub fn plan(canary: &Canary, templates: &[MetricTemplate]) -> Plan {
         .iter()
         .enumerate()
         .map(|(i, metric)| {
-            let resolved = resolve_offline(canary, i, metric, templates);
+            let resolved = resolve_files(canary, i, metric, templates);
             planned_metric(metric, resolved, &analysis_moments, traffic_from)
         })
         .collect();
@@ -291,7 +292,7 @@ pub fn plan(canary: &Canary, templates: &[MetricTemplate]) -> Plan {
 
 fn planned_metric(
     metric: &crate::api::CanaryMetric,
-    resolved: Result<OfflineMetric, crate::relative::OfflineError>,
+    resolved: Result<Resolved, ResolveError>,
     analysis_moments: &[Time],
     traffic_from: Option<Time>,
 ) -> PlannedMetric {

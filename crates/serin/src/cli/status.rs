@@ -200,7 +200,7 @@ pub fn render(
                 (None, None) => "any".into(),
             };
             let last = st.serin_metrics.iter().find(|s| s.name == m.name);
-            let (value, verdict) = match last.and_then(|l| l.value) {
+            let (value, mut verdict) = match last.and_then(|l| l.value) {
                 Some(v) => {
                     let ok = min.is_none_or(|a| v >= a) && max.is_none_or(|b| v <= b);
                     (number(v), if ok { "ok" } else { "OUT OF RANGE" })
@@ -208,6 +208,13 @@ pub fn render(
                 None if last.is_some() => ("-".into(), "no value"),
                 None => ("-".into(), "not checked yet"),
             };
+            // The controller's verdict, when it recorded one, over what the range alone says.
+            match last.and_then(|l| l.result.as_deref()) {
+                Some("pass") => verdict = "ok",
+                Some("fail") if verdict == "ok" || verdict == "no value" => verdict = "FAILED",
+                Some("noData") => verdict = "no data",
+                _ => {}
+            }
             let checked = last
                 .map(|l| {
                     format!(
@@ -220,6 +227,9 @@ pub fn render(
                 "    {:<width$}  {value:>10}  {range:<14} {verdict}{checked}\n",
                 m.name
             ));
+            if let Some(c) = last.and_then(|l| l.comparison.as_ref()) {
+                out.push_str(&format!("    {:<width$}  {}\n", "", comparison_line(c)));
+            }
         }
     }
 
@@ -238,10 +248,43 @@ pub fn render(
     out
 }
 
+/// "vs primary: canary 250 (10) primary 120 (10), +108.3% worse, allowed 12, p 0.0001 < 0.02:
+/// fail": the numbers behind a comparison.
+fn comparison_line(c: &crate::api::MetricComparisonStatus) -> String {
+    let side = |v: Option<f64>, n: u32| match v {
+        Some(v) => format!("{} ({n})", number(v)),
+        None => format!("- ({n})"),
+    };
+    let mut out = format!(
+        "vs primary: canary {} primary {}",
+        side(c.canary, c.canary_samples),
+        side(c.primary, c.primary_samples)
+    );
+    if let Some(d) = c.degradation_percent {
+        out.push_str(&format!(", {d:+.1}% worse"));
+    }
+    out.push_str(&format!(", allowed {}", number(c.allowed)));
+    if let Some(p) = c.p_value {
+        let op = if p < c.alpha { "<" } else { ">=" };
+        let p = if p < 0.0001 {
+            "< 0.0001".to_string()
+        } else {
+            format!("{p:.4}")
+        };
+        out.push_str(&format!(", p {p} {op} {}", number(c.alpha)));
+    }
+    let result = match c.result.as_str() {
+        "notEnoughData" => "not enough data",
+        r => r,
+    };
+    out.push_str(&format!(": {result}"));
+    out
+}
+
 async fn target_revision(s: &Session, c: &Canary) -> Option<String> {
     let api: Api<Deployment> = Api::namespaced(s.client.clone(), &s.namespace);
     let d = api.get_opt(&c.spec.target_ref.name).await.ok()??;
-    Some(crate::workload::revision_hash(&d.spec?.template))
+    Some(crate::workload::revision_hash(&d.spec.template))
 }
 
 /// Prints the view once (or, with `watch`, whenever it changes until the canary is promoted or
@@ -353,14 +396,19 @@ mod tests {
             "metrics": [
                 {"name": "request-success-rate", "thresholdRange": {"min": 99}},
                 {"name": "request-duration", "thresholdRange": {"max": 500}},
-                {"name": "errors", "templateRef": {"name": "t"}, "thresholdRange": {"min": 0, "max": 2}}
+                {"name": "errors", "templateRef": {"name": "t"}, "thresholdRange": {"min": 0, "max": 2}},
+                {"name": "latency", "templateRef": {"name": "l"}, "compare": {}}
             ]}),
             json!({"phase": "Progressing", "canaryWeight": 20, "failedChecks": 1,
             "lastAppliedSpec": "sha256:b",
             "serin.dev/metrics": [
                 {"name": "request-success-rate", "value": 99.5, "checkedAt": "2026-01-01T00:59:30Z"},
                 {"name": "request-duration", "value": 612.0, "checkedAt": "2026-01-01T00:59:30Z"},
-                {"name": "errors", "checkedAt": "2026-01-01T00:59:30Z", "message": "no values"}
+                {"name": "errors", "checkedAt": "2026-01-01T00:59:30Z", "message": "no values"},
+                {"name": "latency", "value": 250.0, "checkedAt": "2026-01-01T00:59:30Z", "result": "fail",
+                 "comparison": {"canary": 250.0, "primary": 120.0, "canarySamples": 20, "primarySamples": 20,
+                                "degradationPercent": 108.3, "allowed": 12.0, "pValue": 0.0001, "alpha": 0.02,
+                                "result": "fail"}}
             ]}),
         );
         let events: Vec<Event> = serde_json::from_value(json!([
@@ -397,6 +445,14 @@ mod tests {
         assert!(line("request-duration").contains("OUT OF RANGE"), "{view}");
         assert!(line("errors").contains("0..2"), "{view}");
         assert!(line("errors").contains("no value"), "{view}");
+        assert!(line("latency").contains("250  any"), "{view}");
+        assert!(line("latency").contains("FAILED"), "{view}");
+        assert!(
+            line("vs primary").contains(
+                "vs primary: canary 250 (20) primary 120 (20), +108.3% worse, allowed 12, p 0.0001 < 0.02: fail"
+            ),
+            "{view}"
+        );
         assert!(
             view.contains(" 60s  Normal   Advance web.prod canary weight 20"),
             "{view}"

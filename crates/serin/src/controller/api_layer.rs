@@ -175,7 +175,7 @@ mod tests {
             ),
             (
                 Method::DELETE,
-                "/apis/autoscaling/v2beta2/namespaces/t/horizontalpodautoscalers/x",
+                "/apis/autoscaling/v2/namespaces/t/horizontalpodautoscalers/x",
                 s("delete", "horizontalpodautoscalers"),
             ),
             (Method::GET, "/api/v1/namespaces/t", s("get", "namespaces")),

@@ -1,5 +1,5 @@
-//! `spec.autoscalerRef`, the acting side: which HPA API the cluster serves, the cache of HPAs,
-//! and applying the primary HPA built by [`crate::workload::hpa`].
+//! `spec.autoscalerRef`, the acting side: the cache of HPAs and applying the primary HPA built
+//! by [`crate::workload::hpa`].
 //!
 //! The primary HPA is created as soon as the primary Deployment exists and updated only when a
 //! revision is promoted (also with skipAnalysis), so a change of the user's HPA reaches the
@@ -9,56 +9,27 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::ResourceExt;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
 };
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
 use super::{Ctx, Error};
 use crate::api::Canary;
-use crate::workload::hpa::{self, HpaError, HpaVersion, PrimaryHpa, PrimaryHpaInputs, UserHpa};
+use crate::workload::hpa::{self, HpaError, PrimaryHpa, PrimaryHpaInputs, UserHpa};
 
-/// The HPA cache and the API version it was listed with.
+/// The HPA cache.
 pub struct Autoscalers {
     pub store: Store<DynamicObject>,
     pub resource: ApiResource,
-    pub version: HpaVersion,
 }
 
-/// The HPA version to use: `autoscaling/v2` when served, else `autoscaling/v2beta2`. Asked per
-/// group-version, since `/version` says nothing about what is served (and 1.20 answers 404 for
-/// `autoscaling/v2`).
-pub async fn discover(client: &Client) -> anyhow::Result<HpaVersion> {
-    for version in [HpaVersion::V2, HpaVersion::V2beta2] {
-        match client.list_api_group_resources(version.api_version()).await {
-            Ok(list)
-                if list
-                    .resources
-                    .iter()
-                    .any(|r| r.name == "horizontalpodautoscalers") =>
-            {
-                info!(
-                    "HorizontalPodAutoscalers served as {}",
-                    version.api_version()
-                );
-                return Ok(version);
-            }
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => anyhow::bail!("cannot reach the API server: {e}"),
-        }
-    }
-    anyhow::bail!(
-        "the API server serves HorizontalPodAutoscalers neither as autoscaling/v2 nor as autoscaling/v2beta2; serin needs one of them for spec.autoscalerRef"
-    )
-}
-
-pub fn resource(version: HpaVersion) -> ApiResource {
+pub fn resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("autoscaling", version.version(), hpa::KIND_HPA),
+        &GroupVersionKind::gvk("autoscaling", hpa::HPA_VERSION, hpa::KIND_HPA),
         "horizontalpodautoscalers",
     )
 }
@@ -162,7 +133,7 @@ pub async fn apply_primary(
     api.patch(
         &name,
         &PatchParams::apply("serin/autoscaler").force(),
-        &Patch::Apply(desired.manifest(a.version)),
+        &Patch::Apply(desired.manifest()),
     )
     .await?;
     info!(
@@ -183,8 +154,7 @@ pub async fn size_new_primary(
     target: &Deployment,
     desired: &PrimaryHpa,
 ) -> Result<(), Error> {
-    let replicas =
-        hpa::initial_primary_replicas(target.spec.as_ref().and_then(|s| s.replicas), desired);
+    let replicas = hpa::initial_primary_replicas(target.spec.replicas, desired);
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let params = PatchParams {
         field_manager: Some("serin/scale".into()),

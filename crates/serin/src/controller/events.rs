@@ -16,8 +16,21 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
-/// The component name shown in the FROM column.
+/// The component name shown in the FROM column, unless [`set_component`] chose another.
 pub const COMPONENT: &str = "serin";
+
+static COMPONENT_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the Events' source component for this process (`--event-component`): `flagger` keeps
+/// event filters and dashboards written for Flagger's Events working. The first call wins.
+pub fn set_component(name: &str) -> bool {
+    COMPONENT_NAME.set(name.to_string()).is_ok()
+}
+
+/// The component Events are recorded from.
+pub fn component() -> &'static str {
+    COMPONENT_NAME.get().map_or(COMPONENT, String::as_str)
+}
 pub const REASON: &str = "Synced";
 
 /// What a repeat of an Event already recorded does.
@@ -86,10 +99,10 @@ impl EventRecorder {
                 event_time: Some(MicroTime(Timestamp::now())),
                 action: Some("Analysis".into()),
                 source: Some(EventSource {
-                    component: Some(COMPONENT.into()),
+                    component: Some(component().into()),
                     host: None,
                 }),
-                reporting_component: Some(COMPONENT.into()),
+                reporting_component: Some(component().into()),
                 reporting_instance: Some(self.instance.clone()),
                 ..Default::default()
             };

@@ -12,7 +12,7 @@ pub mod admission;
 pub mod api_layer;
 pub mod autoscaler;
 pub mod backoff;
-mod events;
+pub mod events;
 pub mod index;
 pub mod leader;
 mod reconcile;
@@ -351,7 +351,7 @@ pub async fn run_with(
             .get_or_create(&crate::telemetry::ops::KindLabels { kind: kind.into() })
             .clone()
     };
-    // Templates only feed a cache; nothing is reconciled when one changes.
+    // A template that appears or changes reconciles the Canaries naming it (see `by_template`).
     let (templates, tpl_w) = reflector::store::<MetricTemplate>();
     let tpl_stream = watches::tolerant(
         "metrictemplates",
@@ -365,8 +365,7 @@ pub async fn run_with(
     .reflect(tpl_w)
     .touched_objects();
     // HPAs: the user's are read for `spec.autoscalerRef`; the primary ones are owned.
-    let hpa_version = autoscaler::discover(&client).await?;
-    let hpa_resource = autoscaler::resource(hpa_version);
+    let hpa_resource = autoscaler::resource();
     let hpa_w = reflector::store::Writer::<DynamicObject>::new(hpa_resource.clone());
     let hpa_store = hpa_w.as_reader();
     let hpa_stream = watches::resilient(
@@ -377,7 +376,6 @@ pub async fn run_with(
     )
     .reflect(hpa_w)
     .touched_objects();
-    let tpl_task = tokio::spawn(tpl_stream.for_each(|_| futures::future::ready(())));
 
     let canary_w = reflector::store::Writer::<Canary>::default();
     let canaries = canary_w.as_reader();
@@ -419,7 +417,6 @@ pub async fn run_with(
         autoscalers: autoscaler::Autoscalers {
             store: hpa_store,
             resource: hpa_resource.clone(),
-            version: hpa_version,
         },
         alerter,
     });
@@ -478,6 +475,21 @@ pub async fn run_with(
         move |s: Secret| f(&s.metadata)
     };
 
+    // So that a Canary held for a missing template goes on as soon as the template is applied;
+    // templates change rarely, so a scan of the cache here costs less than an index.
+    let by_template = {
+        let canaries = canaries.clone();
+        move |t: MetricTemplate| {
+            let (ns, name) = namespaced_name(&t.metadata);
+            canaries
+                .state()
+                .iter()
+                .filter(|c| names_template(c, &ns, &name))
+                .map(|c| ObjectRef::from_obj(c.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+
     // The shutdown trigger is shared: kube stops taking new work on it, and a bounded grace
     // period after it ends the run even when kube's applier would keep waiting.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -507,6 +519,7 @@ pub async fn run_with(
         .owns_stream_with(hpa_stream, hpa_resource)
         .watches_stream(cm_stream, by_cm)
         .watches_stream(secret_stream, by_secret)
+        .watches_stream(tpl_stream, by_template)
         .graceful_shutdown_on(stopped(stop_rx))
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|res| {
@@ -524,7 +537,6 @@ pub async fn run_with(
         _ = running => {}
         _ = grace => warn!("in-flight reconciles did not finish within {SHUTDOWN_GRACE:?} of the stop signal; stopping anyway"),
     }
-    tpl_task.abort();
     totals_task.abort();
     report_task.abort();
     synced_task.abort();
@@ -645,6 +657,18 @@ fn namespaced_name(meta: &ObjectMeta) -> (String, String) {
     )
 }
 
+/// Whether one of the Canary's metrics refers to MetricTemplate `ns/name`.
+fn names_template(canary: &Canary, ns: &str, name: &str) -> bool {
+    let own = canary.metadata.namespace.as_deref().unwrap_or_default();
+    canary.spec.analysis().is_some_and(|a| {
+        a.metrics.iter().any(|m| {
+            m.template_ref
+                .as_ref()
+                .is_some_and(|r| r.name == name && r.namespace_or(own) == ns)
+        })
+    })
+}
+
 fn canary_refs(ns: &str, names: Vec<String>) -> Vec<ObjectRef<Canary>> {
     names
         .into_iter()
@@ -721,8 +745,9 @@ fn index_deployments(
             let (ns, name) = namespaced_name(&d.metadata);
             let refs = d
                 .spec
+                .template
+                .spec
                 .as_ref()
-                .and_then(|s| s.template.spec.as_ref())
                 .map(|pod| {
                     let r = workload::config_refs(pod);
                     index::Refs {
@@ -761,6 +786,33 @@ type WatchItem<K> = Result<watcher::Event<K>, watcher::Error>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_template_maps_to_the_canaries_naming_it_in_their_namespace_or_its_own() {
+        let c: Canary = serde_json::from_value(serde_json::json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
+            "metadata": {"name": "c", "namespace": "apps"},
+            "spec": {
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "t"},
+                "service": {"port": 80},
+                "analysis": {"interval": "1m", "threshold": 1, "stepWeight": 10, "metrics": [
+                    {"name": "a", "templateRef": {"name": "local"}},
+                    {"name": "b", "templateRef": {"name": "shared", "namespace": "flagger"}},
+                    {"name": "c", "query": "up"},
+                ]},
+            },
+        }))
+        .unwrap();
+        for (ns, name, want) in [
+            ("apps", "local", true),
+            ("flagger", "shared", true),
+            ("flagger", "local", false),
+            ("apps", "shared", false),
+            ("apps", "up", false),
+        ] {
+            assert_eq!(names_template(&c, ns, name), want, "{ns}/{name}");
+        }
+    }
 
     fn canary(name: &str, target: &str) -> Canary {
         let mut c: Canary = serde_json::from_value(serde_json::json!({

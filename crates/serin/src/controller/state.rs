@@ -19,6 +19,53 @@ pub const PROMOTED_CONDITION: &str = "Promoted";
 /// Condition type of the last gate asked in the current run: `False` while a confirm-* webhook
 /// holds the canary, `True` once it answered 2xx.
 pub const GATE_CONDITION: &str = "serin.dev/Gate";
+/// Condition type listing what in the spec Flagger runs but likely not as meant (an ignored
+/// field, a first step beyond maxWeight): `True` naming each field, absent when there is none.
+/// serin runs such a Canary as Flagger would instead of holding it (issue 13).
+pub const SPEC_WARNINGS_CONDITION: &str = "serin.dev/SpecWarnings";
+
+/// The message of the warnings of `validate_canary`, `None` without any.
+pub fn spec_warnings(canary: &Canary) -> Option<String> {
+    let text: Vec<String> = crate::api::validate_canary(canary)
+        .into_iter()
+        .filter(crate::api::Problem::is_warning)
+        .map(|p| format!("{}: {} ({})", p.path, p.message, p.hint))
+        .collect();
+    (!text.is_empty()).then(|| text.join("; "))
+}
+
+/// Sets or removes the [`SPEC_WARNINGS_CONDITION`] on `status` (built by [`status`], which
+/// keeps only its own conditions), carrying the condition of `previous` over while the message
+/// stays the same, so an unchanged Canary is not written again. True when the message is news:
+/// the Warning Event is recorded once per message, as for a hold.
+pub fn set_spec_warnings(
+    status: &mut CanaryStatus,
+    previous: Option<&CanaryStatus>,
+    warnings: Option<&str>,
+    now: DateTime<Utc>,
+) -> bool {
+    let prev: Vec<CanaryCondition> = previous
+        .iter()
+        .flat_map(|s| s.conditions.iter())
+        .filter(|c| c.type_ == SPEC_WARNINGS_CONDITION)
+        .cloned()
+        .collect();
+    status
+        .conditions
+        .retain(|c| c.type_ != SPEC_WARNINGS_CONDITION);
+    let Some(message) = warnings else {
+        return false;
+    };
+    status.conditions.push(condition(
+        &prev,
+        SPEC_WARNINGS_CONDITION,
+        "True",
+        "SpecWarnings",
+        message,
+        now,
+    ));
+    prev.first().and_then(|c| c.message.as_deref()) != Some(message)
+}
 
 /// Why a Canary is held: the reason of `serin.dev/Valid=False`. Each names a configuration
 /// problem only a person can fix; the condition's message names the field and the fix, and a
@@ -40,7 +87,7 @@ pub const GATE_CONDITION: &str = "serin.dev/Gate";
 /// | `MetricSecretNotFound` | a MetricTemplate's `secretRef` names no Secret |
 /// | `MetricQueryRenderError` | a query template uses an unknown name or variable |
 /// | `MetricProviderInvalid` | a provider's address, headers or credentials cannot be sent |
-/// | `MetricQueryInvalid` | Prometheus refused a query (`bad_data`) |
+/// | `MetricQueryInvalid` | kept for compatibility of the list; no longer produced: a query Prometheus refuses is a failed check (issue 11, finding 5) |
 /// | `NoUsableMetric` | a metric is neither built in nor has a `templateRef` or `query` |
 /// | `InternalError` | serin's decision did not settle; a bug to report |
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -270,6 +317,15 @@ pub fn status(
             type_: g.kind,
             closed_by: g.closed_by.clone(),
         }),
+        // The analysis sets it (`Reconcile::analysis`); kept while the run goes on, so the
+        // deadline of `onNoData: hold` survives restarts, and forgotten with the run.
+        no_data_since: (p.phase == Some(Phase::Progressing))
+            .then(|| {
+                s.serin_progress
+                    .as_ref()
+                    .and_then(|r| r.no_data_since.clone())
+            })
+            .flatten(),
     };
     s.serin_progress = (run != RunProgress::default()).then_some(run);
 
@@ -389,6 +445,46 @@ pub fn status_gauge(phase: Option<Phase>) -> i64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn spec_warnings_are_news_once_and_leave_an_unchanged_status_alone() {
+        let t0 = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let t1 = chrono::DateTime::from_timestamp(1_700_000_060, 0).unwrap();
+        let p = Progress::default();
+        let mut first = super::status(None, &p, "Deployment", None, t0);
+        assert!(set_spec_warnings(
+            &mut first,
+            None,
+            Some("spec.x: y (z)"),
+            t0
+        ));
+        // The next pass rebuilds the status from the stored one: same message, no news, and
+        // the same status (nothing to write).
+        let mut second = super::status(Some(&first), &p, "Deployment", None, t1);
+        assert!(!set_spec_warnings(
+            &mut second,
+            Some(&first),
+            Some("spec.x: y (z)"),
+            t1
+        ));
+        assert_eq!(second, first);
+        // A new message is news; no warnings remove the condition.
+        let mut third = super::status(Some(&second), &p, "Deployment", None, t1);
+        assert!(set_spec_warnings(
+            &mut third,
+            Some(&second),
+            Some("spec.x: other (z)"),
+            t1
+        ));
+        let mut fourth = super::status(Some(&third), &p, "Deployment", None, t1);
+        assert!(!set_spec_warnings(&mut fourth, Some(&third), None, t1));
+        assert!(
+            fourth
+                .conditions
+                .iter()
+                .all(|c| c.type_ != SPEC_WARNINGS_CONDITION)
+        );
+    }
     #[test]
     fn hold_reasons_are_distinct_camel_case_words() {
         let names: std::collections::BTreeSet<&str> =
@@ -558,5 +654,31 @@ mod tests {
         );
         assert_eq!(c.last_transition_time, Some(to_time(later)));
         assert_eq!(progress(Some(&open)).gate, p.gate);
+    }
+
+    #[test]
+    fn the_start_of_a_stretch_without_data_lasts_as_long_as_the_run() {
+        let previous = CanaryStatus {
+            serin_progress: Some(RunProgress {
+                no_data_since: Some(to_time(now())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let running = Progress {
+            phase: Some(Phase::Progressing),
+            ..Default::default()
+        };
+        let s = status(Some(&previous), &running, "Deployment", None, now());
+        assert_eq!(
+            s.serin_progress.and_then(|r| r.no_data_since),
+            Some(to_time(now()))
+        );
+        let over = Progress {
+            phase: Some(Phase::Failed),
+            ..Default::default()
+        };
+        let s = status(Some(&previous), &over, "Deployment", None, now());
+        assert_eq!(s.serin_progress, None, "forgotten with the run");
     }
 }

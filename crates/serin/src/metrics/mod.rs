@@ -6,7 +6,7 @@
 pub mod prometheus;
 mod resolve;
 
-pub use resolve::{Lookups, ResolveError, Resolved, resolve};
+pub use resolve::{Lookups, ResolveError, Resolved, primary_model, resolve};
 
 use std::collections::BTreeMap;
 

@@ -120,6 +120,26 @@ impl Prometheus {
         }
     }
 
+    /// Runs a range query from `start` to `end` (seconds since the epoch) at `step` and returns
+    /// the samples of its single series (seconds, value); none for an empty result. Several
+    /// series are an error naming their count, as several values are for an instant query. The
+    /// error text starts with `bad_data` when Prometheus refused the query itself.
+    pub async fn query_range(
+        &self,
+        promql: &str,
+        start: i64,
+        end: i64,
+        step: Duration,
+    ) -> Result<Vec<Sample>, String> {
+        let res = self
+            .client
+            .query_range(promql, start, end, step.as_secs_f64().max(0.001))
+            .get()
+            .await
+            .map_err(|e| error_chain(&e))?;
+        samples(res.data())
+    }
+
     /// Flagger's availability probe (`vector(1)`).
     pub async fn is_online(&self) -> Result<(), OfflineError> {
         match self.query("vector(1)").await {
@@ -149,6 +169,28 @@ pub fn classify(data: &Data) -> QueryOutcome {
         QueryOutcome::NoValues
     } else {
         QueryOutcome::Value(value)
+    }
+}
+
+/// One sampled value: seconds since the epoch, value.
+pub type Sample = (f64, f64);
+
+/// The samples of a range query's result (see [`Prometheus::query_range`]).
+pub fn samples(data: &Data) -> Result<Vec<Sample>, String> {
+    match data {
+        Data::Matrix(series) => match series.as_slice() {
+            [] => Ok(Vec::new()),
+            [one] => Ok(one
+                .samples()
+                .iter()
+                .map(|s| (s.timestamp(), s.value()))
+                .collect()),
+            many => Err(format!(
+                "the query returned {} series; aggregate it to one (sum, max, histogram_quantile ... by (le))",
+                many.len()
+            )),
+        },
+        _ => Err("a range query returned no matrix".into()),
     }
 }
 
@@ -197,6 +239,24 @@ mod tests {
             )),
             QueryOutcome::Error(_)
         ));
+    }
+
+    #[test]
+    fn range_results_give_one_series_or_name_the_count() {
+        assert_eq!(
+            samples(&data(r#"{"resultType":"matrix","result":[]}"#)),
+            Ok(vec![])
+        );
+        assert_eq!(
+            samples(&data(
+                r#"{"resultType":"matrix","result":[{"metric":{},"values":[[10,"1.5"],[25,"NaN"]]}]}"#
+            ))
+            .map(|s| s.len()),
+            Ok(2)
+        );
+        let two = r#"{"resultType":"matrix","result":[{"metric":{"a":"1"},"values":[[1,"1"]]},{"metric":{"a":"2"},"values":[[1,"1"]]}]}"#;
+        assert!(samples(&data(two)).unwrap_err().contains("2 series"));
+        assert!(samples(&data(r#"{"resultType":"vector","result":[]}"#)).is_err());
     }
 
     #[test]

@@ -10,9 +10,10 @@ use kube::ResourceExt;
 use super::prometheus::ProviderConfig;
 use super::{
     Check, MetricKind, REQUEST_DURATION, REQUEST_SUCCESS_RATE, RenderError, TemplateModel,
-    builtin_query, render,
+    builtin_query, render, trim_query,
 };
-use crate::api::{Canary, CanaryMetric, MetricProviderType, MetricTemplate, TargetRef};
+use crate::api::{Canary, CanaryMetric, MetricProviderType, MetricTemplate, OnNoData, TargetRef};
+use crate::rollout::compare::Criteria;
 use crate::rollout::messages as msg;
 
 /// The objects a metric may refer to, by namespace and name.
@@ -54,6 +55,10 @@ pub enum ResolveError {
     },
     #[error("spec.analysis.metrics[{index}]: {text}", text = msg::NO_USABLE_METRIC)]
     NoUsableMetric { index: usize },
+    #[error(
+        "spec.analysis.metrics[{index}].compare: the query does not depend on {{{{ target }}}}, so the primary's query is the canary's; select the workload with {{{{ target }}}}"
+    )]
+    CompareWithoutTarget { index: usize },
 }
 
 /// A metric ready to run: what to ask and whom.
@@ -61,6 +66,49 @@ pub enum ResolveError {
 pub struct Resolved {
     pub check: Check,
     pub provider: ProviderConfig,
+    /// With `compare`: the same query for the primary (`{{ target }}` = `<target>-primary`).
+    pub primary_query: Option<String>,
+    /// With `compare`: the statistical criteria, defaulted.
+    pub criteria: Option<Criteria>,
+    pub on_no_data: OnNoData,
+}
+
+/// The model for the primary's side: `{{ target }}` names `<target>-primary`, the workload the
+/// built-in queries (and templates written like them) select with `destination_workload`.
+pub fn primary_model(model: &TemplateModel) -> TemplateModel {
+    TemplateModel {
+        target: format!("{}-primary", model.target),
+        ..model.clone()
+    }
+}
+
+/// Renders `template` for the canary and, with `compare`, for the primary. A compared query that
+/// reads the same for both sides cannot tell them apart, so it is refused.
+fn render_both(
+    metric: &CanaryMetric,
+    index: usize,
+    kind: MetricKind,
+    template: &str,
+    model: &TemplateModel,
+    place: &str,
+) -> Result<(Check, Option<String>), ResolveError> {
+    let err = |source| ResolveError::Render {
+        place: place.to_string(),
+        source,
+    };
+    let query = render(template, model).map_err(err)?;
+    let check = Check::new(metric, kind, &query);
+    let primary = match &metric.compare {
+        None => None,
+        Some(_) => {
+            let q = trim_query(&render(template, &primary_model(model)).map_err(err)?);
+            if q == check.query {
+                return Err(ResolveError::CompareWithoutTarget { index });
+            }
+            Some(q)
+        }
+    };
+    Ok((check, primary))
 }
 
 /// Resolves `metric` (the `index`-th of the Canary's analysis). `default_address` is the
@@ -114,10 +162,14 @@ pub fn resolve(
                 provider: tpl.spec.provider.type_.as_str().to_string(),
             });
         }
-        let query = render(&tpl.spec.query, &model).map_err(|source| ResolveError::Render {
-            place: format!("{place} spec.query"),
-            source,
-        })?;
+        let (check, primary_query) = render_both(
+            metric,
+            index,
+            MetricKind::Template,
+            &tpl.spec.query,
+            &model,
+            &format!("{place} spec.query"),
+        )?;
         let mut provider = ProviderConfig {
             address: tpl
                 .spec
@@ -152,18 +204,29 @@ pub fn resolve(
                 provider.basic_auth = Some((u, p));
             }
         }
-        let check = Check::new(metric, MetricKind::Template, &query);
-        return Ok(Resolved { check, provider });
+        return Ok(Resolved {
+            check,
+            provider,
+            primary_query,
+            criteria: metric.compare_criteria(),
+            on_no_data: metric.on_no_data(),
+        });
     }
     if let Some(q) = &metric.query {
-        let query = render(q, &model).map_err(|source| ResolveError::Render {
-            place: format!("spec.analysis.metrics[{index}].query"),
-            source,
-        })?;
-        let check = Check::new(metric, MetricKind::Inline, &query);
+        let (check, primary_query) = render_both(
+            metric,
+            index,
+            MetricKind::Inline,
+            q,
+            &model,
+            &format!("spec.analysis.metrics[{index}].query"),
+        )?;
         return Ok(Resolved {
             check,
             provider: default_provider,
+            primary_query,
+            criteria: metric.compare_criteria(),
+            on_no_data: metric.on_no_data(),
         });
     }
     let kind = match metric.name.as_str() {
@@ -173,8 +236,15 @@ pub fn resolve(
     };
     let query = builtin_query(&metric.name, &model).unwrap_or_default();
     let check = Check::new(metric, kind, &query);
+    let primary_query = metric
+        .compare
+        .as_ref()
+        .and_then(|_| builtin_query(&metric.name, &primary_model(&model)));
     Ok(Resolved {
         check,
         provider: default_provider,
+        primary_query,
+        criteria: metric.compare_criteria(),
+        on_no_data: metric.on_no_data(),
     })
 }

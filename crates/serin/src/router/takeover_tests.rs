@@ -68,7 +68,11 @@ fn a_service_is_taken_over_without_ownership() {
         (Some(&others), false),
     ];
     for (existing, keeps_owner) in cases {
-        let got = taken_over_service(desired.clone(), existing, Some("u1"));
+        let existing = existing.map(|m| Service {
+            metadata: m.clone(),
+            ..Default::default()
+        });
+        let got = taken_over_service(desired.clone(), existing.as_ref(), Some("u1"));
         assert_eq!(
             got.metadata.owner_references.is_some(),
             keeps_owner,
@@ -211,4 +215,46 @@ fn the_reverted_apex_selects_the_target_and_drops_only_the_canary() {
         assert_eq!(patch["spec"], json!({"selector": {"app": "podinfo"}}));
         assert!(patch.get("status").is_none());
     }
+}
+
+#[test]
+fn a_users_node_port_apex_keeps_its_type_and_node_ports() {
+    let desired: Service = serde_json::from_value(json!({
+        "metadata": {"name": "podinfo", "namespace": "test", "labels": {"app": "podinfo"},
+                     "ownerReferences": [serde_json::to_value(owner("u1", true)).unwrap()]},
+        "spec": {"type": "ClusterIP", "selector": {"app": "podinfo-primary"},
+                 "ports": [{"name": "http", "port": 9898, "targetPort": 9898, "protocol": "TCP"}]}
+    }))
+    .unwrap();
+    let users: Service = serde_json::from_value(json!({
+        "metadata": {"name": "podinfo", "namespace": "test"},
+        "spec": {"type": "NodePort", "selector": {"app": "podinfo"},
+                 "ports": [{"name": "http", "port": 9898, "nodePort": 30898, "protocol": "TCP"}]}
+    }))
+    .unwrap();
+    let got = serde_json::to_value(taken_over_service(
+        desired.clone(),
+        Some(&users),
+        Some("u1"),
+    ))
+    .unwrap();
+    assert_eq!(
+        got,
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "podinfo", "namespace": "test"},
+            "spec": {"selector": {"app": "podinfo-primary"},
+                     "ports": [{"name": "http", "port": 9898, "targetPort": 9898, "protocol": "TCP", "nodePort": 30898}]}
+        })
+    );
+    // A Service serin made keeps everything serin says.
+    let ours = Service {
+        metadata: meta(&[owner("u1", true)], &[]),
+        ..Default::default()
+    };
+    assert_eq!(
+        taken_over_service(desired.clone(), Some(&ours), Some("u1")),
+        desired
+    );
 }

@@ -338,7 +338,7 @@ fn delegation_and_tcp() {
             mirror: false,
         },
     ));
-    assert_eq!(vs["spec"]["tcp"][0]["match"], json!([{"port": 9898}]));
+    assert!(vs["spec"]["tcp"][0].get("match").is_none(), "{vs}");
     assert!(vs["spec"].get("http").is_none());
     assert_eq!(
         read_back(&vs, "podinfo"),
@@ -980,4 +980,154 @@ fn the_mesh_simulator_sends_its_match_share_to_the_sticky_rule() {
     };
     assert!((to("podinfo-canary") - 60.0).abs() < 1e-9, "{flows:?}");
     assert!((to("podinfo-primary") - 40.0).abs() < 1e-9, "{flows:?}");
+}
+
+// ---- issue 13: breaks found by review ----
+
+#[test]
+fn ab_merge_keeps_the_service_match_headers_the_analysis_match_leaves_out() {
+    // Flagger's mergeMatchConditions replaces headers and sourceLabels only when the analysis
+    // match sets them.
+    let a: Vec<HTTPMatchRequest> = serde_json::from_value(json!([
+        {"sourceLabels": {"app": "frontend"}},
+        {"headers": {"x-canary": {"exact": "1"}}}
+    ]))
+    .unwrap();
+    let s: Vec<HTTPMatchRequest> = serde_json::from_value(json!([
+        {"uri": {"prefix": "/api"}, "headers": {"x-tenant": {"exact": "acme"}}}
+    ]))
+    .unwrap();
+    let merged = serde_json::to_value(ab_matches(&a, &s)).unwrap();
+    assert_eq!(
+        merged,
+        json!([
+            {"uri": {"prefix": "/api"}, "headers": {"x-tenant": {"exact": "acme"}}, "sourceLabels": {"app": "frontend"}},
+            {"uri": {"prefix": "/api"}, "headers": {"x-canary": {"exact": "1"}}}
+        ])
+    );
+}
+
+fn vs_for(spec: Value, routes: Routes) -> Value {
+    let c = canary(spec);
+    let s = sel();
+    let inp = RouterInputs {
+        canary: &c,
+        namespace: "test",
+        selector: &s,
+        owner: owner(),
+        discovered: &[],
+    };
+    to_json(&desired_virtual_service(&inp, routes))
+}
+
+#[test]
+fn tcp_routes_match_the_service_match_ports_and_any_case() {
+    for protocol in ["tcp", "TCP", "Tcp"] {
+        let mut spec = base_spec();
+        spec["service"]["appProtocol"] = json!(protocol);
+        let vs = vs_for(spec.clone(), w(90, 10));
+        // No service match: Flagger's canaryToL4Match gives no match at all.
+        assert!(vs["spec"].get("http").is_none(), "{protocol}: {vs}");
+        assert!(
+            vs["spec"]["tcp"][0].get("match").is_none(),
+            "{protocol}: {vs}"
+        );
+        assert_eq!(read_back(&vs, "podinfo"), Some(w(90, 10)));
+
+        spec["service"]["match"] = json!([{"port": 3306}, {"port": 3307}]);
+        let vs = vs_for(spec, w(90, 10));
+        assert_eq!(
+            vs["spec"]["tcp"][0]["match"],
+            json!([{"port": 3306}, {"port": 3307}]),
+            "{protocol}"
+        );
+    }
+}
+
+#[test]
+fn match_without_iterations_is_a_progressive_canary_on_the_matched_requests() {
+    // Flagger runs it as the canary strategy with the A/B routes: matched requests split by
+    // weight, the rest on the primary.
+    let mut spec = base_spec();
+    spec["analysis"]["match"] = json!([{"headers": {"x-canary": {"exact": "insider"}}}]);
+    let vs = vs_for(spec, w(70, 30));
+    let http = vs["spec"]["http"].as_array().unwrap();
+    assert_eq!(http.len(), 2, "{vs}");
+    assert_eq!(
+        http[0]["match"],
+        json!([{"headers": {"x-canary": {"exact": "insider"}}}])
+    );
+    assert_eq!(
+        http[0]["route"],
+        json!([{"destination": {"host": "podinfo-primary"}, "weight": 70}, {"destination": {"host": "podinfo-canary"}, "weight": 30}])
+    );
+    assert_eq!(
+        http[1]["route"],
+        json!([{"destination": {"host": "podinfo-primary"}}])
+    );
+    assert_eq!(read_back(&vs, "podinfo"), Some(w(70, 30)));
+}
+
+fn managed(manager: &str, fields: Value) -> Value {
+    json!([{"manager": manager, "operation": "Apply", "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": fields}])
+}
+
+#[test]
+fn a_removed_field_serin_applied_is_applied_away() {
+    // serin applied a trafficPolicy; the Canary no longer has one.
+    let fields = json!({"f:spec": {"f:host": {}, "f:trafficPolicy": {".": {}, "f:tls": {".": {}, "f:mode": {}}}}});
+    let actual = json!({
+        "metadata": {"name": "podinfo-canary", "managedFields": managed("serin/router", fields.clone())},
+        "spec": {"host": "podinfo-canary", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}
+    });
+    let desired =
+        json!({"metadata": {"name": "podinfo-canary"}, "spec": {"host": "podinfo-canary"}});
+    assert!(drops_owned_fields(&desired, &actual, "serin/router"));
+    // Another manager's fields are not serin's to remove.
+    assert!(!drops_owned_fields(&desired, &actual, "kubectl"));
+    let same = json!({"metadata": {"name": "podinfo-canary"}, "spec": {"host": "podinfo-canary", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}});
+    assert!(!drops_owned_fields(&same, &actual, "serin/router"));
+    // A key removed inside the policy.
+    let fields = json!({"f:spec": {"f:trafficPolicy": {"f:tls": {"f:mode": {}}, "f:loadBalancer": {"f:simple": {}}}}});
+    let actual = json!({
+        "metadata": {"managedFields": managed("serin/router", fields)},
+        "spec": {"trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}, "loadBalancer": {"simple": "LEAST_REQUEST"}}}
+    });
+    let desired = json!({"spec": {"trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}});
+    assert!(drops_owned_fields(&desired, &actual, "serin/router"));
+    // Without managedFields nothing counts as dropped.
+    assert!(!drops_owned_fields(
+        &desired,
+        &json!({"spec": {}}),
+        "serin/router"
+    ));
+}
+
+#[test]
+fn an_atomic_list_is_compared_whole() {
+    // Istio's http list is atomic: the timeout removed from its route is a difference although
+    // the desired route is a subset of the stored one.
+    let actual = json!({
+        "metadata": {"managedFields": managed("serin/router", json!({"f:spec": {"f:hosts": {}, "f:http": {}}}))},
+        "spec": {"hosts": ["podinfo"], "http": [{"timeout": "5s", "retries": {"attempts": 3}, "route": [{"destination": {"host": "podinfo-primary"}, "weight": 100}]}]}
+    });
+    let desired = json!({"spec": {"hosts": ["podinfo"], "http": [{"route": [{"destination": {"host": "podinfo-primary"}, "weight": 100.0}]}]}});
+    assert!(drops_owned_fields(&desired, &actual, "serin/router"));
+    let same = json!({"spec": {"hosts": ["podinfo"], "http": [{"timeout": "5s", "retries": {"attempts": 3}, "route": [{"destination": {"host": "podinfo-primary"}, "weight": 100}]}]}});
+    assert!(!drops_owned_fields(&same, &actual, "serin/router"));
+}
+
+#[test]
+fn keyed_list_items_are_matched_by_key() {
+    let fields = json!({"f:spec": {"f:ports": {"k:{\"port\":80,\"protocol\":\"TCP\"}": {".": {}, "f:name": {}, "f:port": {}, "f:protocol": {}}}}});
+    let actual = json!({
+        "metadata": {"managedFields": managed("serin/router", fields)},
+        "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}]}
+    });
+    let same = json!({"spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}});
+    assert!(!drops_owned_fields(&same, &actual, "serin/router"));
+    let moved = json!({"spec": {"ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}});
+    assert!(drops_owned_fields(&moved, &actual, "serin/router"));
+    let renamed = json!({"spec": {"ports": [{"port": 80, "protocol": "TCP"}]}});
+    assert!(drops_owned_fields(&renamed, &actual, "serin/router"));
 }

@@ -19,31 +19,12 @@ pub const KIND_HPA: &str = "HorizontalPodAutoscaler";
 /// `spec.autoscalerRef.kind` of a KEDA ScaledObject.
 pub const KIND_SCALED_OBJECT: &str = "ScaledObject";
 
-/// The served HPA API: `autoscaling/v2` from Kubernetes 1.23, `autoscaling/v2beta2` before
-/// (1.20 serves only the latter). Both have the same wire shape for every field copied here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HpaVersion {
-    V2,
-    V2beta2,
-}
+/// The HPA API serin reads and writes: `autoscaling/v2`, served since Kubernetes 1.23 (every
+/// version serin supports) and the only one since 1.26.
+pub const HPA_API_VERSION: &str = "autoscaling/v2";
+pub const HPA_VERSION: &str = "v2";
 
-impl HpaVersion {
-    pub fn api_version(self) -> &'static str {
-        match self {
-            HpaVersion::V2 => "autoscaling/v2",
-            HpaVersion::V2beta2 => "autoscaling/v2beta2",
-        }
-    }
-
-    pub fn version(self) -> &'static str {
-        match self {
-            HpaVersion::V2 => "v2",
-            HpaVersion::V2beta2 => "v2beta2",
-        }
-    }
-}
-
-/// The user's HPA as read from the cache, whatever version served it.
+/// The user's HPA as read from the cache.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct UserHpa {
     pub metadata: ObjectMeta,
@@ -67,10 +48,10 @@ pub struct PrimaryHpa {
 }
 
 impl PrimaryHpa {
-    /// The object to apply, in the served version.
-    pub fn manifest(&self, version: HpaVersion) -> Value {
+    /// The object to apply.
+    pub fn manifest(&self) -> Value {
         json!({
-            "apiVersion": version.api_version(),
+            "apiVersion": HPA_API_VERSION,
             "kind": KIND_HPA,
             "metadata": self.metadata,
             "spec": self.spec,
@@ -269,10 +250,10 @@ mod tests {
         }
     }
 
-    /// The user's HPA as a v2beta2 server returns it.
+    /// The user's HPA as the server returns it.
     fn user() -> UserHpa {
         UserHpa::from_json(&json!({
-            "apiVersion": "autoscaling/v2beta2",
+            "apiVersion": "autoscaling/v2",
             "kind": "HorizontalPodAutoscaler",
             "metadata": {
                 "name": "podinfo", "namespace": "test", "uid": "hpa-uid", "resourceVersion": "7",
@@ -410,11 +391,11 @@ mod tests {
     }
 
     #[test]
-    fn the_manifest_carries_the_served_version() {
+    fn the_manifest_is_autoscaling_v2() {
         let p = build(&user(), &autoscaler(None)).unwrap();
-        for v in [HpaVersion::V2, HpaVersion::V2beta2] {
-            let m = p.manifest(v);
-            assert_eq!(m["apiVersion"], v.api_version());
+        {
+            let m = p.manifest();
+            assert_eq!(m["apiVersion"], "autoscaling/v2");
             assert_eq!(m["kind"], "HorizontalPodAutoscaler");
             assert_eq!(m["spec"]["scaleTargetRef"]["name"], "podinfo-primary");
             assert_eq!(
@@ -432,7 +413,7 @@ mod tests {
     #[test]
     fn any_change_of_spec_labels_annotations_or_owner_is_an_update() {
         let p = build(&user(), &autoscaler(None)).unwrap();
-        let same = UserHpa::from_json(&p.manifest(HpaVersion::V2)).unwrap();
+        let same = UserHpa::from_json(&p.manifest()).unwrap();
         assert!(!p.differs_from(&same));
         let changes: [fn(&mut UserHpa); 8] = [
             |h| h.spec.max_replicas = 9,

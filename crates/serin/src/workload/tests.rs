@@ -46,7 +46,7 @@ fn podinfo() -> Deployment {
 #[test]
 fn revision_hash_is_stable_and_sensitive() {
     let d = podinfo();
-    let t = d.spec.as_ref().unwrap().template.clone();
+    let t = d.spec.template.clone();
     let h = revision_hash(&t);
     assert!(
         h.starts_with("sha256:") && h.len() == "sha256:".len() + 16,
@@ -100,8 +100,7 @@ fn selector_label_follows_flagger_order() {
         }
     );
     let mut d = podinfo();
-    d.spec.as_mut().unwrap().selector.match_labels =
-        Some(BTreeMap::from([("tier".into(), "web".into())]));
+    d.spec.selector.match_labels = Some(BTreeMap::from([("tier".into(), "web".into())]));
     let err = selector_label(&d).unwrap_err().to_string();
     assert!(
         err.contains(
@@ -114,7 +113,7 @@ fn selector_label_follows_flagger_order() {
 #[test]
 fn config_refs_cover_every_reference_kind() {
     let d = podinfo();
-    let refs = config_refs(d.spec.as_ref().unwrap().template.spec.as_ref().unwrap());
+    let refs = config_refs(d.spec.template.spec.as_ref().unwrap());
     let cms: Vec<_> = refs
         .config_maps
         .iter()
@@ -150,7 +149,7 @@ fn cm(name: &str, data: &[(&str, &str)]) -> ConfigMap {
 #[test]
 fn tracked_configs_checksums_and_errors() {
     let d = podinfo();
-    let spec = d.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let spec = d.spec.template.spec.clone().unwrap();
     let secret = |name: &str| -> Option<Secret> {
         if name == "podinfo-secret-env" || name == "proj-secret" {
             return None; // optional refs may be missing
@@ -342,7 +341,7 @@ fn with_status(
 ) -> Deployment {
     let mut d = podinfo();
     d.metadata.generation = Some(generation);
-    d.spec.as_mut().unwrap().replicas = Some(replicas);
+    d.spec.replicas = Some(replicas);
     d.status = Some(DeploymentStatus {
         observed_generation: Some(observed),
         updated_replicas: Some(updated),
@@ -350,8 +349,8 @@ fn with_status(
         available_replicas: Some(available),
         conditions: cond.map(|reason| {
             vec![DeploymentCondition {
-                type_: "Progressing".into(),
-                status: "False".into(),
+                type_: Some("Progressing".into()),
+                status: Some("False".into()),
                 reason: Some(reason.into()),
                 ..Default::default()
             }]
@@ -388,6 +387,20 @@ fn readiness_table() {
             w("1 of 2 (readyThreshold 100%) updated replicas are available"),
         ),
         (with_status(2, 3, 3, 2, 2, 1, None), 50, Ready),
+        // Flagger rounds the needed replicas down (float32, as its isDeploymentReady): 3 at
+        // 50% waits for 1, 3 at 70% for 2, and the message names the needed count.
+        (with_status(3, 3, 3, 3, 3, 1, None), 50, Ready),
+        (
+            with_status(3, 3, 3, 3, 3, 1, None),
+            70,
+            w("1 of 2 (readyThreshold 70%) updated replicas are available"),
+        ),
+        (with_status(3, 3, 3, 3, 3, 0, None), 30, Ready),
+        (
+            with_status(100, 3, 3, 100, 100, 28, None),
+            29,
+            w("28 of 29 (readyThreshold 29%) updated replicas are available"),
+        ),
         (
             with_status(2, 3, 3, 2, 2, 0, Some("ProgressDeadlineExceeded")),
             100,

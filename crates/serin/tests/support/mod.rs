@@ -376,13 +376,14 @@ pub fn builtin_metrics() -> Value {
 
 pub fn image_of(d: &Deployment) -> String {
     d.spec
+        .template
+        .spec
         .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
         .and_then(|p| p.containers.first())
         .and_then(|c| c.image.clone())
         .unwrap_or_default()
 }
 
 pub fn replicas_of(d: &Deployment) -> i32 {
-    d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(-1)
+    d.spec.replicas.unwrap_or(-1)
 }

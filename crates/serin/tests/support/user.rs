@@ -20,7 +20,7 @@ pub fn manifest(rel: &str) -> PathBuf {
 /// Runs `kubectl ARGS` with the sandbox's kubeconfig in namespace `ns`, `stdin` on its input;
 /// panics with kubectl's output when it fails.
 pub async fn kubectl(kubeconfig: &Path, ns: &str, args: &[&str], stdin: Option<&str>) -> String {
-    let mut cmd = tokio::process::Command::new("kubectl");
+    let mut cmd = tokio::process::Command::new(serin_sandbox::kubectl());
     cmd.env("KUBECONFIG", kubeconfig)
         .arg("--namespace")
         .arg(ns)

@@ -1,5 +1,5 @@
 use super::*;
-use crate::relative::resolve_offline;
+use crate::relative::resolve_files;
 
 fn canary(analysis: &str) -> Canary {
     let text = format!(
@@ -35,7 +35,7 @@ fn replay_with(c: &Canary, values: Vec<[&dyn Fn(i64) -> f64; 3]>) -> Backtest {
         .enumerate()
         .zip(values)
         .map(|((i, m), [fixed, cc, cp])| ReplayMetric {
-            metric: resolve_offline(c, i, m, &[]).unwrap(),
+            metric: resolve_files(c, i, m, &[]).unwrap(),
             window: m.compare.as_ref().map(|c| c.window()).unwrap_or_default(),
             series: MetricSeries {
                 canary: series(fixed),

@@ -147,6 +147,11 @@ impl Reconcile {
         if let Some(c) = cached
             && let Ok(actual) = serde_json::to_value(c.as_ref())
             && is_subset(&desired, &actual)
+            // A field serin stopped saying is a change too (issue 13: a removed trafficPolicy,
+            // timeout or retries stayed). Only for the Istio objects, whose spec serin owns
+            // whole: on a Deployment, a field dropped from the apply (replicas once an
+            // autoscaler takes over) would be reset to its default.
+            && !router::drops_owned_fields(&desired, &actual, manager)
         {
             return Ok(());
         }
@@ -194,8 +199,7 @@ impl Reconcile {
                 .ctx
                 .services
                 .get(&ObjectRef::new(&name).within(&self.ns));
-            let existing = cached.as_deref().map(|c| &c.metadata);
-            let svc = router::taken_over_service(svc, existing, self.uid());
+            let svc = router::taken_over_service(svc, cached.as_deref(), self.uid());
             self.apply(&svc, cached.as_deref(), "serin/router").await?;
         }
         Ok(())
@@ -250,11 +254,8 @@ impl Reconcile {
         }
         let primary = self.deployment(&self.primary_name());
         let replicas = workload::primary_replicas(
-            seen.target.spec.as_ref().and_then(|s| s.replicas),
-            primary
-                .as_ref()
-                .and_then(|p| p.spec.as_ref())
-                .and_then(|s| s.replicas),
+            seen.target.spec.replicas,
+            primary.as_ref().and_then(|p| p.spec.replicas),
             self.canary.spec.autoscaler_ref.is_some(),
         );
         let tracked: BTreeSet<String> = seen.configs.keys().cloned().collect();
@@ -308,10 +309,8 @@ impl Reconcile {
     ) -> Result<(), Error> {
         let Some(want) = workload::target_replicas(
             scale,
-            target.spec.as_ref().and_then(|s| s.replicas),
-            primary
-                .and_then(|p| p.spec.as_ref())
-                .and_then(|s| s.replicas),
+            target.spec.replicas,
+            primary.and_then(|p| p.spec.replicas),
             autoscaler::user_min_replicas(&self.ctx, &self.canary, &self.ns),
             self.canary.spec.autoscaler_ref.is_some(),
         ) else {

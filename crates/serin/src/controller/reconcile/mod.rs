@@ -70,6 +70,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Err
         canary,
         ctx: ctx.clone(),
         metric_results: None,
+        no_data_since: None,
         analysed: false,
         cookies: None,
         event_chain: Default::default(),
@@ -118,6 +119,9 @@ struct Reconcile {
     name: String,
     now: DateTime<Utc>,
     metric_results: Option<Vec<MetricCheckStatus>>,
+    /// Set when the analysis ran: since when a metric with `onNoData: hold` has had no data
+    /// (`Some(None)`: it has data, the stretch is over).
+    no_data_since: Option<Option<DateTime<Utc>>>,
     analysed: bool,
     /// Session-affinity cookies decided in this pass, for the VirtualService and the status.
     cookies: Option<router::AffinityCookies>,
@@ -182,9 +186,12 @@ impl Reconcile {
             Ok(seen) => seen,
             Err(hold) => return self.hold(hold).await,
         };
-        self.ensure_primary(&seen).await?;
         let settings = state::settings(&self.canary);
         let progress = state::progress(self.canary.status.as_ref());
+        if let Err(hold) = self.check_references(&settings, &progress) {
+            return self.hold(hold).await;
+        }
+        self.ensure_primary(&seen).await?;
 
         // A new run may have to wait: frozen, or beyond the rollout queue's caps.
         if let Some(wait) = self.admission_gate(&seen, &settings, &progress).await? {

@@ -34,7 +34,12 @@ pub(super) struct Observed {
 
 impl Reconcile {
     pub(super) fn observe(&self, owner: OwnerReference) -> Result<Observed, Hold> {
-        let problems = validate_canary(&self.canary);
+        // Warnings are manifests Flagger runs: they go on their own condition (record.rs), and
+        // only errors hold the Canary.
+        let problems: Vec<_> = validate_canary(&self.canary)
+            .into_iter()
+            .filter(|p| !p.is_warning())
+            .collect();
         if !problems.is_empty() {
             let text = problems
                 .iter()
@@ -57,11 +62,7 @@ impl Reconcile {
                 format!("spec.targetRef: {e}"),
             )
         })?;
-        let template = target
-            .spec
-            .as_ref()
-            .map(|s| s.template.clone())
-            .unwrap_or_default();
+        let template = target.spec.template.clone();
         let pod = template.spec.clone().unwrap_or_default();
         let configs = self.tracked_configs(&pod).map_err(|e| {
             Hold::new(

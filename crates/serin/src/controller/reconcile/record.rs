@@ -34,6 +34,14 @@ impl Reconcile {
         if let Some(results) = &self.metric_results {
             status.serin_metrics = results.clone();
         }
+        if let Some(since) = self.no_data_since
+            && progress.phase == Some(rollout::Phase::Progressing)
+        {
+            status.serin_progress.get_or_insert_default().no_data_since = since.map(state::to_time);
+            if status.serin_progress == Some(Default::default()) {
+                status.serin_progress = None;
+            }
+        }
         if let Some(cookies) = &self.cookies {
             cookies.write_to(&mut status);
         }
@@ -64,6 +72,12 @@ impl Reconcile {
                 )
             }
             None => {}
+        }
+        let warnings = state::spec_warnings(&self.canary);
+        if state::set_spec_warnings(&mut status, previous, warnings.as_deref(), self.now)
+            && let Some(text) = warnings
+        {
+            self.publish(KubeEventType::Warning, text).await;
         }
         if previous == Some(&status) {
             return Ok(());

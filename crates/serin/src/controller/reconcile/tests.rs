@@ -25,7 +25,6 @@ use crate::controller::{Ctx, Options, autoscaler, events};
 use crate::rollout::{Phase, Plan, Progress, Scale};
 use crate::router;
 use crate::telemetry::Metrics;
-use crate::workload::hpa::HpaVersion;
 use crate::workload::{self, SelectorLabel};
 
 type Mock = Handle<Request<Body>, Response<Body>>;
@@ -103,7 +102,7 @@ fn ctx(client: Client, cached: Cached) -> Arc<Ctx> {
     let (http, http_insecure) = crate::hooks::clients().unwrap();
     let vs_resource = istio("VirtualService");
     let dr_resource = istio("DestinationRule");
-    let hpa_resource = autoscaler::resource(HpaVersion::V2beta2);
+    let hpa_resource = autoscaler::resource();
     Arc::new(Ctx {
         client: client.clone(),
         opts: Options::default(),
@@ -127,7 +126,6 @@ fn ctx(client: Client, cached: Cached) -> Arc<Ctx> {
         autoscalers: autoscaler::Autoscalers {
             store: dynamic_store(&hpa_resource, vec![]),
             resource: hpa_resource,
-            version: HpaVersion::V2beta2,
         },
         ready: tokio::sync::OnceCell::new_with(Some(true)),
         backoff: Default::default(),
@@ -144,6 +142,7 @@ fn reconcile(canary: Canary, ctx: Arc<Ctx>) -> Reconcile {
         canary: Arc::new(canary),
         ctx,
         metric_results: None,
+        no_data_since: None,
         analysed: false,
         cookies: None,
         event_chain: Default::default(),
@@ -154,7 +153,7 @@ fn reconcile(canary: Canary, ctx: Arc<Ctx>) -> Reconcile {
 
 fn observed(target: Deployment) -> Observed {
     let target = Arc::new(target);
-    let template = target.spec.as_ref().unwrap().template.clone();
+    let template = target.spec.template.clone();
     Observed {
         selector: workload::selector_label(&target).unwrap(),
         pod: template.spec.clone().unwrap_or_default(),
