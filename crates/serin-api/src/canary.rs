@@ -581,6 +581,26 @@ pub struct CanaryStatus {
     /// pace and the readiness deadlines where they were.
     #[serde(rename = "serin.dev/progress", skip_serializing_if = "Option::is_none")]
     pub serin_progress: Option<RunProgress>,
+    /// serin's addition: a new revision that waits to start, in the rollout queue or frozen; its
+    /// detection time keeps the queue's order across controller restarts.
+    #[serde(rename = "serin.dev/pending", skip_serializing_if = "Option::is_none")]
+    pub serin_pending: Option<PendingRun>,
+}
+
+/// `status["serin.dev/pending"]`: why a detected revision has not started its run yet.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingRun {
+    /// When serin detected the revision; the queue serves the earliest first.
+    pub since: Time,
+    /// `Queued` (a concurrency cap holds it) or `Frozen` (a freeze window or annotation), or
+    /// `Paused` (a run in progress held by a freeze with inProgress pause).
+    pub reason: String,
+    /// Its place in the queue, 1 being next; absent when frozen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<i32>,
+    /// The same text as the condition: the position and the limit, or the freeze and its end.
+    pub message: String,
 }
 
 /// `status["serin.dev/progress"]`: timing state of the current run.

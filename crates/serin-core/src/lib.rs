@@ -25,6 +25,7 @@
 //!   [#1444](https://github.com/fluxcd/flagger/issues/1444)), and a primary that never becomes
 //!   ready leaves the target alone.
 
+pub mod admission;
 pub mod compare;
 pub mod messages;
 pub mod request;

@@ -165,6 +165,9 @@ struct ControllerArgs {
     event_webhook: Option<String>,
     #[command(flatten)]
     leader: LeaderArgs,
+    /// The rollout queue and freeze windows.
+    #[command(flatten)]
+    admission: serin::controller::admission::AdmissionOptions,
     /// Alerts: the global notifier and the cluster name (boxed: it is large).
     #[command(flatten)]
     alerts: Box<serin::alerts::GlobalArgs>,
@@ -717,6 +720,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         leader: args.leader.options(),
         alerts: *args.alerts,
         event_webhook: args.event_webhook.filter(|u| !u.trim().is_empty()),
+        admission: args.admission,
     };
     serin::controller::run_with_config(config, opts, shutdown_signal()).await
 }

@@ -78,6 +78,9 @@ pub fn table(
         {
             phase.push_str(" (paused)");
         }
+        if let Some(p) = st.and_then(|s| s.serin_pending.as_ref()) {
+            phase.push_str(&pending_note(p));
+        }
         let weight = st
             .and_then(|s| s.canary_weight)
             .map(|w| w.to_string())
@@ -99,6 +102,14 @@ pub fn table(
         rows.push(row);
     }
     render(&rows)
+}
+
+/// The phase column's note on a revision that waits to start: ` (queued 2)`, ` (frozen)`.
+fn pending_note(p: &crate::api::PendingRun) -> String {
+    match p.position {
+        Some(n) => format!(" ({} {n})", p.reason.to_lowercase()),
+        None => format!(" ({})", p.reason.to_lowercase()),
+    }
 }
 
 /// Left-aligned columns, three spaces apart, the last one unpadded.
@@ -219,6 +230,38 @@ mod tests {
         );
         let one_ns = table(&canaries[..1], &events, false, now());
         assert!(one_ns.starts_with("NAME   PHASE"), "{one_ns}");
+    }
+
+    #[test]
+    fn queued_and_frozen_canaries_say_so_in_the_phase() {
+        let pending = |reason: &str, position: Option<i32>| {
+            json!({"phase": "Succeeded", "serin.dev/pending": {
+                "since": "2026-01-01T00:58:00Z", "reason": reason, "position": position,
+                "message": "why"}})
+        };
+        let canaries = [
+            canary("a", "q", pending("Queued", Some(2))),
+            canary("a", "f", pending("Frozen", None)),
+            canary("a", "r", json!({"phase": "Succeeded"})),
+        ];
+        let out = table(&canaries, &[], false, now());
+        let phases: Vec<String> = out
+            .lines()
+            .skip(1)
+            .map(|l| {
+                l.split("   ")
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            phases,
+            ["Succeeded (frozen)", "Succeeded (queued 2)", "Succeeded"],
+            "{out}"
+        );
     }
 
     #[test]

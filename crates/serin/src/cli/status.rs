@@ -153,6 +153,9 @@ pub fn render(
         out.push_str("   (a new revision is waiting to be picked up)");
     }
     out.push('\n');
+    if let Some(p) = &st.serin_pending {
+        out.push_str(&format!("  {}: {}\n", p.reason.to_uppercase(), p.message));
+    }
 
     let weight = st.canary_weight.unwrap_or(0).max(0) as u32;
     let analysis = c.spec.analysis().cloned().unwrap_or_default();
@@ -368,6 +371,22 @@ mod tests {
             "status": status
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_waiting_revision_says_why_on_its_own_line() {
+        let c = canary(
+            json!({"interval": "1m", "maxWeight": 50, "stepWeight": 10}),
+            json!({"phase": "Succeeded", "serin.dev/pending": {
+                "since": "2026-01-01T00:58:00Z", "reason": "Queued", "position": 2,
+                "message": "New revision of web.prod queued at position 2 of 4"}}),
+        );
+        let out = render(&c, &[], None, now());
+        let line = out.lines().nth(1).unwrap_or_default();
+        assert_eq!(
+            line, "  QUEUED: New revision of web.prod queued at position 2 of 4",
+            "{out}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! ([`watches`]). Which Canaries an event of a Deployment, ConfigMap or Secret concerns is
 //! answered by an [`index`] the watches keep, not by scanning every cached Canary.
 
+pub mod admission;
 pub mod api_layer;
 pub mod autoscaler;
 pub mod backoff;
@@ -65,6 +66,8 @@ pub struct Options {
     pub alerts: crate::alerts::GlobalArgs,
     /// `--event-webhook`: receives the Events of Canaries without `event` webhooks.
     pub event_webhook: Option<String>,
+    /// The rollout queue's caps and the freeze windows' ConfigMap.
+    pub admission: admission::AdmissionOptions,
 }
 
 impl Default for Options {
@@ -77,6 +80,7 @@ impl Default for Options {
             leader: None,
             alerts: Default::default(),
             event_webhook: None,
+            admission: Default::default(),
         }
     }
 }
@@ -153,6 +157,8 @@ pub struct Ctx {
     pub ready: tokio::sync::OnceCell<bool>,
     /// Consecutive failed reconciles per Canary, for [`error_policy`]'s delay.
     pub backoff: backoff::Backoffs,
+    /// The rollout queue and freeze windows.
+    pub admission: admission::Admissions,
 }
 
 impl Ctx {
@@ -401,6 +407,13 @@ pub async fn run_with(
         written: written.clone(),
         ready: tokio::sync::OnceCell::new(),
         backoff: Default::default(),
+        admission: admission::Admissions::start(
+            &client,
+            opts.admission.clone(),
+            ns,
+            health.clone(),
+        )
+        .await,
         autoscalers: autoscaler::Autoscalers {
             store: hpa_store,
             resource: hpa_resource.clone(),

@@ -372,6 +372,37 @@ pub fn status(
     s
 }
 
+/// Sets (or replaces) one of serin's conditions on a status built by [`status`], keeping its
+/// transition time from `previous` when its status did not change.
+pub fn set_condition(
+    s: &mut CanaryStatus,
+    previous: &[CanaryCondition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now: DateTime<Utc>,
+) {
+    let c = condition(previous, type_, status, reason, message, now);
+    match s.conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(slot) => *slot = c,
+        None => s.conditions.push(c),
+    }
+}
+
+/// Whether `previous` already has the condition with this status and message: a Warning Event
+/// for it was told when it appeared, so it is not told again.
+pub fn condition_is_new(
+    previous: Option<&CanaryStatus>,
+    type_: &str,
+    status: &str,
+    message: &str,
+) -> bool {
+    !previous
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .is_some_and(|c| c.status == status && c.message.as_deref() == Some(message))
+}
+
 /// A condition whose transition time moves only when its status does, so that rewriting the
 /// same status is a no-op.
 fn condition(

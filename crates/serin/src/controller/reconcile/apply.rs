@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::observe::Observed;
+use super::refused::Refusal;
 use super::{Error, Reconcile};
 use crate::controller::autoscaler;
 use crate::rollout::{self, Action as PlanAction, Plan, Progress, Scale, messages as msg};
@@ -32,7 +33,9 @@ impl Reconcile {
         if seen.primary.is_none() {
             self.write_primary(seen).await?;
             if let Some(hpa) = &seen.scaler {
-                autoscaler::size_new_primary(&self.ctx, &self.ns, &seen.target, hpa).await?;
+                autoscaler::size_new_primary(&self.ctx, &self.ns, &seen.target, hpa)
+                    .await
+                    .map_err(|e| self.refused("Deployment", &self.primary_name(), e))?;
             }
         }
         autoscaler::apply_primary(
@@ -43,6 +46,26 @@ impl Reconcile {
             false,
         )
         .await
+        .map_err(|e| self.refused("HorizontalPodAutoscaler", &primary_hpa_name(seen), e))
+    }
+
+    /// Keeps what the API server answered to a refused write of `kind` `name`, for the
+    /// `serin.dev/Written` condition and its Event; errors the server did not answer (it is away)
+    /// are only retried.
+    pub(super) fn refused(&self, kind: &str, name: &str, e: Error) -> Error {
+        if let Error::Kube(kube::Error::Api(s)) = &e
+            && let Ok(mut r) = self.refusal.lock()
+        {
+            *r = Some(Refusal {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                namespace: self.ns.clone(),
+                code: s.code,
+                reason: s.reason.clone(),
+                message: s.message.clone(),
+            });
+        }
+        e
     }
 
     /// Carries out the plan.
@@ -62,7 +85,10 @@ impl Reconcile {
                         self.write_primary(seen).await?;
                         let hpa = seen.scaler.as_ref();
                         autoscaler::apply_primary(&self.ctx, &self.canary, &self.ns, hpa, true)
-                            .await?;
+                            .await
+                            .map_err(|e| {
+                                self.refused("HorizontalPodAutoscaler", &primary_hpa_name(seen), e)
+                            })?;
                     } else {
                         warn!("not promoting: the target moved on to {}", seen.revision);
                     }
@@ -91,12 +117,14 @@ impl Reconcile {
             return Ok(());
         }
         let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let name = obj.name_any();
         api.patch(
-            &obj.name_any(),
+            &name,
             &PatchParams::apply(manager).force(),
             &Patch::Apply(obj),
         )
-        .await?;
+        .await
+        .map_err(|e| self.refused(&K::kind(&()), &name, e.into()))?;
         Ok(())
     }
 
@@ -128,12 +156,14 @@ impl Reconcile {
             return Ok(());
         }
         let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let name = obj.name_any();
         api.patch(
-            &obj.name_any(),
+            &name,
             &PatchParams::apply(manager).force(),
             &Patch::Apply(obj),
         )
-        .await?;
+        .await
+        .map_err(|e| self.refused(&K::kind(&()), &name, e.into()))?;
         Ok(())
     }
 
@@ -302,7 +332,8 @@ impl Reconcile {
             &params,
             &Patch::Merge(json!({ "spec": { "replicas": want } })),
         )
-        .await?;
+        .await
+        .map_err(|e| self.refused("Deployment", self.target_name(), e.into()))?;
         Ok(())
     }
 
@@ -312,6 +343,14 @@ impl Reconcile {
         let cookies = router::next_affinity_cookies(&self.canary, progress, random_cookie_value);
         self.cookies = Some(cookies);
     }
+}
+
+/// The name of the primary HPA, for a refusal's message.
+fn primary_hpa_name(seen: &Observed) -> String {
+    seen.scaler
+        .as_ref()
+        .and_then(|h| h.metadata.name.clone())
+        .unwrap_or_else(|| "primary HorizontalPodAutoscaler".to_string())
 }
 
 /// A random cookie value like Flagger's: 10 ASCII letters. Not a secret (it only keeps a user on

@@ -10,11 +10,13 @@
 //! elsewhere: the decision in `serin-core`, the desired objects in [`crate::router`] and
 //! [`crate::workload`], metric resolution in [`crate::metrics`].
 
+mod admit;
 mod apply;
 mod checks;
 mod finalizer;
 mod observe;
 mod record;
+mod refused;
 #[cfg(test)]
 mod tests;
 mod webhooks;
@@ -72,6 +74,8 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Err
         analysed: false,
         cookies: None,
         event_chain: Default::default(),
+        refusal: Default::default(),
+        pending: None,
     };
     let res = r.run().await;
     ctx.metrics
@@ -123,6 +127,11 @@ struct Reconcile {
     cookies: Option<router::AffinityCookies>,
     /// The last background delivery to the event hooks; the next one waits for it.
     event_chain: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The last write of a generated object the API server refused in this pass.
+    refusal: std::sync::Mutex<Option<refused::Refusal>>,
+    /// The admission gate's verdict on `status["serin.dev/pending"]`: `None` until it ran in
+    /// this pass (the previous value stays), `Some(None)` when nothing waits.
+    pending: Option<Option<crate::api::PendingRun>>,
 }
 
 impl Reconcile {
@@ -152,7 +161,20 @@ impl Reconcile {
             .get(&ObjectRef::new(name).within(&self.ns))
     }
 
+    /// The steps; a write the API server refused is told on the Canary before the error goes
+    /// to the error policy (and its backoff).
     async fn run(&mut self) -> Result<Action, Error> {
+        let res = self.steps().await;
+        if res.is_err() {
+            // What this pass decided is not kept: the next one decides again.
+            self.cookies = None;
+            self.metric_results = None;
+            self.report_refusal().await;
+        }
+        res
+    }
+
+    async fn steps(&mut self) -> Result<Action, Error> {
         if self.canary.metadata.deletion_timestamp.is_some() {
             return self.finalize().await;
         }
@@ -171,6 +193,11 @@ impl Reconcile {
         }
         self.ensure_primary(&seen).await?;
 
+        // A new run may have to wait: frozen, or beyond the rollout queue's caps.
+        if let Some(wait) = self.admission_gate(&seen, &settings, &progress).await? {
+            return Ok(wait);
+        }
+
         // Decide.
         let plan = match self
             .decide(&settings, &progress, self.observation(&seen))
@@ -179,6 +206,11 @@ impl Reconcile {
             Ok(plan) => plan,
             Err(hold) => return self.hold(hold).await,
         };
+        if !super::admission::in_run(plan.progress.phase) {
+            // A slot handed out for a run that did not start (a confirm-rollout gate said no)
+            // goes back at once.
+            self.ctx.admission.forget(&backoff::key(&self.canary));
+        }
 
         // Act.
         self.act(&seen, &plan).await?;

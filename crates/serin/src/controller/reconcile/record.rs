@@ -8,6 +8,7 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 use tracing::{info, warn};
 
+use super::refused::{Refusal, WRITTEN_CONDITION, WRITTEN_MESSAGE, WRITTEN_REASON};
 use super::{HOLD_RETRY, KubeEventType, Reconcile};
 use crate::api::{self, Canary};
 use crate::controller::events::Repeat;
@@ -44,6 +45,34 @@ impl Reconcile {
         if let Some(cookies) = &self.cookies {
             cookies.write_to(&mut status);
         }
+        super::admit::apply_pending(&mut status, previous, self.pending.as_ref(), self.now);
+        let previous_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
+        match self.refusal() {
+            Some(r) => state::set_condition(
+                &mut status,
+                previous_conditions,
+                WRITTEN_CONDITION,
+                "False",
+                &r.condition_reason(),
+                &r.message(),
+                self.now,
+            ),
+            None if previous_conditions
+                .iter()
+                .any(|c| c.type_ == WRITTEN_CONDITION) =>
+            {
+                state::set_condition(
+                    &mut status,
+                    previous_conditions,
+                    WRITTEN_CONDITION,
+                    "True",
+                    WRITTEN_REASON,
+                    WRITTEN_MESSAGE,
+                    self.now,
+                )
+            }
+            None => {}
+        }
         let warnings = state::spec_warnings(&self.canary);
         if state::set_spec_warnings(&mut status, previous, warnings.as_deref(), self.now)
             && let Some(text) = warnings
@@ -68,6 +97,32 @@ impl Reconcile {
             .await?;
         self.remember_written(&written);
         Ok(())
+    }
+
+    fn refusal(&self) -> Option<Refusal> {
+        self.refusal.lock().ok().and_then(|r| r.clone())
+    }
+
+    /// Tells a refused write on the Canary: `serin.dev/Written=False` naming the object, the API
+    /// server's answer and the fix, and a Warning Event when that message is new. The progress
+    /// is the stored one: nothing this pass decided is kept, so nothing moves.
+    pub(super) async fn report_refusal(&self) {
+        let Some(r) = self.refusal() else {
+            return;
+        };
+        let text = r.message();
+        if state::condition_is_new(
+            self.canary.status.as_ref(),
+            WRITTEN_CONDITION,
+            "False",
+            &text,
+        ) {
+            self.publish(KubeEventType::Warning, text).await;
+        }
+        let progress = state::progress(self.canary.status.as_ref());
+        if let Err(e) = self.write_status(&progress, None).await {
+            warn!("recording the refused write on the status: {e}");
+        }
     }
 
     /// Records the resource version of serin's own status write, so that reconciles triggered

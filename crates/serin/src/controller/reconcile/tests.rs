@@ -129,6 +129,7 @@ fn ctx(client: Client, cached: Cached) -> Arc<Ctx> {
         },
         ready: tokio::sync::OnceCell::new_with(Some(true)),
         backoff: Default::default(),
+        admission: Default::default(),
     })
 }
 
@@ -145,6 +146,8 @@ fn reconcile(canary: Canary, ctx: Arc<Ctx>) -> Reconcile {
         analysed: false,
         cookies: None,
         event_chain: Default::default(),
+        refusal: Default::default(),
+        pending: None,
     }
 }
 
