@@ -560,7 +560,7 @@ struct Markers {
 
 impl Markers {
     fn new(seed: u64) -> Markers {
-        let mut rng = Rng::new(seed ^ 0x5EC2_E7);
+        let mut rng = Rng::new(seed ^ 0x005E_C2E7);
         Markers {
             secret: format!("chaos-secret-{:016x}", rng.next_u64()),
             spec: format!("chaos-spec-body-{:016x}", rng.next_u64()),
