@@ -213,6 +213,8 @@ pub struct Rollout {
     pub image: String,
     pub faulty: Option<&'static str>,
     pub start: Instant,
+    /// When the Deployment carried the new image (Flux's share of the rollout's time).
+    pub applied: Option<Instant>,
     pub end: Instant,
     pub phase: String,
     pub primary_image: String,
@@ -904,13 +906,16 @@ async fn release_all(ctx: AppCtx, kinds: Vec<Option<&'static str>>) {
         }
         let r = release(&ctx, i + 1, fault, &good_image).await;
         println!(
-            "    {:>5.0} s  {} {} ({}) -> {} in {:.0} s, primary on {}{}",
+            "    {:>5.0} s  {} {} ({}) -> {} in {:.0} s (applied by Flux after {:.0} s), primary on {}{}",
             ctx.shared.started.elapsed().as_secs_f64(),
             r.app,
             r.image.rsplit(':').next().unwrap_or_default(),
             r.faulty.unwrap_or("good"),
             if r.phase.is_empty() { "?" } else { &r.phase },
             (r.end - r.start).as_secs_f64(),
+            r.applied
+                .map(|a| (a - r.start).as_secs_f64())
+                .unwrap_or(f64::NAN),
             r.primary_image.rsplit(':').next().unwrap_or_default(),
             if r.correct { "" } else { "  INCORRECT" }
         );
@@ -939,6 +944,7 @@ async fn release(ctx: &AppCtx, k: usize, fault: Option<&'static str>, good: &str
         image: new_image.clone(),
         faulty: fault,
         start,
+        applied: None,
         end: start,
         phase: String::new(),
         primary_image: String::new(),
@@ -986,6 +992,7 @@ async fn release(ctx: &AppCtx, k: usize, fault: Option<&'static str>, good: &str
             .await
             .is_some_and(|d| image_of(&d) == new_image)
         {
+            rollout.applied = Some(Instant::now());
             break;
         }
         if Instant::now() > deadline || ctx.shared.stopped() {
@@ -1783,7 +1790,8 @@ impl Receiver {
     }
 
     fn counts(&self) -> BTreeMap<&'static str, u64> {
-        [Mode::Ok, Mode::Fail, Mode::Hang, Mode::Refuse]
+        // Refused connections never reach it, so they are not counted.
+        [Mode::Ok, Mode::Fail, Mode::Hang]
             .iter()
             .map(|m| (m.name(), self.counts[*m as usize].load(Ordering::SeqCst)))
             .collect()
@@ -1963,6 +1971,7 @@ mod tests {
                 image: "x:1".into(),
                 faulty: None,
                 start: t + Duration::from_secs(5),
+                applied: None,
                 end: t + Duration::from_secs(30),
                 phase: "Succeeded".into(),
                 primary_image: "x:1".into(),
