@@ -55,6 +55,8 @@ const METRIC_WINDOW: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(200);
 /// A violation is charged to the faults injected this long before it.
 const BLAME_WINDOW: Duration = Duration::from_secs(30);
+/// A fault's load is what serin did from its injection until a minute after it ended.
+const LOAD_WINDOW: Duration = Duration::from_secs(60);
 
 /// What a faulty release does, as the mesh simulator's annotation.
 const FAULT_PROFILES: [&str; 2] = ["errors=50%", "latency=900ms"];
@@ -106,6 +108,11 @@ pub struct ChaosOptions {
     pub apps: usize,
     /// Peak resident memory of one serin process above which the run fails.
     pub rss_limit_mb: u64,
+    /// Reconciles a minute (all replicas, any 60 s window) above which the run fails: a
+    /// repeating failure must back off, not become a hot loop.
+    pub max_reconciles_per_minute: u64,
+    /// Prometheus queries a minute (the same way) above which the run fails.
+    pub max_queries_per_minute: u64,
     /// The `serin` binary (default: [`crate::serin_binary`]).
     pub serin: Option<PathBuf>,
     /// Keep kubeconfig and logs in this directory (data is removed at the end).
@@ -120,6 +127,8 @@ impl Default for ChaosOptions {
             duration_limit: Duration::from_secs(3600),
             apps: 4,
             rss_limit_mb: 256,
+            max_reconciles_per_minute: 1200,
+            max_queries_per_minute: 600,
             serin: None,
             dir: None,
         }
@@ -240,6 +249,9 @@ pub struct Report {
     pub violations: Vec<Violation>,
     /// Peak VmRSS of any serin process, in kB.
     pub peak_rss_kb: u64,
+    /// serin's own counters, summed over the replicas, every 5 s: (when, reconciles, queries)
+    /// since the previous sample.
+    pub load: Vec<(Instant, u64, u64)>,
     /// serin processes that ended without being killed (a lost Lease, a crash), with status.
     pub own_exits: Vec<String>,
     pub serin_starts: u64,
@@ -291,12 +303,17 @@ impl Report {
                 .iter()
                 .filter(|v| self.blamed(v).contains(&f))
                 .count();
+            let load = inj
+                .iter()
+                .map(|i| peak_per_minute(&self.load, i.start, i.end + LOAD_WINDOW))
+                .fold((0, 0), |a, b| (a.0.max(b.0), a.1.max(b.1)));
             rows.push((
                 f.name().to_string(),
                 inj.len(),
                 hit.len(),
                 hit.iter().filter(|r| r.correct).count(),
                 violations,
+                Some(load),
             ));
         }
         let calm: Vec<&Rollout> = self
@@ -313,6 +330,7 @@ impl Report {
                 .iter()
                 .filter(|v| self.blamed(v).is_empty())
                 .count(),
+            None,
         ));
         rows.push((
             "all".into(),
@@ -320,23 +338,34 @@ impl Report {
             self.rollouts.len(),
             self.rollouts.iter().filter(|r| r.correct).count(),
             self.violations.len(),
+            self.load
+                .first()
+                .map(|(t, _, _)| peak_per_minute(&self.load, *t, self.started + self.duration)),
         ));
         let mut out = format!(
-            "| {:<30} | {:>10} | {:>8} | {:>7} | {:>20} |\n|{:-<32}|{:->12}|{:->10}|{:->9}|{:->22}|\n",
+            "| {:<30} | {:>10} | {:>8} | {:>7} | {:>20} | {:>19} | {:>16} |\n|{:-<32}|{:->12}|{:->10}|{:->9}|{:->22}|{:->21}|{:->18}|\n",
             "fault",
             "injections",
             "rollouts",
             "correct",
             "invariant violations",
+            "peak reconciles/min",
+            "peak queries/min",
+            "",
+            "",
             "",
             "",
             "",
             "",
             ""
         );
-        for (name, inj, hit, correct, v) in rows {
+        for (name, inj, hit, correct, v, load) in rows {
+            let (r, q) = match load {
+                Some((r, q)) => (r.to_string(), q.to_string()),
+                None => ("-".into(), "-".into()),
+            };
             out.push_str(&format!(
-                "| {name:<30} | {inj:>10} | {hit:>8} | {correct:>7} | {v:>20} |\n"
+                "| {name:<30} | {inj:>10} | {hit:>8} | {correct:>7} | {v:>20} | {r:>19} | {q:>16} |\n"
             ));
         }
         out
@@ -418,6 +447,7 @@ struct Shared {
     /// Images of faulty releases: none may ever reach a primary.
     faulty_images: Mutex<BTreeSet<String>>,
     peak_rss_kb: AtomicU64,
+    load: Mutex<Vec<(Instant, u64, u64)>>,
     polls: AtomicU64,
     stop: AtomicBool,
     /// Set while the apps' releases are still running.
@@ -456,6 +486,7 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<Report> {
         violations: Mutex::new(Vec::new()),
         faulty_images: Mutex::new(BTreeSet::new()),
         peak_rss_kb: AtomicU64::new(0),
+        load: Mutex::new(Vec::new()),
         polls: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         releasing: AtomicBool::new(true),
@@ -527,6 +558,25 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<Report> {
             ),
         );
     }
+    let load = lock(&shared.load).clone();
+    type Pick = fn((u64, u64)) -> u64;
+    let picks: [(&str, u64, Pick); 2] = [
+        ("reconciles", opts.max_reconciles_per_minute, |p| p.0),
+        ("Prometheus queries", opts.max_queries_per_minute, |p| p.1),
+    ];
+    for (what, limit, pick) in picks {
+        if let Some((at, n)) = load
+            .iter()
+            .map(|(t, _, _)| (*t, pick(peak_per_minute(&load, *t, *t))))
+            .find(|(_, n)| *n > limit)
+        {
+            lock(&shared.violations).push(Violation {
+                at,
+                invariant: "load stays bounded",
+                what: format!("{n} {what} in the minute before (limit {limit})"),
+            });
+        }
+    }
     let report = Report {
         seed: opts.seed,
         started: shared.started,
@@ -536,6 +586,7 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<Report> {
         planned: opts.rollouts,
         violations: lock(&shared.violations).clone(),
         peak_rss_kb: peak,
+        load,
         own_exits: lock(&replicas.own_exits).clone(),
         serin_starts: replicas.starts.load(Ordering::SeqCst),
         webhook_requests: receiver.counts(),
@@ -622,6 +673,7 @@ async fn drive(
         shared.started.elapsed().as_secs_f64()
     );
 
+    let sampler = tokio::spawn(sample_load(replicas.clone(), shared.clone()));
     let checker = tokio::spawn(check_invariants(
         client.clone(),
         apps.clone(),
@@ -665,6 +717,7 @@ async fn drive(
     shared.stop.store(true, Ordering::SeqCst);
     let _ = checker.await;
     supervisor.abort();
+    sampler.abort();
     Ok(())
 }
 
@@ -1056,6 +1109,8 @@ struct Slot {
     killing: Arc<AtomicBool>,
     exited: Arc<AtomicBool>,
     hold_until: Instant,
+    /// Where this incarnation's lines start in the (appended) log.
+    log_offset: u64,
 }
 
 impl Replicas {
@@ -1074,6 +1129,7 @@ impl Replicas {
                         killing: Arc::new(AtomicBool::new(false)),
                         exited: Arc::new(AtomicBool::new(true)),
                         hold_until: Instant::now(),
+                        log_offset: 0,
                     })
                     .collect(),
             ),
@@ -1136,6 +1192,9 @@ impl Replicas {
                     "info,serin=debug,kube_client::client::tls=error".to_string(),
                 ),
             ];
+            let log_offset = std::fs::metadata(self.log_of(identity))
+                .map(|m| m.len())
+                .unwrap_or(0);
             let started = Supervised::spawn_with_env(
                 identity,
                 &self.serin,
@@ -1157,6 +1216,7 @@ impl Replicas {
                     slot.child = Some(child);
                     slot.killing = killing;
                     slot.exited = exited;
+                    slot.log_offset = log_offset;
                 }
                 Err(e) => {
                     eprintln!("  could not start {identity}: {e}");
@@ -1180,6 +1240,27 @@ impl Replicas {
             }
         }
         killed
+    }
+
+    /// (pid, /metrics address) of each live replica that has logged where it listens.
+    fn metrics_addrs(&self) -> Vec<(i32, String)> {
+        let slots: Vec<(i32, PathBuf, u64)> = lock(&self.slots)
+            .iter()
+            .filter(|s| !s.exited.load(Ordering::SeqCst))
+            .filter_map(|s| {
+                let pid = s.child.as_ref()?.pid();
+                Some((pid, self.log_of(s.identity), s.log_offset))
+            })
+            .collect();
+        slots
+            .into_iter()
+            .filter_map(|(pid, log, offset)| {
+                let text = std::fs::read(&log).ok()?;
+                let tail = text.get(offset as usize..)?;
+                let addr = listen_addr(&String::from_utf8_lossy(tail))?;
+                Some((pid, addr))
+            })
+            .collect()
     }
 
     fn pids(&self) -> Vec<i32> {
@@ -1237,6 +1318,79 @@ pub fn parse_rss_kb(status: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The address serin logs when its /metrics server is up.
+pub fn listen_addr(log: &str) -> Option<String> {
+    const MARKER: &str = "serving /metrics, /healthz and /readyz on ";
+    log.lines()
+        .filter_map(|l| l.split_once(MARKER))
+        .map(|(_, a)| a.trim().to_string())
+        .next_back()
+}
+
+/// (reconciles, Prometheus queries) from serin's /metrics text.
+pub fn load_counters(metrics: &str) -> (u64, u64) {
+    let mut reconciles = 0.0;
+    let mut queries = 0.0;
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let name = series.split('{').next().unwrap_or_default();
+        let v: f64 = value.parse().unwrap_or(0.0);
+        match name {
+            "serin_reconciles_total" => reconciles += v,
+            "serin_prometheus_query_duration_seconds_count" => queries += v,
+            _ => {}
+        }
+    }
+    (reconciles as u64, queries as u64)
+}
+
+/// Every 5 s, how many reconciles and Prometheus queries the replicas made since the last
+/// sample (a restarted process starts its counters again from zero).
+async fn sample_load(replicas: Arc<Replicas>, shared: Arc<Shared>) {
+    let Ok(http) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()
+    else {
+        return;
+    };
+    let mut last: HashMap<i32, (u64, u64)> = HashMap::new();
+    while !shared.stopped() {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (mut dr, mut dq) = (0, 0);
+        for (pid, addr) in replicas.metrics_addrs() {
+            let Ok(resp) = http.get(format!("http://{addr}/metrics")).send().await else {
+                continue;
+            };
+            let Ok(text) = resp.text().await else {
+                continue;
+            };
+            let (r, q) = load_counters(&text);
+            let (lr, lq) = last.get(&pid).copied().unwrap_or((0, 0));
+            dr += r.checked_sub(lr).unwrap_or(r);
+            dq += q.checked_sub(lq).unwrap_or(q);
+            last.insert(pid, (r, q));
+        }
+        lock(&shared.load).push((Instant::now(), dr, dq));
+    }
+}
+
+/// The largest number of (reconciles, queries) in any 60 s window ending at a sample taken
+/// within `[from, to]`.
+pub fn peak_per_minute(load: &[(Instant, u64, u64)], from: Instant, to: Instant) -> (u64, u64) {
+    let mut peak = (0, 0);
+    for (t, _, _) in load.iter().filter(|(t, _, _)| *t >= from && *t <= to) {
+        let window = load
+            .iter()
+            .filter(|(u, _, _)| *u <= *t && *u + Duration::from_secs(60) > *t);
+        let (r, q) = window.fold((0, 0), |(r, q), (_, dr, dq)| (r + dr, q + dq));
+        peak = (peak.0.max(r), peak.1.max(q));
+    }
+    peak
 }
 
 async fn lease_holder(client: &Client) -> Option<String> {
@@ -1980,6 +2134,7 @@ mod tests {
             planned: 1,
             violations,
             peak_rss_kb: 1000,
+            load: vec![],
             own_exits: vec![],
             serin_starts: 2,
             webhook_requests: BTreeMap::new(),
@@ -2019,11 +2174,36 @@ mod tests {
             .lines()
             .find(|l| l.contains("SIGKILL the leader"))
             .unwrap();
-        assert!(leader.ends_with("|                    1 |"), "{table}");
+        assert!(leader.contains("|                    1 |"), "{table}");
         let prom = table.lines().find(|l| l.contains("Prometheus")).unwrap();
-        assert!(prom.ends_with("|                    0 |"), "{table}");
+        assert!(prom.contains("|                    0 |"), "{table}");
         assert!(v.details().contains("INCORRECT"));
         let _ = t0;
+    }
+
+    #[test]
+    fn load_from_serins_metrics_and_its_log() {
+        let metrics = "# HELP serin_reconciles Reconciles\nserin_reconciles_total{result=\"ok\"} 70\nserin_reconciles_total{result=\"error\"} 3\nserin_prometheus_query_duration_seconds_count 8\nserin_prometheus_query_duration_seconds_sum 0.4\n";
+        assert_eq!(load_counters(metrics), (73, 8));
+        assert_eq!(load_counters(""), (0, 0));
+        let log = "x INFO serin::telemetry: serving /metrics, /healthz and /readyz on 127.0.0.1:1111\ny\nz INFO serin::telemetry: serving /metrics, /healthz and /readyz on 127.0.0.1:2222\n";
+        assert_eq!(listen_addr(log).as_deref(), Some("127.0.0.1:2222"));
+        assert_eq!(listen_addr("nothing"), None);
+    }
+
+    #[test]
+    fn load_peaks_over_any_minute() {
+        let t = Instant::now();
+        let at = |s: u64| t + Duration::from_secs(s);
+        let load: Vec<(Instant, u64, u64)> = (1..=30)
+            .map(|i| (at(i * 5), if i == 20 { 500 } else { 10 }, 2))
+            .collect();
+        // The burst at 100 s counts in every window that ends 100..155 s.
+        assert_eq!(peak_per_minute(&load, at(0), at(200)), (500 + 11 * 10, 24));
+        assert_eq!(peak_per_minute(&load, at(0), at(90)), (120, 24));
+        // No sample in the range.
+        assert_eq!(peak_per_minute(&load, at(160), at(200)), (0, 0));
+        assert_eq!(peak_per_minute(&[], at(0), at(10)), (0, 0));
     }
 
     #[test]

@@ -66,6 +66,12 @@ enum Command {
         /// Peak resident memory of one serin process above which the run fails.
         #[arg(long, default_value_t = 256)]
         rss_limit_mb: u64,
+        /// Reconciles a minute (all replicas, any 60 s window) above which the run fails.
+        #[arg(long, default_value_t = 1200)]
+        max_reconciles_per_minute: u64,
+        /// Prometheus queries a minute (the same way) above which the run fails.
+        #[arg(long, default_value_t = 600)]
+        max_queries_per_minute: u64,
         /// Directory for kubeconfig and logs (kept after the run; data removed).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -129,6 +135,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             duration_limit,
             apps,
             rss_limit_mb,
+            max_reconciles_per_minute,
+            max_queries_per_minute,
             dir,
         } => {
             ensure_set_up()?;
@@ -138,6 +146,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 duration_limit,
                 apps,
                 rss_limit_mb,
+                max_reconciles_per_minute,
+                max_queries_per_minute,
                 serin: None,
                 dir,
             };

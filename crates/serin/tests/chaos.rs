@@ -18,6 +18,8 @@ async fn a_short_chaos_run_keeps_every_invariant_and_every_outcome() {
         seed: 11,
         duration_limit: Duration::from_secs(360),
         rss_limit_mb: 256,
+        max_reconciles_per_minute: 1200,
+        max_queries_per_minute: 600,
         serin: Some(PathBuf::from(env!("CARGO_BIN_EXE_serin"))),
         dir: None,
     })
