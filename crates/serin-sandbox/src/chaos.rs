@@ -117,6 +117,10 @@ pub struct ChaosOptions {
     pub serin: Option<PathBuf>,
     /// Keep kubeconfig and logs in this directory (data is removed at the end).
     pub dir: Option<PathBuf>,
+    /// The negative control: inject no fault but break three invariants by hand (a
+    /// VirtualService's weights, traffic to a canary without pods, the primary's image marked
+    /// faulty), so that a run shows its checks can fail.
+    pub sabotage: bool,
 }
 
 impl Default for ChaosOptions {
@@ -131,6 +135,7 @@ impl Default for ChaosOptions {
             max_queries_per_minute: 600,
             serin: None,
             dir: None,
+            sabotage: false,
         }
     }
 }
@@ -702,7 +707,14 @@ async fn drive(
     };
     let waiter = tokio::spawn(all_done);
 
-    inject(sandbox, shared, replicas, receiver, &mut rng, markers).await?;
+    if opts.sabotage {
+        sabotage(&client, &apps[0], shared).await?;
+        while shared.releasing.load(Ordering::SeqCst) && !shared.stopped() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    } else {
+        inject(sandbox, shared, replicas, receiver, &mut rng, markers).await?;
+    }
     println!(
         "==> faults stopped at {:.0} s; waiting for the last rollouts",
         shared.started.elapsed().as_secs_f64()
@@ -1527,6 +1539,46 @@ async fn inject(
             detail,
         });
     }
+}
+
+/// What `--sabotage` does to `app` while it is idle: its VirtualService gets 60 % on the primary
+/// and 60 % on the canary, which has no pod (rewritten every 100 ms for 3 s, since serin puts its
+/// own weights back as soon as it sees the change), and the image its primary runs is marked
+/// faulty.
+async fn sabotage(client: &Client, app: &str, shared: &Shared) -> anyhow::Result<()> {
+    let vss = dynamic(
+        client,
+        NAMESPACE,
+        "networking.istio.io/v1",
+        "VirtualService",
+    );
+    let deployments = dynamic(client, NAMESPACE, "apps/v1", "Deployment");
+    let primary = get_json(&deployments, &format!("{app}-primary"))
+        .await
+        .context("reading the primary to sabotage")?;
+    lock(&shared.faulty_images).insert(image_of(&primary));
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let vs = get_json(&vss, app)
+            .await
+            .context("reading the VirtualService to sabotage")?;
+        let mut http = vs["spec"]["http"].clone();
+        if let Some(route) = http[0]["route"].as_array_mut() {
+            for dest in route.iter_mut() {
+                dest["weight"] = json!(60);
+            }
+        }
+        vss.patch(
+            app,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"http": http}})),
+        )
+        .await
+        .context("sabotaging the VirtualService")?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("  ** sabotaged {app}: weights 60/60 for 3 s, its primary's image marked faulty");
+    Ok(())
 }
 
 /// Canaries the API server may accept but the controller must judge, each in the same namespace

@@ -75,6 +75,9 @@ enum Command {
         /// Directory for kubeconfig and logs (kept after the run; data removed).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// No faults; break three invariants by hand instead, to see the checks fail.
+        #[arg(long)]
+        sabotage: bool,
     },
 }
 
@@ -138,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_reconciles_per_minute,
             max_queries_per_minute,
             dir,
+            sabotage,
         } => {
             ensure_set_up()?;
             let opts = serin_sandbox::chaos::ChaosOptions {
@@ -150,6 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_queries_per_minute,
                 serin: None,
                 dir,
+                sabotage,
             };
             let report = runtime()?.block_on(serin_sandbox::chaos::run(opts))?;
             println!("\n{}\n{}", report.table(), report.details());
