@@ -259,6 +259,8 @@ pub struct Report {
     pub load: Vec<(Instant, u64, u64)>,
     /// serin processes that ended without being killed (a lost Lease, a crash), with status.
     pub own_exits: Vec<String>,
+    /// The Lease's holder each time it changed (read every second).
+    pub leaders: Vec<String>,
     pub serin_starts: u64,
     pub webhook_requests: BTreeMap<&'static str, u64>,
     pub malformed_refused: u64,
@@ -401,6 +403,18 @@ impl Report {
             },
             self.peak_rss_kb as f64 / 1024.0
         ));
+        let mut led: BTreeMap<&str, usize> = BTreeMap::new();
+        for l in &self.leaders {
+            *led.entry(l.as_str()).or_default() += 1;
+        }
+        out.push_str(&format!(
+            "Lease: {} changes of holder ({})\n",
+            self.leaders.len().saturating_sub(1),
+            led.iter()
+                .map(|(who, n)| format!("{who} took it {n} times"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         out.push_str(&format!(
             "webhook receiver: {}; malformed Canaries: {} refused by the API server, {} accepted\n",
             self.webhook_requests
@@ -452,6 +466,7 @@ struct Shared {
     /// Images of faulty releases: none may ever reach a primary.
     faulty_images: Mutex<BTreeSet<String>>,
     peak_rss_kb: AtomicU64,
+    leaders: Mutex<Vec<String>>,
     load: Mutex<Vec<(Instant, u64, u64)>>,
     polls: AtomicU64,
     stop: AtomicBool,
@@ -491,6 +506,7 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<Report> {
         violations: Mutex::new(Vec::new()),
         faulty_images: Mutex::new(BTreeSet::new()),
         peak_rss_kb: AtomicU64::new(0),
+        leaders: Mutex::new(Vec::new()),
         load: Mutex::new(Vec::new()),
         polls: AtomicU64::new(0),
         stop: AtomicBool::new(false),
@@ -593,6 +609,7 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<Report> {
         peak_rss_kb: peak,
         load,
         own_exits: lock(&replicas.own_exits).clone(),
+        leaders: lock(&shared.leaders).clone(),
         serin_starts: replicas.starts.load(Ordering::SeqCst),
         webhook_requests: receiver.counts(),
         malformed_refused: MALFORMED_REFUSED.load(Ordering::SeqCst),
@@ -666,7 +683,7 @@ async fn drive(
     let repo = Arc::new(Mutex::new(repo));
 
     replicas.ensure_running();
-    let supervisor = tokio::spawn(supervise(replicas.clone(), shared.clone()));
+    let supervisor = tokio::spawn(supervise(replicas.clone(), shared.clone(), client.clone()));
     println!(
         "==> {} apps from Git (GitRepository every 3 s, Kustomization every 5 s); serin {} with leader election",
         apps.len(),
@@ -1300,11 +1317,17 @@ impl Replicas {
 }
 
 /// Restarts dead replicas (as a kubelet would, after a short back-off) and samples their memory.
-async fn supervise(replicas: Arc<Replicas>, shared: Arc<Shared>) {
+async fn supervise(replicas: Arc<Replicas>, shared: Arc<Shared>, client: Client) {
     let mut tick = 0u64;
     while !shared.stopped() {
         replicas.ensure_running();
         if tick.is_multiple_of(4) {
+            if let Some(holder) = lease_holder(&client).await {
+                let mut leaders = lock(&shared.leaders);
+                if leaders.last() != Some(&holder) {
+                    leaders.push(holder);
+                }
+            }
             for pid in replicas.pids() {
                 if let Some(kb) = rss_kb(pid) {
                     shared.peak_rss_kb.fetch_max(kb, Ordering::SeqCst);
@@ -1449,7 +1472,10 @@ async fn inject(
             }
             Fault::KillLeader => {
                 let holder = lease_holder(&client).await;
-                let hold = rng.millis(500, 3_000);
+                // Below the 4 s lease the same identity takes its Lease back at once (a
+                // container restarted in its pod); above it the standby takes over (a pod lost
+                // with its node).
+                let hold = rng.millis(500, 8_000);
                 let target = holder.clone().unwrap_or_else(|| REPLICAS[0].to_string());
                 let killed = replicas.kill(|id| id == target, hold);
                 format!(
@@ -2188,6 +2214,7 @@ mod tests {
             peak_rss_kb: 1000,
             load: vec![],
             own_exits: vec![],
+            leaders: vec![],
             serin_starts: 2,
             webhook_requests: BTreeMap::new(),
             malformed_refused: 0,
