@@ -118,8 +118,8 @@ pub struct ChaosOptions {
     /// Keep kubeconfig and logs in this directory (data is removed at the end).
     pub dir: Option<PathBuf>,
     /// The negative control: inject no fault but break three invariants by hand (a
-    /// VirtualService's weights, traffic to a canary without pods, the primary's image marked
-    /// faulty), so that a run shows its checks can fail.
+    /// VirtualService's weights, traffic to a canary without pods, a primary on a faulty image,
+    /// all on a made-up app beside the real ones), so that a run shows its checks can fail.
     pub sabotage: bool,
 }
 
@@ -696,11 +696,11 @@ async fn drive(
     );
 
     let sampler = tokio::spawn(sample_load(replicas.clone(), shared.clone()));
-    let checker = tokio::spawn(check_invariants(
-        client.clone(),
-        apps.clone(),
-        shared.clone(),
-    ));
+    let mut checked = apps.clone();
+    if opts.sabotage {
+        checked.push(GHOST.to_string());
+    }
+    let checker = tokio::spawn(check_invariants(client.clone(), checked, shared.clone()));
     let mut releases = Vec::new();
     for (app, kinds) in apps.iter().zip(plan) {
         let ctx = AppCtx {
@@ -725,7 +725,7 @@ async fn drive(
     let waiter = tokio::spawn(all_done);
 
     if opts.sabotage {
-        sabotage(&client, &apps[0], shared).await?;
+        sabotage(&client, shared).await?;
         while shared.releasing.load(Ordering::SeqCst) && !shared.stopped() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -1567,43 +1567,68 @@ async fn inject(
     }
 }
 
-/// What `--sabotage` does to `app` while it is idle: its VirtualService gets 60 % on the primary
-/// and 60 % on the canary, which has no pod (rewritten every 100 ms for 3 s, since serin puts its
-/// own weights back as soon as it sees the change), and the image its primary runs is marked
-/// faulty.
-async fn sabotage(client: &Client, app: &str, shared: &Shared) -> anyhow::Result<()> {
-    let vss = dynamic(
+/// The app `--sabotage` makes up beside the real ones.
+const GHOST: &str = "ghost";
+
+/// What `--sabotage` does: in the apps' namespace, a Deployment `ghost` with no pod, a
+/// `ghost-primary` whose image is marked faulty, and a VirtualService `ghost` sending 60 % to the
+/// primary and 60 % to the canary, all checked like the apps' own. They are not serin's (no
+/// Canary), so they stay broken until deleted 5 s later: sabotaging serin's own objects would race
+/// serin, which puts its weights back within a poll.
+async fn sabotage(client: &Client, shared: &Shared) -> anyhow::Result<()> {
+    let deployment = |name: &str, replicas: i64, image: &str| {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "app", "image": image}]}
+                }
+            }
+        })
+    };
+    let faulty = image(GHOST, 666);
+    lock(&shared.faulty_images).insert(faulty.clone());
+    let vs = json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": GHOST, "namespace": NAMESPACE},
+        "spec": {
+            "hosts": [GHOST],
+            "http": [{"route": [
+                {"destination": {"host": format!("{GHOST}-primary")}, "weight": 60},
+                {"destination": {"host": format!("{GHOST}-canary")}, "weight": 60}
+            ]}]
+        }
+    });
+    for object in [
+        deployment(GHOST, 0, &image(GHOST, 1)),
+        deployment(&format!("{GHOST}-primary"), 0, &faulty),
+        vs,
+    ] {
+        apply(client, NAMESPACE, &object)
+            .await
+            .context("creating the sabotage")?;
+    }
+    println!(
+        "  ** sabotage: VirtualService {GHOST} at 60/60 on a canary without pods, {GHOST}-primary on a faulty image"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let dp = DeleteParams::default();
+    let _ = dynamic(
         client,
         NAMESPACE,
         "networking.istio.io/v1",
         "VirtualService",
-    );
+    )
+    .delete(GHOST, &dp)
+    .await;
     let deployments = dynamic(client, NAMESPACE, "apps/v1", "Deployment");
-    let primary = get_json(&deployments, &format!("{app}-primary"))
-        .await
-        .context("reading the primary to sabotage")?;
-    lock(&shared.faulty_images).insert(image_of(&primary));
-    let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until {
-        let vs = get_json(&vss, app)
-            .await
-            .context("reading the VirtualService to sabotage")?;
-        let mut http = vs["spec"]["http"].clone();
-        if let Some(route) = http[0]["route"].as_array_mut() {
-            for dest in route.iter_mut() {
-                dest["weight"] = json!(60);
-            }
-        }
-        vss.patch(
-            app,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"http": http}})),
-        )
-        .await
-        .context("sabotaging the VirtualService")?;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    for name in [GHOST.to_string(), format!("{GHOST}-primary")] {
+        let _ = deployments.delete(&name, &dp).await;
     }
-    println!("  ** sabotaged {app}: weights 60/60 for 3 s, its primary's image marked faulty");
     Ok(())
 }
 
