@@ -49,6 +49,12 @@ const FIELD_MANAGER: &str = "serin-chaos";
 /// outage shorter than that budget must not fail a good one.
 const INTERVAL: &str = "5s";
 const THRESHOLD: i64 = 4;
+/// How long a Deployment may take to become ready. Not the 600 s default, so that a release whose
+/// pods cannot start still ends within the run; not less than 300 s, because after an API server
+/// restart kube-controller-manager's ReplicaSet controller can refuse to sync for over a minute
+/// ("read version ... is not as new as written version"), and a primary that could not roll out
+/// within a 120 s deadline once failed a good release's promotion (docs/chaos.md).
+const PROGRESS_DEADLINE: i64 = 300;
 /// The metrics' range: after a faulty release the next one of the same app waits this long plus a
 /// margin, so its checks do not read the previous revision's errors.
 const METRIC_WINDOW: Duration = Duration::from_secs(15);
@@ -809,7 +815,7 @@ pub fn app_manifests(
             "metadata": {"name": app, "namespace": NAMESPACE},
             "spec": {
                 "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": app},
-                "progressDeadlineSeconds": 120,
+                "progressDeadlineSeconds": PROGRESS_DEADLINE,
                 "service": {"port": 9898},
                 "analysis": {
                     "interval": INTERVAL,
