@@ -473,6 +473,8 @@ struct Shared {
     faulty_images: Mutex<BTreeSet<String>>,
     peak_rss_kb: AtomicU64,
     leaders: Mutex<Vec<String>>,
+    /// Malformed Canaries (refused by the API server, accepted).
+    malformed: (AtomicU64, AtomicU64),
     load: Mutex<Vec<(Instant, u64, u64)>>,
     polls: AtomicU64,
     stop: AtomicBool,
@@ -513,6 +515,7 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<Report> {
         faulty_images: Mutex::new(BTreeSet::new()),
         peak_rss_kb: AtomicU64::new(0),
         leaders: Mutex::new(Vec::new()),
+        malformed: (AtomicU64::new(0), AtomicU64::new(0)),
         load: Mutex::new(Vec::new()),
         polls: AtomicU64::new(0),
         stop: AtomicBool::new(false),
@@ -618,8 +621,8 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<Report> {
         leaders: lock(&shared.leaders).clone(),
         serin_starts: replicas.starts.load(Ordering::SeqCst),
         webhook_requests: receiver.counts(),
-        malformed_refused: MALFORMED_REFUSED.load(Ordering::SeqCst),
-        malformed_accepted: MALFORMED_ACCEPTED.load(Ordering::SeqCst),
+        malformed_refused: shared.malformed.0.load(Ordering::SeqCst),
+        malformed_accepted: shared.malformed.1.load(Ordering::SeqCst),
         invariant_polls: shared.polls.load(Ordering::SeqCst),
         aborted,
     };
@@ -628,9 +631,6 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<Report> {
     tokio::task::spawn_blocking(move || sandbox.stop()).await?;
     Ok(report)
 }
-
-static MALFORMED_REFUSED: AtomicU64 = AtomicU64::new(0);
-static MALFORMED_ACCEPTED: AtomicU64 = AtomicU64::new(0);
 
 /// Markers planted where only a leak could carry them into serin's logs: an alert provider's
 /// Secret (its address and token) and a webhook's metadata in every Canary's spec.
@@ -1547,6 +1547,8 @@ async fn inject(
                 let ns = format!("{BAD_PREFIX}{burst}");
                 let keep = rng.millis(10_000, 40_000);
                 let (refused, accepted) = malformed_burst(&client, &ns, &markers.spec).await?;
+                shared.malformed.0.fetch_add(refused, Ordering::SeqCst);
+                shared.malformed.1.fetch_add(accepted, Ordering::SeqCst);
                 let c = client.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(keep).await;
@@ -1733,8 +1735,6 @@ async fn malformed_burst(client: &Client, ns: &str, marker: &str) -> anyhow::Res
             Err(e) => return Err(anyhow::anyhow!("applying a malformed Canary: {e}")),
         }
     }
-    MALFORMED_REFUSED.fetch_add(refused, Ordering::SeqCst);
-    MALFORMED_ACCEPTED.fetch_add(accepted, Ordering::SeqCst);
     Ok((refused, accepted))
 }
 
