@@ -491,6 +491,28 @@ impl Sandbox {
         self.start_apiserver().await
     }
 
+    /// Freezes Prometheus (SIGSTOP) without killing it: it neither scrapes nor answers, and
+    /// connections to it hang instead of being refused, as an overloaded or partitioned server
+    /// does. Its data and port stay, so [`Sandbox::resume_prometheus`] is a plain resume.
+    pub fn pause_prometheus(&self) -> Result<(), Error> {
+        self.signal_child("prometheus", libc::SIGSTOP)
+    }
+
+    /// Undoes [`Sandbox::pause_prometheus`] (SIGCONT).
+    pub fn resume_prometheus(&self) -> Result<(), Error> {
+        self.signal_child("prometheus", libc::SIGCONT)
+    }
+
+    fn signal_child(&self, name: &str, sig: libc::c_int) -> Result<(), Error> {
+        let child = self
+            .children
+            .iter()
+            .find(|c| c.name() == name)
+            .ok_or_else(|| Error::Other(format!("{name} is not running")))?;
+        child.signal(sig);
+        Ok(())
+    }
+
     /// Starts a program beside the control plane (the demo's controller and load tester). It is
     /// supervised like the others: its death shows in [`Sandbox::died`], and it stops with them.
     pub fn spawn_service(

@@ -47,6 +47,42 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Run releases, good and faulty, on a sandbox of its own while killing serin, its leader,
+    /// the API server, Prometheus and webhook receivers; check the invariants all along and print
+    /// a table. Exits non-zero on any violation or incorrect outcome (see docs/chaos.md).
+    Chaos {
+        /// Releases to run (mixed good and faulty).
+        #[arg(long, default_value_t = 12)]
+        rollouts: usize,
+        /// The seed of every random choice (default: from the clock; printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The whole run ends by then (Go duration: 90s, 30m, 1h).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        duration_limit: std::time::Duration,
+        /// Apps released concurrently.
+        #[arg(long, default_value_t = 4)]
+        apps: usize,
+        /// Peak resident memory of one serin process above which the run fails.
+        #[arg(long, default_value_t = 256)]
+        rss_limit_mb: u64,
+        /// Reconciles a minute (all replicas, any 60 s window) above which the run fails.
+        #[arg(long, default_value_t = 1200)]
+        max_reconciles_per_minute: u64,
+        /// Prometheus queries a minute (the same way) above which the run fails.
+        #[arg(long, default_value_t = 600)]
+        max_queries_per_minute: u64,
+        /// Directory for kubeconfig and logs (kept after the run; data removed).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// No faults; break three invariants by hand instead, to see the checks fail.
+        #[arg(long)]
+        sabotage: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    serin_api::parse_go_duration(s).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -95,6 +131,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ensure_set_up()?;
             runtime()?.block_on(serin_sandbox::up(serin_sandbox::UpOptions { dir }))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Chaos {
+            rollouts,
+            seed,
+            duration_limit,
+            apps,
+            rss_limit_mb,
+            max_reconciles_per_minute,
+            max_queries_per_minute,
+            dir,
+            sabotage,
+        } => {
+            ensure_set_up()?;
+            let opts = serin_sandbox::chaos::ChaosOptions {
+                rollouts,
+                seed: seed.unwrap_or_else(serin_sandbox::chaos::clock_seed),
+                duration_limit,
+                apps,
+                rss_limit_mb,
+                max_reconciles_per_minute,
+                max_queries_per_minute,
+                serin: None,
+                dir,
+                sabotage,
+            };
+            let report = runtime()?.block_on(serin_sandbox::chaos::run(opts))?;
+            println!("\n{}\n{}", report.table(), report.details());
+            Ok(if report.ok() {
+                println!("chaos: every rollout correct, no invariant violated");
+                ExitCode::SUCCESS
+            } else {
+                println!("chaos: FAILED (see above)");
+                ExitCode::FAILURE
+            })
         }
         Command::Down { dir } => {
             runtime()?.block_on(serin_sandbox::down(dir))?;
