@@ -65,7 +65,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Err
         ns: canary.namespace().unwrap_or_default(),
         name: canary.name_any(),
         now: Utc::now(),
-        canary,
+        canary: record::with_stored_additions(canary),
         ctx: ctx.clone(),
         metric_results: None,
         analysed: false,

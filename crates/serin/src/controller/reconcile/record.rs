@@ -6,6 +6,9 @@ use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tracing::{info, warn};
 
 use super::{HOLD_RETRY, KubeEventType, Reconcile};
@@ -15,6 +18,54 @@ use crate::controller::state::{self, Hold};
 use crate::controller::{Ctx, Error};
 use crate::rollout::{self, EventType, Outcome, Plan, Progress};
 use crate::telemetry::{NameNs, OutcomeLabels};
+
+/// Set once the API server refused serin's status additions: the Canary CRD in the cluster is
+/// Flagger's, whose status schema has no `serin.dev/` fields (a CRD is cluster-wide).
+static UNDECLARED_ADDITIONS: AtomicBool = AtomicBool::new(false);
+
+fn is_undeclared_addition(message: &str) -> bool {
+    message.contains(".status.serin.dev/") && message.contains("not declared in schema")
+}
+
+/// Where serin keeps its status additions when the CRD has no place for them.
+pub const ADDITIONS_ANNOTATION: &str = "serin.dev/status";
+
+/// The field manager of that annotation: not `serin`, whose apply of the finalizer on the same
+/// object would otherwise drop it (and the other way round).
+const ADDITIONS_MANAGER: &str = "serin-status";
+
+/// serin's status additions as the annotation holds them.
+#[derive(serde::Serialize, serde::Deserialize, Default, PartialEq)]
+struct Additions {
+    #[serde(rename = "serin.dev/progress", skip_serializing_if = "Option::is_none")]
+    progress: Option<api::RunProgress>,
+    #[serde(rename = "serin.dev/metrics", default, skip_serializing_if = "Vec::is_empty")]
+    metrics: Vec<api::MetricCheckStatus>,
+}
+
+/// The Canary with the status additions kept in [`ADDITIONS_ANNOTATION`] put back into its
+/// status, so that the reconcile reads its clocks the same under either CRD.
+pub(super) fn with_stored_additions(canary: Arc<Canary>) -> Arc<Canary> {
+    let Some(text) = canary
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ADDITIONS_ANNOTATION))
+    else {
+        return canary;
+    };
+    let Ok(additions) = serde_json::from_str::<Additions>(text) else {
+        warn!("ignoring an unreadable {ADDITIONS_ANNOTATION} annotation");
+        return canary;
+    };
+    let mut c = (*canary).clone();
+    let status = c.status.get_or_insert_with(Default::default);
+    if status.serin_progress.is_none() && status.serin_metrics.is_empty() {
+        status.serin_progress = additions.progress;
+        status.serin_metrics = additions.metrics;
+    }
+    Arc::new(c)
+}
 
 impl Reconcile {
     pub(super) async fn write_status(
@@ -45,20 +96,93 @@ impl Reconcile {
         if previous == Some(&status) {
             return Ok(());
         }
+        if UNDECLARED_ADDITIONS.load(Ordering::Relaxed) {
+            return self.write_status_under_flaggers_crd(status).await;
+        }
         let api: Api<Canary> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         let patch = json!({
             "apiVersion": api::API_VERSION,
             "kind": "Canary",
             "status": status,
         });
-        let written = api
+        let written = match api
             .patch_status(
                 &self.name,
                 &PatchParams::apply("serin").force(),
                 &Patch::Apply(&patch),
             )
-            .await?;
+            .await
+        {
+            Err(kube::Error::Api(e)) if is_undeclared_addition(&e.message) => {
+                if !UNDECLARED_ADDITIONS.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        "the Canary CRD declares no serin.dev/ status fields (Flagger's CRD?): \
+                         serin keeps them in the annotation {ADDITIONS_ANNOTATION}"
+                    );
+                }
+                return self.write_status_under_flaggers_crd(status).await;
+            }
+            other => other?,
+        };
         self.remember_written(&written);
+        Ok(())
+    }
+
+    /// Flagger's CRD: the status without serin's additions, and the additions in an annotation
+    /// (each written only when it changed).
+    async fn write_status_under_flaggers_crd(
+        &self,
+        mut status: api::CanaryStatus,
+    ) -> Result<(), Error> {
+        let additions = Additions {
+            progress: status.serin_progress.take(),
+            metrics: std::mem::take(&mut status.serin_metrics),
+        };
+        let mut stored = self.canary.status.clone().unwrap_or_default();
+        stored.serin_progress = None;
+        stored.serin_metrics.clear();
+        let api: Api<Canary> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let mut written = None;
+        if stored != status {
+            let patch = json!({
+                "apiVersion": api::API_VERSION,
+                "kind": "Canary",
+                "status": status,
+            });
+            written = Some(
+                api.patch_status(
+                    &self.name,
+                    &PatchParams::apply("serin").force(),
+                    &Patch::Apply(&patch),
+                )
+                .await?,
+            );
+        }
+        let text = serde_json::to_string(&additions).unwrap_or_default();
+        let current = self
+            .canary
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ADDITIONS_ANNOTATION));
+        if current != Some(&text) {
+            let patch = json!({
+                "apiVersion": api::API_VERSION,
+                "kind": "Canary",
+                "metadata": {"annotations": {ADDITIONS_ANNOTATION: text}},
+            });
+            written = Some(
+                api.patch(
+                    &self.name,
+                    &PatchParams::apply(ADDITIONS_MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await?,
+            );
+        }
+        if let Some(w) = written {
+            self.remember_written(&w);
+        }
         Ok(())
     }
 
