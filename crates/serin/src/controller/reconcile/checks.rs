@@ -178,7 +178,8 @@ impl Reconcile {
         let Some(analysis) = self.canary.spec.analysis() else {
             return;
         };
-        if analysis.metrics.is_empty() {
+        // Flagger does not probe the providers of a canary that skips the analysis.
+        if analysis.metrics.is_empty() || self.canary.spec.skip_analysis() {
             return;
         }
         let mut errors = Vec::new();

@@ -139,7 +139,11 @@ impl Reconcile {
     }
 
     fn owner(&self) -> Result<OwnerReference, Error> {
-        self.canary.controller_owner_ref(&()).ok_or(Error::NoUid)
+        // kube's controller reference leaves blockOwnerDeletion out; Flagger sets it (and the
+        // RBAC grants canaries/finalizers for it), so foreground deletion waits for the objects.
+        let mut owner = self.canary.controller_owner_ref(&()).ok_or(Error::NoUid)?;
+        owner.block_owner_deletion = Some(true);
+        Ok(owner)
     }
 
     fn deployment(&self, name: &str) -> Option<Arc<Deployment>> {

@@ -16,7 +16,7 @@ use crate::api::{self, Canary};
 use crate::controller::events::Repeat;
 use crate::controller::state::{self, Hold};
 use crate::controller::{Ctx, Error};
-use crate::rollout::{self, EventType, Outcome, Plan, Progress};
+use crate::rollout::{self, EventType, Outcome, Phase, Plan, Progress};
 use crate::telemetry::{NameNs, OutcomeLabels};
 
 /// Set once the API server refused serin's status additions: the Canary CRD in the cluster is
@@ -25,6 +25,21 @@ static UNDECLARED_ADDITIONS: AtomicBool = AtomicBool::new(false);
 
 fn is_undeclared_addition(message: &str) -> bool {
     message.contains(".status.serin.dev/") && message.contains("not declared in schema")
+}
+
+/// The phase an Event announces: Flagger writes it before recording these four, and every
+/// other Event of a step before the step's status write, so event hooks get the phase the
+/// canary is in when Flagger tells it.
+fn announced_phase(message: &str) -> Option<Phase> {
+    [
+        ("Initialization done!", Phase::Initialized),
+        ("New revision detected!", Phase::Progressing),
+        ("Promotion completed!", Phase::Succeeded),
+        ("Canary failed!", Phase::Failed),
+    ]
+    .into_iter()
+    .find(|(prefix, _)| message.starts_with(prefix))
+    .map(|(_, p)| p)
 }
 
 /// Where serin keeps its status additions when the CRD has no place for them.
@@ -219,6 +234,13 @@ impl Reconcile {
     }
 
     pub(super) async fn publish(&self, kind: KubeEventType, text: String) {
+        self.publish_in(kind, text, None).await;
+    }
+
+    /// With the phase the event hooks' payload carries: Flagger records a step's Events after
+    /// its status write, so their payloads carry the step's new phase ("Promotion completed!"
+    /// with Succeeded); serin records them before it, so it names that phase here.
+    pub(super) async fn publish_in(&self, kind: KubeEventType, text: String, phase: Option<Phase>) {
         match kind {
             KubeEventType::Normal => info!("{text}"),
             KubeEventType::Warning => warn!("{text}"),
@@ -237,17 +259,21 @@ impl Reconcile {
         {
             warn!("publishing an event: {e}");
         }
-        self.send_event_hooks(warning, &text);
+        self.send_event_hooks(warning, &text, phase);
     }
 
     /// The plan's Events, alerts and Flagger's metrics.
     pub(super) async fn record(&self, plan: &Plan, settings: &rollout::Settings) {
+        let mut phase = self.canary.status.as_ref().and_then(|s| s.phase);
         for e in &plan.events {
             let kind = match e.kind {
                 EventType::Normal => KubeEventType::Normal,
                 EventType::Warning => KubeEventType::Warning,
             };
-            self.publish(kind, e.message.clone()).await;
+            if let Some(p) = announced_phase(&e.message) {
+                phase = Some(p);
+            }
+            self.publish_in(kind, e.message.clone(), phase).await;
         }
         self.send_alerts(plan, settings).await;
         let labels = NameNs {
