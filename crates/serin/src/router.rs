@@ -804,7 +804,7 @@ pub fn controlled_by(meta: &ObjectMeta, canary_uid: Option<&str>) -> bool {
 /// The Service to apply over `existing`. Over a Service the user made (an apex Service that
 /// existed before the Canary), serin takes the selector and the ports and nothing else, as
 /// Flagger's Service update does: no ownership (deleting the Canary must not delete it), none of
-/// serin's labels or annotations, and no `type`, `clusterIP` or `trafficDistribution`, so a
+/// serin's labels or annotations but Flux's opt-out, and no `type`, `clusterIP` or `trafficDistribution`, so a
 /// NodePort or LoadBalancer Service keeps its type; its node ports are kept by port name.
 pub fn taken_over_service(
     desired: Service,
@@ -836,6 +836,14 @@ pub fn taken_over_service(
         metadata: ObjectMeta {
             name: desired.metadata.name,
             namespace: desired.metadata.namespace,
+            // Flagger marks the user's Service too: Flux applying the user's manifest again
+            // would take the selector back and send live traffic to the canary's pods.
+            annotations: Some(
+                FLUX_OPT_OUT
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             ..Default::default()
         },
         spec: Some(ServiceSpec {

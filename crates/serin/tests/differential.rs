@@ -108,10 +108,34 @@ const ALLOWED: &[Allowed] = &[
         pattern: "status over time phase=* canaryWeight=* failedChecks=0 iterations=*: *",
         scenarios: &["ab-header", "blue-green", "blue-green-mirror"],
     },
+    allow(
+        "no-flagger-id",
+        "Deployment/podinfo-primary spec.template.metadata.annotations.serin.dev/configs-checksum: flagger=<absent> serin=*",
+    ),
     Allowed {
-        id: "ab-virtual-service",
-        pattern: "VirtualService/podinfo *",
+        id: "apex-metadata-vs-label",
+        pattern: "VirtualService/podinfo metadata.labels.app: flagger=\"podinfo\" serin=<absent>",
+        scenarios: &["ab-header", "session-affinity"],
+    },
+    Allowed {
+        id: "apex-metadata-vs-label",
+        pattern: "VirtualService/podinfo spec.http[1].route[0].weight: flagger=100 serin=<absent>",
         scenarios: &["ab-header"],
+    },
+    Allowed {
+        id: "session-affinity-details",
+        pattern: "VirtualService/podinfo spec.http[0].name: flagger=<absent> serin=\"sticky-route\"",
+        scenarios: &["session-affinity"],
+    },
+    Allowed {
+        id: "explicit-false",
+        pattern: "VirtualService/podinfo spec.http[0].corsPolicy.allowCredentials: flagger=<absent> serin=false",
+        scenarios: &["gateways"],
+    },
+    Allowed {
+        id: "original-configuration",
+        pattern: "VirtualService/podinfo metadata.annotations.flagger.kubernetes.io/original-configuration: *",
+        scenarios: &["takeover-nodeport"],
     },
 ];
 
@@ -523,7 +547,12 @@ async fn poll(client: Client, ns: String, out: Arc<Mutex<Observed>>) {
         while let Some(v) = s.next().await {
             if let Ok(v) = v {
                 let v = serde_json::to_value(v).unwrap();
-                let w = v["spec"]["http"][0]["route"]
+                let routes = if v["spec"]["http"].is_array() {
+                    &v["spec"]["http"][0]["route"]
+                } else {
+                    &v["spec"]["tcp"][0]["route"]
+                };
+                let w = routes
                     .as_array()
                     .and_then(|r| {
                         r.iter()
@@ -581,13 +610,12 @@ const OBJECTS: &[(&str, &str, &str, &str)] = &[
     ("networking.istio.io/v1beta1", "DestinationRule", "destinationrules", "podinfo-primary"),
     ("networking.istio.io/v1beta1", "DestinationRule", "destinationrules", "podinfo-canary"),
     ("networking.istio.io/v1beta1", "VirtualService", "virtualservices", "podinfo"),
-    ("v1", "ConfigMap", "configmaps", "podinfo-config-vol-primary"),
-    ("v1", "ConfigMap", "configmaps", "podinfo-config-env-primary"),
+    ("v1", "ConfigMap", "configmaps", "podinfo-config-primary"),
 ];
 
 /// An object as a user compares it: metadata's name, labels, annotations and owner references
 /// (without uids), and the spec (without what the API server allocates); the namespace as NS.
-fn normalise(o: &Value, ns: &str) -> Value {
+fn normalise(o: &Value, ns: &str, cookies: &[String]) -> Value {
     let mut out = serde_json::json!({});
     let m = &o["metadata"];
     for k in ["name", "labels", "annotations"] {
@@ -628,8 +656,45 @@ fn normalise(o: &Value, ns: &str) -> Value {
     if !o["data"].is_null() {
         out["data"] = o["data"].clone();
     }
-    let text = norm_text(&out.to_string(), ns);
-    serde_json::from_str(&text).unwrap()
+    if let Some(ports) = out["spec"]["ports"].as_array_mut() {
+        for p in ports {
+            if let Some(p) = p.as_object_mut() {
+                p.remove("nodePort"); // allocated by the API server
+            }
+        }
+    }
+    let mut text = norm_text(&out.to_string(), ns);
+    for cookie in cookies {
+        text = text.replace(cookie.as_str(), "COOKIE");
+    }
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    drop_empty(&mut v);
+    v
+}
+
+/// Empty lists and maps read as absent: Go's `omitempty` and serde's `skip_serializing_if`
+/// decide which are written, and Kubernetes and Istio read both the same.
+fn drop_empty(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for x in m.values_mut() {
+                drop_empty(x);
+            }
+            m.retain(|_, x| !(x.as_array().is_some_and(|a| a.is_empty())));
+        }
+        Value::Array(a) => a.iter_mut().for_each(drop_empty),
+        _ => {}
+    }
+}
+
+/// The random session-affinity cookie values (10 letters after `<name>=`) of a canary.
+fn cookie_values(canary: &Value) -> Vec<String> {
+    ["sessionAffinityCookie", "primarySessionAffinityCookie", "previousSessionAffinityCookie"]
+        .iter()
+        .filter_map(|k| canary["status"][k].as_str())
+        .filter_map(|c| c.split_once('=').map(|(_, v)| v.to_string()))
+        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 /// Leaves of a JSON value by path.
@@ -754,19 +819,23 @@ async fn series(port: u16, ns: &str) -> BTreeSet<String> {
 
 async fn compare(f: &Side, s: &Side) -> Vec<Diff> {
     let mut out = Vec::new();
+    let (cf, cs) = (
+        cookie_values(&f.canary().await),
+        cookie_values(&s.canary().await),
+    );
     for (api_version, kind, plural, name) in OBJECTS {
-        let get = |side: &Side| {
+        let get = |side: &Side, cookies: Vec<String>| {
             let api = dynamic(&side.client, &side.ns, api_version, kind, plural);
             let ns = side.ns.clone();
             async move {
                 api.get_opt(name)
                     .await
                     .unwrap()
-                    .map(|o| normalise(&serde_json::to_value(o).unwrap(), &ns))
+                    .map(|o| normalise(&serde_json::to_value(o).unwrap(), &ns, &cookies))
                     .unwrap_or(Value::Null)
             }
         };
-        let (a, b) = (get(f).await, get(s).await);
+        let (a, b) = (get(f, cf.clone()).await, get(s, cs.clone()).await);
         diff_values(&format!("{kind}/{name}"), &a, &b, &mut out);
     }
     // The status users script against, at the end.
@@ -869,6 +938,8 @@ async fn compare(f: &Side, s: &Side) -> Vec<Diff> {
 /// A release: edits of base/deployment.yaml (or the scenario's own deployment) and the phase it
 /// ends in.
 struct Release {
+    /// The file edited and applied again; the scenario's deployment when `None`.
+    file: Option<&'static str>,
     edits: &'static [(&'static str, &'static str)],
     ends: &'static str,
 }
@@ -883,6 +954,7 @@ struct Scenario {
 }
 
 const HEALTHY: Release = Release {
+    file: None,
     edits: &[(":6.0.0", ":6.0.1")],
     ends: "Succeeded",
 };
@@ -901,6 +973,7 @@ const SCENARIOS: &[Scenario] = &[
         deployment: "base/deployment.yaml",
         canary: "canary/canary.yaml",
         releases: &[Release {
+            file: None,
             edits: &[(":6.0.0", ":6.0.1"), ("errors=0%", "errors=50%")],
             ends: "Failed",
         }],
@@ -947,6 +1020,52 @@ const SCENARIOS: &[Scenario] = &[
         canary: "metric-template/canary.yaml",
         releases: &[HEALTHY],
     },
+    Scenario {
+        name: "config-map",
+        before: &["config-map/configmap.yaml"],
+        deployment: "config-map/deployment.yaml",
+        canary: "config-map/canary.yaml",
+        releases: &[Release {
+            file: Some("config-map/configmap.yaml"),
+            edits: &[("color: blue", "color: green")],
+            ends: "Succeeded",
+        }],
+    },
+    Scenario {
+        name: "session-affinity",
+        before: &[],
+        deployment: "base/deployment.yaml",
+        canary: "session-affinity/canary.yaml",
+        releases: &[HEALTHY],
+    },
+    Scenario {
+        name: "delegation",
+        before: &["delegation/root.yaml"],
+        deployment: "base/deployment.yaml",
+        canary: "delegation/canary.yaml",
+        releases: &[HEALTHY],
+    },
+    Scenario {
+        name: "gateways",
+        before: &[],
+        deployment: "base/deployment.yaml",
+        canary: "gateways/canary.yaml",
+        releases: &[HEALTHY],
+    },
+    Scenario {
+        name: "tcp",
+        before: &[],
+        deployment: "base/deployment.yaml",
+        canary: "tcp/canary.yaml",
+        releases: &[HEALTHY],
+    },
+    Scenario {
+        name: "takeover-nodeport",
+        before: &["takeover-nodeport/service.yaml"],
+        deployment: "base/deployment.yaml",
+        canary: "takeover/canary.yaml",
+        releases: &[HEALTHY],
+    },
 ];
 
 async fn run(s: &'static Scenario, bins: FlaggerBinaries) -> Vec<Diff> {
@@ -969,7 +1088,8 @@ async fn run(s: &'static Scenario, bins: FlaggerBinaries) -> Vec<Diff> {
     futures::join!(f.wait_phase("Initialized"), v.wait_phase("Initialized"));
     for r in s.releases {
         let (mf, mv) = (f.mark(), v.mark());
-        futures::join!(f.apply(s.deployment, r.edits), v.apply(s.deployment, r.edits));
+        let file = r.file.unwrap_or(s.deployment);
+        futures::join!(f.apply(file, r.edits), v.apply(file, r.edits));
         futures::join!(f.wait_phase_after(mf, r.ends), v.wait_phase_after(mv, r.ends));
     }
     // What lands just after the final phase (the last Event, the webhook, the metrics scrape).

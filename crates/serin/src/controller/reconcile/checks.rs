@@ -178,8 +178,9 @@ impl Reconcile {
         let Some(analysis) = self.canary.spec.analysis() else {
             return;
         };
-        // Flagger does not probe the providers of a canary that skips the analysis.
-        if analysis.metrics.is_empty() || self.canary.spec.skip_analysis() {
+        // Flagger does not probe the providers of a canary that skips the analysis; without
+        // metrics it still tells that all (none) are available.
+        if self.canary.spec.skip_analysis() {
             return;
         }
         let mut errors = Vec::new();
