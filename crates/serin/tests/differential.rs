@@ -68,8 +68,14 @@ const ALLOWED: &[Allowed] = &[
     ),
     // The waits for readiness: which of Flagger's texts is seen, if any, and when, depends on
     // when the controller looked.
-    allow("readiness-events", "event * not ready: waiting for rollout to finish: *"),
-    allow("readiness-events", "event order * not ready: waiting for rollout to finish: *"),
+    allow(
+        "readiness-events",
+        "event * not ready: waiting for rollout to finish: *",
+    ),
+    allow(
+        "readiness-events",
+        "event order * not ready: waiting for rollout to finish: *",
+    ),
     allow(
         "readiness-events",
         "event webhook * not ready: waiting for rollout to finish: *",
@@ -78,14 +84,8 @@ const ALLOWED: &[Allowed] = &[
         "readiness-events",
         "event webhook order * not ready: waiting for rollout to finish: *",
     ),
-    allow(
-        "counters-kept",
-        "status failedChecks: flagger=0 serin=*",
-    ),
-    allow(
-        "counters-kept",
-        "status iterations: flagger=0 serin=*",
-    ),
+    allow("counters-kept", "status failedChecks: flagger=0 serin=*"),
+    allow("counters-kept", "status iterations: flagger=0 serin=*"),
     allow(
         "counters-kept",
         "status over time phase=Failed canaryWeight=0 failedChecks=* iterations=*: *",
@@ -187,7 +187,9 @@ fn allowed_by(scenario: &str, d: &Diff) -> Option<&'static str> {
     let text = d.to_string();
     ALLOWED
         .iter()
-        .find(|a| (a.scenarios.is_empty() || a.scenarios.contains(&scenario)) && glob(a.pattern, &text))
+        .find(|a| {
+            (a.scenarios.is_empty() || a.scenarios.contains(&scenario)) && glob(a.pattern, &text)
+        })
         .map(|a| a.id)
 }
 
@@ -215,7 +217,10 @@ fn spawn(program: &Path, args: &[String], log: &Path) -> Proc {
     let err = out.try_clone().expect("log file");
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .env("RUST_LOG", "info,serin=debug,kube_client::client::tls=error")
+        .env(
+            "RUST_LOG",
+            "info,serin=debug,kube_client::client::tls=error",
+        )
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
@@ -226,7 +231,10 @@ fn spawn(program: &Path, args: &[String], log: &Path) -> Proc {
             Ok(())
         });
     }
-    Proc(cmd.spawn().unwrap_or_else(|e| panic!("{}: {e}", program.display())))
+    Proc(
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", program.display())),
+    )
 }
 
 /// A loopback HTTP receiver keeping every JSON body posted to it.
@@ -303,7 +311,13 @@ fn canaries(client: &Client, ns: &str) -> Api<DynamicObject> {
     )
 }
 
-fn dynamic(client: &Client, ns: &str, api_version: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
+fn dynamic(
+    client: &Client,
+    ns: &str,
+    api_version: &str,
+    kind: &str,
+    plural: &str,
+) -> Api<DynamicObject> {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     Api::namespaced_with(
         client.clone(),
@@ -541,7 +555,13 @@ async fn poll(client: Client, ns: String, out: Arc<Mutex<Observed>>) {
         }
     });
     let o = out.clone();
-    let vs = dynamic(&client, &ns, "networking.istio.io/v1beta1", "VirtualService", "virtualservices");
+    let vs = dynamic(
+        &client,
+        &ns,
+        "networking.istio.io/v1beta1",
+        "VirtualService",
+        "virtualservices",
+    );
     let vs_watch = tokio::spawn(async move {
         let mut s = watcher(vs, by_name()).applied_objects().boxed();
         while let Some(v) = s.next().await {
@@ -603,13 +623,33 @@ async fn poll(client: Client, ns: String, out: Arc<Mutex<Observed>>) {
 const OBJECTS: &[(&str, &str, &str, &str)] = &[
     ("apps/v1", "Deployment", "deployments", "podinfo-primary"),
     ("apps/v1", "Deployment", "deployments", "podinfo"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "podinfo-primary"),
+    (
+        "autoscaling/v2",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        "podinfo-primary",
+    ),
     ("v1", "Service", "services", "podinfo"),
     ("v1", "Service", "services", "podinfo-primary"),
     ("v1", "Service", "services", "podinfo-canary"),
-    ("networking.istio.io/v1beta1", "DestinationRule", "destinationrules", "podinfo-primary"),
-    ("networking.istio.io/v1beta1", "DestinationRule", "destinationrules", "podinfo-canary"),
-    ("networking.istio.io/v1beta1", "VirtualService", "virtualservices", "podinfo"),
+    (
+        "networking.istio.io/v1beta1",
+        "DestinationRule",
+        "destinationrules",
+        "podinfo-primary",
+    ),
+    (
+        "networking.istio.io/v1beta1",
+        "DestinationRule",
+        "destinationrules",
+        "podinfo-canary",
+    ),
+    (
+        "networking.istio.io/v1beta1",
+        "VirtualService",
+        "virtualservices",
+        "podinfo",
+    ),
     ("v1", "ConfigMap", "configmaps", "podinfo-config-primary"),
 ];
 
@@ -689,12 +729,16 @@ fn drop_empty(v: &mut Value) {
 
 /// The random session-affinity cookie values (10 letters after `<name>=`) of a canary.
 fn cookie_values(canary: &Value) -> Vec<String> {
-    ["sessionAffinityCookie", "primarySessionAffinityCookie", "previousSessionAffinityCookie"]
-        .iter()
-        .filter_map(|k| canary["status"][k].as_str())
-        .filter_map(|c| c.split_once('=').map(|(_, v)| v.to_string()))
-        .filter(|v| !v.is_empty())
-        .collect()
+    [
+        "sessionAffinityCookie",
+        "primarySessionAffinityCookie",
+        "previousSessionAffinityCookie",
+    ]
+    .iter()
+    .filter_map(|k| canary["status"][k].as_str())
+    .filter_map(|c| c.split_once('=').map(|(_, v)| v.to_string()))
+    .filter(|v| !v.is_empty())
+    .collect()
 }
 
 /// Leaves of a JSON value by path.
@@ -758,7 +802,11 @@ fn diff_sequences(area: &str, f: &[(String, usize)], s: &[(String, usize)], out:
             });
         }
     }
-    let common: Vec<&String> = f.iter().map(|(k, _)| k).filter(|k| sa.contains_key(k)).collect();
+    let common: Vec<&String> = f
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| sa.contains_key(k))
+        .collect();
     for (i, a) in common.iter().enumerate() {
         for b in &common[i + 1..] {
             if fa[a] < fa[b] && sa[a] > sa[b] {
@@ -920,7 +968,10 @@ async fn compare(f: &Side, s: &Side) -> Vec<Diff> {
             serin: fs.contains(k).to_string(),
         });
     }
-    let (mf, ms) = (series(f.metrics_port, &f.ns).await, series(s.metrics_port, &s.ns).await);
+    let (mf, ms) = (
+        series(f.metrics_port, &f.ns).await,
+        series(s.metrics_port, &s.ns).await,
+    );
     for k in mf.symmetric_difference(&ms) {
         out.push(Diff {
             area: "metrics".into(),
@@ -1090,12 +1141,14 @@ async fn run(s: &'static Scenario, bins: FlaggerBinaries) -> Vec<Diff> {
         let (mf, mv) = (f.mark(), v.mark());
         let file = r.file.unwrap_or(s.deployment);
         futures::join!(f.apply(file, r.edits), v.apply(file, r.edits));
-        futures::join!(f.wait_phase_after(mf, r.ends), v.wait_phase_after(mv, r.ends));
+        futures::join!(
+            f.wait_phase_after(mf, r.ends),
+            v.wait_phase_after(mv, r.ends)
+        );
     }
     // What lands just after the final phase (the last Event, the webhook, the metrics scrape).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let diffs = compare(&f, &v).await;
-    diffs
+    compare(&f, &v).await
 }
 
 /// The ids of the doc's table "What the differential test allows".

@@ -54,7 +54,11 @@ const ADDITIONS_MANAGER: &str = "serin-status";
 struct Additions {
     #[serde(rename = "serin.dev/progress", skip_serializing_if = "Option::is_none")]
     progress: Option<api::RunProgress>,
-    #[serde(rename = "serin.dev/metrics", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "serin.dev/metrics",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
     metrics: Vec<api::MetricCheckStatus>,
 }
 
