@@ -42,7 +42,10 @@ fn spawn(program: &Path, args: &[String], log: &Path) -> Proc {
     let err = out.try_clone().expect("log file");
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .env("RUST_LOG", "info,serin=debug,kube_client::client::tls=error")
+        .env(
+            "RUST_LOG",
+            "info,serin=debug,kube_client::client::tls=error",
+        )
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
@@ -329,7 +332,11 @@ async fn progressing_at_a_weight() {
     w.switch_to_serin();
     w.wait_phase("Succeeded").await;
     assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.1"));
-    assert_eq!(w.weights(), [0, 25, 50, 0], "the VirtualService's canary weight");
+    assert_eq!(
+        w.weights(),
+        [0, 25, 50, 0],
+        "the VirtualService's canary weight"
+    );
     w.assert_told_once(&[STARTING, NEW_REVISION]).await;
     assert_eq!(
         w.event_counts("Promotion completed! Scaling down podinfo.NS")
@@ -366,12 +373,20 @@ async fn waiting_promotion_behind_a_closed_gate() {
     tokio::time::sleep(Duration::from_secs(30)).await;
     let s = w.status().await;
     assert_eq!(s["phase"], "WaitingPromotion", "{s}");
-    assert_eq!(w.weights(), before, "the weight held behind the closed gate");
+    assert_eq!(
+        w.weights(),
+        before,
+        "the weight held behind the closed gate"
+    );
     assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.0"));
     promotion.open();
     w.wait_phase("Succeeded").await;
     assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.1"));
-    assert_eq!(w.weights(), [0, 25, 50, 0], "the VirtualService's canary weight");
+    assert_eq!(
+        w.weights(),
+        [0, 25, 50, 0],
+        "the VirtualService's canary weight"
+    );
     w.assert_told_once(&[STARTING, NEW_REVISION]).await;
 }
 
@@ -396,10 +411,9 @@ async fn succeeded() {
     // The next release is serin's.
     w.apply("base/deployment.yaml", &[(":6.0.0", ":6.0.2")])
         .await;
-    w.wait(
-        "a second run",
-        |s| s["phase"] == "Progressing" && s["canaryWeight"] == 25,
-    )
+    w.wait("a second run", |s| {
+        s["phase"] == "Progressing" && s["canaryWeight"] == 25
+    })
     .await;
     w.wait_phase("Succeeded").await;
     assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.2"));

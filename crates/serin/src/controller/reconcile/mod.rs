@@ -146,6 +146,36 @@ impl Reconcile {
         Ok(owner)
     }
 
+    /// Flagger reports `canaryWeight` 0 in WaitingPromotion while its VirtualService still sends
+    /// the maximum to the canary (flagger-contract.md §9.3). A status serin never wrote (no
+    /// `serin.dev/progress`) is read with the weight the VirtualService really has, so taking
+    /// over from Flagger at that phase does not move traffic.
+    fn take_over_flaggers_weight(&self, progress: &mut crate::rollout::Progress) {
+        let from_flagger = self
+            .canary
+            .status
+            .as_ref()
+            .is_some_and(|s| s.serin_progress.is_none());
+        if !from_flagger || progress.phase != Some(crate::rollout::Phase::WaitingPromotion) {
+            return;
+        }
+        let apex = self.canary.apex_name();
+        let Some(vs) = self
+            .ctx
+            .virtual_services
+            .get(&ObjectRef::new_with(&apex, self.ctx.vs_resource.clone()).within(&self.ns))
+        else {
+            return;
+        };
+        let typed = serde_json::to_value(&*vs)
+            .and_then(serde_json::from_value::<crate::api::istio_resources::VirtualService>);
+        if let Ok(typed) = typed
+            && let Some(routes) = router::read_routes(&typed, &apex)
+        {
+            progress.canary_weight = routes.canary;
+        }
+    }
+
     fn deployment(&self, name: &str) -> Option<Arc<Deployment>> {
         self.ctx
             .deployments
@@ -166,7 +196,8 @@ impl Reconcile {
         };
         self.ensure_primary(&seen).await?;
         let settings = state::settings(&self.canary);
-        let progress = state::progress(self.canary.status.as_ref());
+        let mut progress = state::progress(self.canary.status.as_ref());
+        self.take_over_flaggers_weight(&mut progress);
 
         // Decide.
         let plan = match self
