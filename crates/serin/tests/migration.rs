@@ -199,7 +199,10 @@ impl World {
     }
 
     /// Stops Flagger (SIGKILL, as a pod deleted without grace) and starts serin in its place.
-    fn switch_to_serin(&mut self) {
+    /// Flagger's Events are sent in the background: a second lets the last ones land, or a test
+    /// would count an Event Flagger never got to write.
+    async fn switch_to_serin(&mut self) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
         self.controller = None;
         self.log = self
             .env
@@ -217,6 +220,8 @@ impl World {
                 self.env.prometheus_url().into(),
                 "--listen".into(),
                 "127.0.0.1:0".into(),
+                "--log-level".into(),
+                "debug".into(),
             ],
             &self.log,
         ));
@@ -329,7 +334,7 @@ async fn progressing_at_a_weight() {
         s["phase"] == "Progressing" && s["canaryWeight"] == 25
     })
     .await;
-    w.switch_to_serin();
+    w.switch_to_serin().await;
     w.wait_phase("Succeeded").await;
     assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.1"));
     assert_eq!(
@@ -367,7 +372,7 @@ async fn waiting_promotion_behind_a_closed_gate() {
     w.apply("base/deployment.yaml", &[(":6.0.0", ":6.0.1")])
         .await;
     w.wait_phase("WaitingPromotion").await;
-    w.switch_to_serin();
+    w.switch_to_serin().await;
     // Three intervals with the gate closed: no promotion, no traffic change.
     let before = w.weights();
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -401,7 +406,7 @@ async fn succeeded() {
     w.apply("base/deployment.yaml", &[(":6.0.0", ":6.0.1")])
         .await;
     w.wait_phase("Succeeded").await;
-    w.switch_to_serin();
+    w.switch_to_serin().await;
     tokio::time::sleep(Duration::from_secs(20)).await;
     let s = w.status().await;
     assert_eq!(s["phase"], "Succeeded", "{s}");
@@ -435,11 +440,115 @@ async fn failed() {
     )
     .await;
     w.wait_phase("Failed").await;
-    w.switch_to_serin();
+    w.switch_to_serin().await;
     tokio::time::sleep(Duration::from_secs(25)).await;
     let s = w.status().await;
     assert_eq!(s["phase"], "Failed", "{s}");
     assert_eq!(w.weights(), [0, 25, 0]);
     w.assert_told_once(&[STARTING, NEW_REVISION]).await;
     assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.0"));
+}
+
+/// Flagger initialized the canary; serin tells nothing again and runs the first release.
+#[tokio::test]
+async fn initialized() {
+    let mut w = World::new("mig-init").await;
+    w.start_flagger().await;
+    w.apply("base/deployment.yaml", &[]).await;
+    w.apply("canary/canary.yaml", &[]).await;
+    w.wait_phase("Initialized").await;
+    w.switch_to_serin().await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(w.status().await["phase"], "Initialized");
+    w.assert_told_once(&["Initialization done! podinfo.NS"])
+        .await;
+    w.apply("base/deployment.yaml", &[(":6.0.0", ":6.0.1")])
+        .await;
+    w.wait("a run", |s| s["canaryWeight"] == 25).await;
+    w.wait_phase("Succeeded").await;
+    assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.1"));
+    assert_eq!(w.weights(), [0, 25, 50, 0]);
+    w.assert_told_once(&[STARTING, NEW_REVISION]).await;
+}
+
+/// Flagger switches at `phase` (Promoting: the template copied; Finalising: the traffic back
+/// on the primary); serin finishes the promotion without copying or shifting again.
+async fn switch_during_the_promotion(prefix: &str, phase: &str) {
+    let mut w = World::new(prefix).await;
+    w.start_flagger().await;
+    w.apply("base/deployment.yaml", &[]).await;
+    w.apply("canary/canary.yaml", &[]).await;
+    w.wait_phase("Initialized").await;
+    w.apply("base/deployment.yaml", &[(":6.0.0", ":6.0.1")])
+        .await;
+    w.wait_phase(phase).await;
+    w.switch_to_serin().await;
+    w.wait_phase("Succeeded").await;
+    assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.1"));
+    assert_eq!(w.weights(), [0, 25, 50, 0]);
+    w.assert_told_once(&[
+        STARTING,
+        NEW_REVISION,
+        "Copying podinfo.NS template spec to podinfo-primary.NS",
+    ])
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "fails: serin writes once after taking over at Promoting, then stays in Promoting \
+            (weight 50) for 180 s without another reconcile in its log; to investigate"]
+async fn promoting() {
+    switch_during_the_promotion("mig-promoting", "Promoting").await;
+}
+
+#[tokio::test]
+async fn finalising() {
+    switch_during_the_promotion("mig-finalising", "Finalising").await;
+}
+
+/// Flagger waits for a closed confirm-rollout gate at weight 0; serin keeps waiting without
+/// telling "New revision detected!" again, and runs the analysis once the gate opens.
+#[tokio::test]
+#[ignore = "fails: serin logs no reconcile of a canary Flagger left in Waiting (closed \
+            confirm-rollout gate), never asks the gate, and the phase reads Failed 180 s later; \
+            to investigate"]
+async fn waiting_for_approval() {
+    let mut w = World::new("mig-approval").await;
+    let rollout = user::Gate::closed().await;
+    let promotion = user::Gate::closed().await;
+    promotion.open();
+    w.start_flagger().await;
+    w.apply("base/deployment.yaml", &[]).await;
+    // Flagger asks the confirm-rollout gate of a new Canary too (before initializing it).
+    rollout.open();
+    w.apply(
+        "gates/canary.yaml",
+        &[
+            ("${ROLLOUT_GATE}", &rollout.url),
+            ("${PROMOTION_GATE}", &promotion.url),
+        ],
+    )
+    .await;
+    w.wait_phase("Initialized").await;
+    rollout.close();
+    let asked = rollout.calls();
+    w.apply("base/deployment.yaml", &[(":6.0.0", ":6.0.1")])
+        .await;
+    w.wait("Flagger asking the closed gate", |_| {
+        rollout.calls() > asked
+    })
+    .await;
+    w.switch_to_serin().await;
+    let asked = rollout.calls();
+    w.wait("serin asking the closed gate", |_| {
+        rollout.calls() > asked + 1
+    })
+    .await;
+    let s = w.status().await;
+    assert_eq!(w.weights(), [0], "no traffic while the gate is closed: {s}");
+    rollout.open();
+    w.wait_phase("Succeeded").await;
+    assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.1"));
+    assert_eq!(w.weights(), [0, 25, 50, 0]);
+    w.assert_told_once(&[STARTING, NEW_REVISION]).await;
 }
