@@ -61,6 +61,13 @@ pub fn discover_ports(
     out
 }
 
+/// The annotations that keep Flux's kustomize and helm controllers off the generated Services
+/// and VirtualService, as Flagger writes them.
+pub const FLUX_OPT_OUT: [(&str, &str); 2] = [
+    ("helm.toolkit.fluxcd.io/driftDetection", "disabled"),
+    ("kustomize.toolkit.fluxcd.io/reconcile", "disabled"),
+];
+
 /// Everything the builders need besides the Canary.
 pub struct RouterInputs<'a> {
     pub canary: &'a Canary,
@@ -77,12 +84,16 @@ impl RouterInputs<'_> {
 
     fn meta(&self, name: String, custom: Option<&CustomMetadata>) -> ObjectMeta {
         let labels = custom.map(|c| c.labels.clone()).unwrap_or_default();
-        let annotations: BTreeMap<String, String> = custom
+        let mut annotations: BTreeMap<String, String> = custom
             .map(|c| c.annotations.clone())
             .unwrap_or_default()
             .into_iter()
             .filter(|(k, _)| !k.contains("toolkit.fluxcd.io"))
             .collect();
+        // As Flagger (`filterMetadata`): Flux must not revert what the controller routes.
+        for (k, v) in FLUX_OPT_OUT {
+            annotations.insert(k.to_string(), v.to_string());
+        }
         ObjectMeta {
             name: Some(name),
             namespace: Some(self.namespace.to_string()),
@@ -165,7 +176,11 @@ pub fn desired_destination_rules(inp: &RouterInputs<'_>) -> Vec<DestinationRule>
         .map(|which| {
             let name = format!("{apex}-{which}");
             DestinationRule {
-                metadata: inp.meta(name.clone(), None),
+                // Flagger's DestinationRules carry no annotations.
+                metadata: ObjectMeta {
+                    annotations: None,
+                    ..inp.meta(name.clone(), None)
+                },
                 spec: DestinationRuleSpec {
                     host: name,
                     traffic_policy: policy.clone(),
@@ -789,7 +804,7 @@ pub fn controlled_by(meta: &ObjectMeta, canary_uid: Option<&str>) -> bool {
 /// The Service to apply over `existing`. Over a Service the user made (an apex Service that
 /// existed before the Canary), serin takes the selector and the ports and nothing else, as
 /// Flagger's Service update does: no ownership (deleting the Canary must not delete it), none of
-/// serin's labels or annotations, and no `type`, `clusterIP` or `trafficDistribution`, so a
+/// serin's labels or annotations but Flux's opt-out, and no `type`, `clusterIP` or `trafficDistribution`, so a
 /// NodePort or LoadBalancer Service keeps its type; its node ports are kept by port name.
 pub fn taken_over_service(
     desired: Service,
@@ -821,6 +836,14 @@ pub fn taken_over_service(
         metadata: ObjectMeta {
             name: desired.metadata.name,
             namespace: desired.metadata.namespace,
+            // Flagger marks the user's Service too: Flux applying the user's manifest again
+            // would take the selector back and send live traffic to the canary's pods.
+            annotations: Some(
+                FLUX_OPT_OUT
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             ..Default::default()
         },
         spec: Some(ServiceSpec {

@@ -243,7 +243,9 @@ fn a_users_node_port_apex_keeps_its_type_and_node_ports() {
         json!({
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": "podinfo", "namespace": "test"},
+            "metadata": {"name": "podinfo", "namespace": "test", "annotations": {
+                "helm.toolkit.fluxcd.io/driftDetection": "disabled",
+                "kustomize.toolkit.fluxcd.io/reconcile": "disabled"}},
             "spec": {"selector": {"app": "podinfo-primary"},
                      "ports": [{"name": "http", "port": 9898, "targetPort": 9898, "protocol": "TCP", "nodePort": 30898}]}
         })

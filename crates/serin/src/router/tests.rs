@@ -92,7 +92,12 @@ fn services_select_the_right_pods() {
         svcs[2]["metadata"]["labels"],
         json!({"app": "podinfo", "team": "a"})
     );
-    assert_eq!(svcs[2]["metadata"]["annotations"], json!({"x": "1"}));
+    // The user's Flux annotations dropped, Flagger's opt-out from Flux added.
+    assert_eq!(
+        svcs[2]["metadata"]["annotations"],
+        json!({"x": "1", "helm.toolkit.fluxcd.io/driftDetection": "disabled",
+               "kustomize.toolkit.fluxcd.io/reconcile": "disabled"})
+    );
     assert_eq!(svcs[0]["metadata"]["ownerReferences"][0]["uid"], "u1");
 }
 

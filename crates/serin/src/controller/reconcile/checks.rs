@@ -356,7 +356,9 @@ impl Reconcile {
         let Some(analysis) = self.canary.spec.analysis() else {
             return;
         };
-        if analysis.metrics.is_empty() {
+        // Flagger does not probe the providers of a canary that skips the analysis; without
+        // metrics it still tells that all (none) are available.
+        if self.canary.spec.skip_analysis() {
             return;
         }
         let mut errors = Vec::new();

@@ -67,7 +67,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Err
         ns: canary.namespace().unwrap_or_default(),
         name: canary.name_any(),
         now: Utc::now(),
-        canary,
+        canary: record::with_stored_additions(canary),
         ctx: ctx.clone(),
         metric_results: None,
         no_data_since: None,
@@ -152,7 +152,41 @@ impl Reconcile {
     }
 
     fn owner(&self) -> Result<OwnerReference, Error> {
-        self.canary.controller_owner_ref(&()).ok_or(Error::NoUid)
+        // kube's controller reference leaves blockOwnerDeletion out; Flagger sets it (and the
+        // RBAC grants canaries/finalizers for it), so foreground deletion waits for the objects.
+        let mut owner = self.canary.controller_owner_ref(&()).ok_or(Error::NoUid)?;
+        owner.block_owner_deletion = Some(true);
+        Ok(owner)
+    }
+
+    /// Flagger reports `canaryWeight` 0 in WaitingPromotion while its VirtualService still sends
+    /// the maximum to the canary (flagger-contract.md §9.3). A status serin never wrote (no
+    /// `serin.dev/progress`) is read with the weight the VirtualService really has, so taking
+    /// over from Flagger at that phase does not move traffic.
+    fn take_over_flaggers_weight(&self, progress: &mut crate::rollout::Progress) {
+        let from_flagger = self
+            .canary
+            .status
+            .as_ref()
+            .is_some_and(|s| s.serin_progress.is_none());
+        if !from_flagger || progress.phase != Some(crate::rollout::Phase::WaitingPromotion) {
+            return;
+        }
+        let apex = self.canary.apex_name();
+        let Some(vs) = self
+            .ctx
+            .virtual_services
+            .get(&ObjectRef::new_with(&apex, self.ctx.vs_resource.clone()).within(&self.ns))
+        else {
+            return;
+        };
+        let typed = serde_json::to_value(&*vs)
+            .and_then(serde_json::from_value::<crate::api::istio_resources::VirtualService>);
+        if let Ok(typed) = typed
+            && let Some(routes) = router::read_routes(&typed, &apex)
+        {
+            progress.canary_weight = routes.canary;
+        }
     }
 
     fn deployment(&self, name: &str) -> Option<Arc<Deployment>> {
@@ -187,7 +221,8 @@ impl Reconcile {
             Err(hold) => return self.hold(hold).await,
         };
         let settings = state::settings(&self.canary);
-        let progress = state::progress(self.canary.status.as_ref());
+        let mut progress = state::progress(self.canary.status.as_ref());
+        self.take_over_flaggers_weight(&mut progress);
         if let Err(hold) = self.check_references(&settings, &progress) {
             return self.hold(hold).await;
         }

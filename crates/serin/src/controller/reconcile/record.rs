@@ -6,6 +6,9 @@ use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tracing::{info, warn};
 
 use super::refused::{Refusal, WRITTEN_CONDITION, WRITTEN_MESSAGE, WRITTEN_REASON};
@@ -14,8 +17,81 @@ use crate::api::{self, Canary};
 use crate::controller::events::Repeat;
 use crate::controller::state::{self, Hold};
 use crate::controller::{Ctx, Error};
-use crate::rollout::{self, EventType, Outcome, Plan, Progress};
+use crate::rollout::{self, EventType, Outcome, Phase, Plan, Progress};
 use crate::telemetry::{NameNs, OutcomeLabels};
+
+/// Set once the API server refused serin's status additions: the Canary CRD in the cluster is
+/// Flagger's, whose status schema has no `serin.dev/` fields (a CRD is cluster-wide).
+static UNDECLARED_ADDITIONS: AtomicBool = AtomicBool::new(false);
+
+fn is_undeclared_addition(message: &str) -> bool {
+    message.contains(".status.serin.dev/") && message.contains("not declared in schema")
+}
+
+/// The phase an Event announces: Flagger writes it before recording these four, and every
+/// other Event of a step before the step's status write, so event hooks get the phase the
+/// canary is in when Flagger tells it.
+fn announced_phase(message: &str) -> Option<Phase> {
+    [
+        ("Initialization done!", Phase::Initialized),
+        ("New revision detected!", Phase::Progressing),
+        ("Promotion completed!", Phase::Succeeded),
+        ("Canary failed!", Phase::Failed),
+    ]
+    .into_iter()
+    .find(|(prefix, _)| message.starts_with(prefix))
+    .map(|(_, p)| p)
+}
+
+/// Where serin keeps its status additions when the CRD has no place for them.
+pub const ADDITIONS_ANNOTATION: &str = "serin.dev/status";
+
+/// The field manager of that annotation: not `serin`, whose apply of the finalizer on the same
+/// object would otherwise drop it (and the other way round).
+const ADDITIONS_MANAGER: &str = "serin-status";
+
+/// serin's status additions as the annotation holds them.
+#[derive(serde::Serialize, serde::Deserialize, Default, PartialEq)]
+struct Additions {
+    #[serde(rename = "serin.dev/progress", skip_serializing_if = "Option::is_none")]
+    progress: Option<api::RunProgress>,
+    #[serde(
+        rename = "serin.dev/metrics",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    metrics: Vec<api::MetricCheckStatus>,
+    #[serde(rename = "serin.dev/pending", skip_serializing_if = "Option::is_none")]
+    pending: Option<api::PendingRun>,
+}
+
+/// The Canary with the status additions kept in [`ADDITIONS_ANNOTATION`] put back into its
+/// status, so that the reconcile reads its clocks the same under either CRD.
+pub(super) fn with_stored_additions(canary: Arc<Canary>) -> Arc<Canary> {
+    let Some(text) = canary
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ADDITIONS_ANNOTATION))
+    else {
+        return canary;
+    };
+    let Ok(additions) = serde_json::from_str::<Additions>(text) else {
+        warn!("ignoring an unreadable {ADDITIONS_ANNOTATION} annotation");
+        return canary;
+    };
+    let mut c = (*canary).clone();
+    let status = c.status.get_or_insert_with(Default::default);
+    if status.serin_progress.is_none()
+        && status.serin_metrics.is_empty()
+        && status.serin_pending.is_none()
+    {
+        status.serin_progress = additions.progress;
+        status.serin_metrics = additions.metrics;
+        status.serin_pending = additions.pending;
+    }
+    Arc::new(c)
+}
 
 impl Reconcile {
     pub(super) async fn write_status(
@@ -82,19 +158,34 @@ impl Reconcile {
         if previous == Some(&status) {
             return Ok(());
         }
+        if UNDECLARED_ADDITIONS.load(Ordering::Relaxed) {
+            return self.write_status_under_flaggers_crd(status).await;
+        }
         let api: Api<Canary> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         let patch = json!({
             "apiVersion": api::API_VERSION,
             "kind": "Canary",
             "status": status,
         });
-        let written = api
+        let written = match api
             .patch_status(
                 &self.name,
                 &PatchParams::apply("serin").force(),
                 &Patch::Apply(&patch),
             )
-            .await?;
+            .await
+        {
+            Err(kube::Error::Api(e)) if is_undeclared_addition(&e.message) => {
+                if !UNDECLARED_ADDITIONS.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        "the Canary CRD declares no serin.dev/ status fields (Flagger's CRD?): \
+                         serin keeps them in the annotation {ADDITIONS_ANNOTATION}"
+                    );
+                }
+                return self.write_status_under_flaggers_crd(status).await;
+            }
+            other => other?,
+        };
         self.remember_written(&written);
         Ok(())
     }
@@ -123,6 +214,66 @@ impl Reconcile {
         if let Err(e) = self.write_status(&progress, None).await {
             warn!("recording the refused write on the status: {e}");
         }
+    }
+
+    /// Flagger's CRD: the status without serin's additions, and the additions in an annotation
+    /// (each written only when it changed).
+    async fn write_status_under_flaggers_crd(
+        &self,
+        mut status: api::CanaryStatus,
+    ) -> Result<(), Error> {
+        let additions = Additions {
+            progress: status.serin_progress.take(),
+            metrics: std::mem::take(&mut status.serin_metrics),
+            pending: status.serin_pending.take(),
+        };
+        let mut stored = self.canary.status.clone().unwrap_or_default();
+        stored.serin_progress = None;
+        stored.serin_metrics.clear();
+        stored.serin_pending = None;
+        let api: Api<Canary> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let mut written = None;
+        if stored != status {
+            let patch = json!({
+                "apiVersion": api::API_VERSION,
+                "kind": "Canary",
+                "status": status,
+            });
+            written = Some(
+                api.patch_status(
+                    &self.name,
+                    &PatchParams::apply("serin").force(),
+                    &Patch::Apply(&patch),
+                )
+                .await?,
+            );
+        }
+        let text = serde_json::to_string(&additions).unwrap_or_default();
+        let current = self
+            .canary
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ADDITIONS_ANNOTATION));
+        if current != Some(&text) {
+            let patch = json!({
+                "apiVersion": api::API_VERSION,
+                "kind": "Canary",
+                "metadata": {"annotations": {ADDITIONS_ANNOTATION: text}},
+            });
+            written = Some(
+                api.patch(
+                    &self.name,
+                    &PatchParams::apply(ADDITIONS_MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await?,
+            );
+        }
+        if let Some(w) = written {
+            self.remember_written(&w);
+        }
+        Ok(())
     }
 
     /// Records the resource version of serin's own status write, so that reconciles triggered
@@ -158,6 +309,13 @@ impl Reconcile {
     }
 
     pub(super) async fn publish(&self, kind: KubeEventType, text: String) {
+        self.publish_in(kind, text, None).await;
+    }
+
+    /// With the phase the event hooks' payload carries: Flagger records a step's Events after
+    /// its status write, so their payloads carry the step's new phase ("Promotion completed!"
+    /// with Succeeded); serin records them before it, so it names that phase here.
+    pub(super) async fn publish_in(&self, kind: KubeEventType, text: String, phase: Option<Phase>) {
         match kind {
             KubeEventType::Normal => info!("{text}"),
             KubeEventType::Warning => warn!("{text}"),
@@ -176,17 +334,21 @@ impl Reconcile {
         {
             warn!("publishing an event: {e}");
         }
-        self.send_event_hooks(warning, &text);
+        self.send_event_hooks(warning, &text, phase);
     }
 
     /// The plan's Events, alerts and Flagger's metrics.
     pub(super) async fn record(&self, plan: &Plan, settings: &rollout::Settings) {
+        let mut phase = self.canary.status.as_ref().and_then(|s| s.phase);
         for e in &plan.events {
             let kind = match e.kind {
                 EventType::Normal => KubeEventType::Normal,
                 EventType::Warning => KubeEventType::Warning,
             };
-            self.publish(kind, e.message.clone()).await;
+            if let Some(p) = announced_phase(&e.message) {
+                phase = Some(p);
+            }
+            self.publish_in(kind, e.message.clone(), phase).await;
         }
         self.send_alerts(plan, settings).await;
         let labels = NameNs {

@@ -350,7 +350,10 @@ async fn nothing_is_written_when_the_caches_already_hold_it() {
         canary: &c,
         namespace: "test",
         selector: &selector,
-        owner: c.controller_owner_ref(&()).unwrap(),
+        owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            block_owner_deletion: Some(true),
+            ..c.controller_owner_ref(&()).unwrap()
+        },
         discovered: &[],
     };
     let routes = crate::rollout::routes(&plan(true, Scale::Zero).progress);

@@ -151,7 +151,9 @@ impl Reconcile {
 
     /// Sends a recorded Event to the `event` hooks without waiting for them. The Events of one
     /// reconcile reach each receiver in the order they were recorded.
-    pub(super) fn send_event_hooks(&self, warning: bool, message: &str) {
+    /// `phase` overrides the status phase; a Canary without one is Initializing, as Flagger
+    /// writes that phase before anything else.
+    pub(super) fn send_event_hooks(&self, warning: bool, message: &str, phase: Option<Phase>) {
         let hooks = hooks::event_targets(
             self.webhooks(HookType::Event),
             self.ctx.opts.event_webhook.as_deref(),
@@ -160,7 +162,8 @@ impl Reconcile {
             return;
         }
         let progress = crate::controller::state::progress(self.canary.status.as_ref());
-        let base = self.payload(&progress, None);
+        let phase = phase.or(progress.phase).or(Some(Phase::Initializing));
+        let base = self.payload(&progress, phase);
         let unix_ms = chrono::Utc::now().timestamp_millis();
         let payloads: Vec<(CanaryWebhook, Payload)> = hooks
             .into_iter()
