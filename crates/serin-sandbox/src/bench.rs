@@ -457,8 +457,12 @@ struct Figures {
     rss_mib: Option<f64>,
     peak_rss_mib: Option<f64>,
     cpu_per_min: Option<f64>,
+    cpu_total: Option<f64>,
     api_per_min: BTreeMap<String, f64>,
     queries_per_min: Option<f64>,
+    /// All requests from the controller's start to the end of the idle window.
+    api_total: Option<u64>,
+    queries_total: Option<u64>,
 }
 
 /// Waits until `cond` holds, polling; false on timeout.
@@ -506,6 +510,17 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
     }
     let mut sandbox = Sandbox::start(sopts).await?;
     let result = measure(&opts, &who, flagger_bins.as_ref(), &mut sandbox).await;
+    let result = result.map_err(|e| {
+        // The sandbox's directory goes with it: keep the logs of a failed run.
+        let keep = std::env::temp_dir().join(format!("serin-bench-logs-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&keep);
+        if let Ok(entries) = std::fs::read_dir(sandbox.logs_dir()) {
+            for e in entries.flatten() {
+                let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
+            }
+        }
+        e.context(format!("the logs are in {}", keep.display()))
+    });
     tokio::task::spawn_blocking(move || sandbox.stop()).await?;
     let (figures, versions) = result?;
 
@@ -542,7 +557,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
     );
     let _ = writeln!(
         md,
-        "- releases: {k} image bumps, round-robin over the canaries, one at a time, the same canary index in both namespaces at the same moment; the next bump waits until both controllers reported Progressing for this one, plus a pause of 0.3–1.3 s; a canary is bumped again only once settled\n",
+        "- releases: {k} image bumps, round-robin over the canaries, one at a time, the same canary index in both namespaces at the same moment; the next bump waits until both controllers reported Progressing for this one, plus a pause of 0.3 s and a fraction of the interval that goes round it in a golden-ratio sequence (so a controller polling on a timer is met at all phases of its tick); a canary is bumped again only once settled\n",
         k = opts.bumps
     );
     let _ = writeln!(md, "## Figures\n");
@@ -578,6 +593,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
         (format!("idle RSS at {} canaries (VmRSS), MiB", opts.canaries), who.iter().map(|w| fmt(figures[w].rss_mib, 1)).collect()),
         ("peak RSS over the run (VmHWM), MiB".into(), who.iter().map(|w| fmt(figures[w].peak_rss_mib, 1)).collect()),
         ("idle CPU, seconds per minute".into(), who.iter().map(|w| fmt(figures[w].cpu_per_min, 3)).collect()),
+        ("CPU seconds over the whole run".into(), who.iter().map(|w| fmt(figures[w].cpu_total, 2)).collect()),
     ];
     for verb in VERBS {
         rows.push((
@@ -632,14 +648,16 @@ async fn measure(
     if let Ok(v) = client.apiserver_version().await {
         versions.push(("Kubernetes (kube-apiserver)".to_string(), v.git_version));
     }
-    if let Some(bins) = flagger_bins {
-        let names = crate::flagger::install_crd(&client, bins).await?;
+    if flagger_bins.is_some() {
+        // Both run under the sandbox's CRD (serin's, which declares Flagger's fields and
+        // serin's own). Under the CRD Flagger's chart installs, serin's status writes are refused
+        // (`.status.serin.dev/progress: field not declared in schema`), so serin would never
+        // leave Initialized.
         versions.push((
             "Flagger".into(),
             format!(
-                "{} (built from its Go module by the sandbox; its CRDs applied: {})",
-                crate::setup::flux::FLAGGER_VERSION,
-                names.join(", ")
+                "{} (built from its Go module by `serin-sandbox setup --with-flagger`), under the sandbox's Canary CRD",
+                crate::setup::flux::FLAGGER_VERSION
             ),
         ));
     }
@@ -785,6 +803,7 @@ async fn drive(
     };
     let interval = Duration::from_secs(opts.interval_secs);
     let n = opts.canaries;
+    let run_from = chrono::Utc::now();
 
     eprintln!("bench: applying {n} Deployments and Canaries per controller");
     let t_apply = Instant::now();
@@ -861,10 +880,16 @@ async fn drive(
                 .all(|w| first_phase(t, w.namespace(), &name, &["Progressing"], at[w]).is_some())
         })
         .await;
-        anyhow::ensure!(
-            ok,
-            "bump {k} of {name}: not Progressing within {detect_limit:?}"
-        );
+        if !ok {
+            let phases: Vec<String> = who
+                .iter()
+                .map(|w| format!("{w:?}: {:?}", last_phase(t, w.namespace(), &name)))
+                .collect();
+            anyhow::bail!(
+                "bump {k} of {name}: not Progressing within {detect_limit:?} (last phases: {})",
+                phases.join(", ")
+            );
+        }
         for w in who {
             if let (Some(f), Some(p)) = (
                 figures.get_mut(w),
@@ -875,7 +900,10 @@ async fn drive(
         }
         eprintln!("bench: bump {}/{} of {name} detected", k + 1, opts.bumps);
         bumps.push((i, at));
-        tokio::time::sleep(Duration::from_millis(300 + (k as u64 * 613) % 1000)).await;
+        // Spread the next bump over the whole interval (a golden-ratio sequence), so that a
+        // controller that polls on a timer is met at every phase of it, not just after a tick.
+        let phase = (k as f64 * 0.618_034).fract();
+        tokio::time::sleep(Duration::from_millis(300) + interval.mul_f64(phase)).await;
     }
     eprintln!("bench: waiting for the rollouts to finish");
     let ok = wait_for(settle_limit, || {
@@ -991,6 +1019,7 @@ async fn drive(
     // The API server may write the last lines a moment later.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let audit = audit_counts(&sandbox.audit_log_path(), from, to);
+    let whole = audit_counts(&sandbox.audit_log_path(), run_from, to);
     for w in who {
         let pid = pids[w];
         if let Some(f) = figures.get_mut(w) {
@@ -998,9 +1027,18 @@ async fn drive(
                 (Some(a), Some(b)) => Some((b - a) / minutes),
                 _ => None,
             };
+            f.cpu_total = cpu_seconds(pid);
             f.rss_mib = status_mib(pid, "VmRSS:");
             f.peak_rss_mib = status_mib(pid, "VmHWM:");
             f.queries_per_min = Some((counters[w].count() - q0[w]) as f64 / minutes);
+            f.queries_total = Some(counters[w].count());
+            f.api_total = Some(
+                whole
+                    .iter()
+                    .filter(|((user, _), _)| user == w.user())
+                    .map(|(_, c)| *c)
+                    .sum(),
+            );
             for verb in VERBS {
                 f.api_per_min.insert(verb.to_string(), 0.0);
             }

@@ -60,7 +60,7 @@ enum Command {
         /// Where the report goes (it is also printed).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// The CI smoke run: serin only, 2 canaries, 3 bumps, 5 s interval, 10 s idle (unless
+        /// The CI smoke run: serin only, 2 canaries, 3 bumps, 3 s interval, 10 s idle (unless
         /// given explicitly).
         #[arg(long)]
         smoke: bool,
@@ -137,7 +137,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let opts = serin_sandbox::bench::BenchOptions {
                 canaries: pick("--canaries", canaries as u64, 2) as usize,
                 bumps: pick("--bumps", bumps as u64, 3) as usize,
-                interval_secs: pick("--interval", interval, 5),
+                interval_secs: pick("--interval", interval, 3),
                 idle: std::time::Duration::from_secs(pick("--idle", idle, 10)),
                 smoke,
                 out,
