@@ -46,6 +46,25 @@ const VERBS: [&str; 7] = [
     "get", "list", "watch", "create", "update", "patch", "delete",
 ];
 
+/// What issue 14 §2 asks for that this command does not measure yet; part of every report, so
+/// that no reader takes the table for the whole benchmark.
+const NOT_YET: &str = "
+## Not measured yet
+
+Issue 14 §2 asks for more than this command does so far:
+
+- **Scale.** Idle cost at N = 100, 1,000 and 5,000 canaries and detection latency with 1,000 idle
+  canaries present: `--canaries` and `--bumps` take any number, but only small runs have been made
+  (the sandbox has not yet been measured at 1,000 canaries or more).
+- **A 10-step rollout.** The Canary has 3 steps (stepWeight 10, maxWeight 30), to keep a run short.
+- **Bursts.** 100 and 500 releases at once (lateness of each analysis step against its schedule,
+  time until all are done, peak RSS and CPU under the burst): not implemented.
+- **The targets of §3** are not judged here; the table only reports.
+- **Flagger's own CRD.** Both controllers run under the sandbox's Canary CRD; under the CRD
+  Flagger's Helm chart installs, serin's status writes are refused
+  (`.status.serin.dev/progress: field not declared in schema`), found by this command.
+";
+
 /// Options of `serin-sandbox bench`.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -610,6 +629,18 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
             .collect(),
     ));
     rows.push((
+        "API requests over the whole run, from the first manifest to the end of the idle window (all verbs)".into(),
+        who.iter()
+            .map(|w| fmt(figures[w].api_total.map(|c| c as f64), 0))
+            .collect(),
+    ));
+    rows.push((
+        "Prometheus queries over the whole run".into(),
+        who.iter()
+            .map(|w| fmt(figures[w].queries_total.map(|c| c as f64), 0))
+            .collect(),
+    ));
+    rows.push((
         "idle Prometheus queries per minute".into(),
         who.iter()
             .map(|w| fmt(figures[w].queries_per_min, 1))
@@ -628,6 +659,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
         k = opts.bumps,
         idle = opts.idle.as_secs_f64()
     );
+    md.push_str(NOT_YET);
     if let Some(out) = &opts.out {
         if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;

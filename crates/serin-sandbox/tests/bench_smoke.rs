@@ -6,7 +6,7 @@
 use std::process::Command;
 
 /// The rows every report must have, by the start of their label.
-const ROWS: [&str; 21] = [
+const ROWS: [&str; 23] = [
     "initialization of 2 canaries",
     "detection latency p50 over 3 bumps",
     "detection latency p99 over 3 bumps",
@@ -18,6 +18,7 @@ const ROWS: [&str; 21] = [
     "idle RSS at 2 canaries",
     "peak RSS over the run",
     "idle CPU, seconds per minute",
+    "CPU seconds over the whole run",
     "idle API requests per minute: get",
     "idle API requests per minute: list",
     "idle API requests per minute: watch",
@@ -27,6 +28,7 @@ const ROWS: [&str; 21] = [
     "idle API requests per minute: delete",
     "idle API requests per minute: all verbs",
     "API requests over the whole run",
+    "Prometheus queries over the whole run",
     "idle Prometheus queries per minute",
 ];
 
