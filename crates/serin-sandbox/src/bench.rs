@@ -723,7 +723,15 @@ async fn measure(
         0,
         (
             "serin".into(),
-            format!("{serin_version} ({})", exe.display()),
+            format!(
+                "{serin_version} ({}{})",
+                exe.display(),
+                if exe.components().any(|c| c.as_os_str() == "debug") {
+                    "; an unoptimized debug build, while Flagger is an optimized Go binary: set SERIN_BIN to a release build for release figures"
+                } else {
+                    ""
+                }
+            ),
         ),
     );
 
