@@ -278,7 +278,7 @@ fn canary(name: &str, interval_secs: u64) -> Value {
                 "interval": format!("{interval_secs}s"), "threshold": THRESHOLD,
                 "maxWeight": 10 * STEPS, "stepWeight": 10,
                 "metrics": [
-                    {"name": "request-success-rate", "thresholdRange": {"min": 99}, "interval": "30s"}
+                    {"name": "request-success-rate", "thresholdRange": {"min": 99}, "interval": format!("{}s", 3 * interval_secs)}
                 ]
             }
         }
@@ -569,10 +569,11 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
     }
     let _ = writeln!(
         md,
-        "- workload per controller: {n} podinfo-like Deployments (1 replica) with a Canary each (analysis interval {i} s, stepWeight 10 up to maxWeight {mw}, i.e. {STEPS} steps, threshold {THRESHOLD}, the built-in request-success-rate over 30 s); the mesh simulator sends 20 requests/s through each VirtualService; each controller watches only its own namespace",
+        "- workload per controller: {n} podinfo-like Deployments (1 replica) with a Canary each (analysis interval {i} s, stepWeight 10 up to maxWeight {mw}, i.e. {STEPS} steps, threshold {THRESHOLD}, the built-in request-success-rate over {w} s, three intervals); the mesh simulator sends 20 requests/s through each VirtualService; each controller watches only its own namespace",
         n = opts.canaries,
         i = opts.interval_secs,
-        mw = 10 * STEPS
+        mw = 10 * STEPS,
+        w = 3 * opts.interval_secs
     );
     let _ = writeln!(
         md,
