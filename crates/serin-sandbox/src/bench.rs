@@ -1092,3 +1092,71 @@ async fn drive(
     }
     Ok(figures)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        for (p, want) in [
+            (50.0, 10.0),
+            (90.0, 18.0),
+            (99.0, 20.0),
+            (100.0, 20.0),
+            (1.0, 1.0),
+        ] {
+            assert_eq!(percentile(&v, p), Some(want), "p{p}");
+        }
+        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile(&[3.0, 1.0, 2.0], 50.0), Some(2.0));
+    }
+
+    #[test]
+    fn audit_lines_are_counted_by_user_and_verb_inside_the_window() {
+        let dir = std::env::temp_dir().join(format!("serin-bench-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("audit.log");
+        let line = |user: &str, verb: &str, ts: &str| {
+            json!({"kind": "Event", "stage": "RequestReceived", "verb": verb,
+                   "user": {"username": user}, "stageTimestamp": ts})
+            .to_string()
+        };
+        let text = [
+            line("bench-serin", "get", "2026-01-01T00:00:10.000000Z"),
+            line("bench-serin", "get", "2026-01-01T00:00:20.000000Z"),
+            line("bench-flagger", "get", "2026-01-01T00:00:20.000000Z"),
+            line("bench-flagger", "update", "2026-01-01T00:00:30.000000Z"),
+            // Outside the window, and a torn last line.
+            line("bench-serin", "list", "2026-01-01T00:01:10.000000Z"),
+            "{\"kind\": \"Ev".to_string(),
+        ]
+        .join("\n");
+        std::fs::write(&log, text).unwrap();
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        };
+        let counts = audit_counts(&log, at("2026-01-01T00:00:00Z"), at("2026-01-01T00:01:00Z"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let want: BTreeMap<(String, String), u64> = [
+            (("bench-flagger".to_string(), "get".to_string()), 1),
+            (("bench-flagger".to_string(), "update".to_string()), 1),
+            (("bench-serin".to_string(), "get".to_string()), 2),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(counts, want);
+    }
+
+    #[test]
+    fn cpu_and_memory_of_this_process_are_read() {
+        let pid = std::process::id() as i32;
+        assert!(cpu_seconds(pid).is_some_and(|s| s >= 0.0));
+        assert!(status_mib(pid, "VmRSS:").is_some_and(|m| m > 0.0));
+        assert_eq!(cpu_seconds(-1), None);
+    }
+}

@@ -1089,6 +1089,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn audit_policy_logs_only_the_extra_users_once_per_request() {
+        let users = vec![User {
+            name: "bench-serin".into(),
+            groups: vec!["system:masters".into()],
+            token: "t".into(),
+        }];
+        let v: serde_json::Value = serde_yaml_ng::from_str(&audit_policy(&users)).unwrap();
+        assert_eq!(
+            v["omitStages"],
+            serde_json::json!(["ResponseStarted", "ResponseComplete", "Panic"])
+        );
+        assert_eq!(v["rules"][0]["level"], "Metadata");
+        assert_eq!(v["rules"][0]["users"], serde_json::json!(["bench-serin"]));
+        assert_eq!(v["rules"][1]["level"], "None");
+        let none: serde_json::Value = serde_yaml_ng::from_str(&audit_policy(&[])).unwrap();
+        assert_eq!(none["rules"], serde_json::json!([{"level": "None"}]));
+    }
+
+    #[test]
     fn token_file_has_admin_then_users_with_quoted_groups() {
         let users = vec![
             User {
