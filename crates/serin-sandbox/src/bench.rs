@@ -38,8 +38,6 @@ use crate::{Sandbox, SandboxOptions, mesh};
 
 /// The field manager the bench applies its manifests with.
 const MANAGER: &str = "serin-bench";
-/// Weight steps of the benchmark's Canary (stepWeight 10 up to maxWeight 30).
-const STEPS: u32 = 3;
 const THRESHOLD: i64 = 2;
 /// The verbs every report lists, whether or not a controller used them.
 const VERBS: [&str; 7] = [
@@ -56,7 +54,8 @@ Issue 14 §2 asks for more than this command does so far:
 - **Scale.** Idle cost at N = 100, 1,000 and 5,000 canaries and detection latency with 1,000 idle
   canaries present: `--canaries` and `--bumps` take any number, but only small runs have been made
   (the sandbox has not yet been measured at 1,000 canaries or more).
-- **A 10-step rollout.** The Canary has 3 steps (stepWeight 10, maxWeight 30), to keep a run short.
+- **A 10-step rollout.** `--steps 10` gives one; the runs so far used 3 steps (stepWeight 10,
+  maxWeight 30), to keep a run short.
 - **Bursts.** 100 and 500 releases at once (lateness of each analysis step against its schedule,
   time until all are done, peak RSS and CPU under the burst): not implemented.
 - **The targets of §3** are not judged here; the table only reports.
@@ -74,6 +73,8 @@ pub struct BenchOptions {
     pub bumps: usize,
     /// Analysis interval of every Canary, in seconds.
     pub interval_secs: u64,
+    /// Weight steps of every Canary (stepWeight 10 up to maxWeight 10 × steps), 1 to 10.
+    pub steps: u32,
     /// How long the idle cost is measured.
     pub idle: Duration,
     /// serin only (no Flagger): the CI smoke run.
@@ -266,7 +267,7 @@ fn deployment(name: &str, release: usize, faulty: bool) -> Value {
     })
 }
 
-fn canary(name: &str, interval_secs: u64) -> Value {
+fn canary(name: &str, interval_secs: u64, steps: u32) -> Value {
     json!({
         "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
         "metadata": {"name": name},
@@ -276,7 +277,7 @@ fn canary(name: &str, interval_secs: u64) -> Value {
             "service": {"port": 9898, "targetPort": 9898},
             "analysis": {
                 "interval": format!("{interval_secs}s"), "threshold": THRESHOLD,
-                "maxWeight": 10 * STEPS, "stepWeight": 10,
+                "maxWeight": 10 * steps, "stepWeight": 10,
                 "metrics": [
                     {"name": "request-success-rate", "thresholdRange": {"min": 99}, "interval": format!("{}s", 3 * interval_secs)}
                 ]
@@ -500,6 +501,10 @@ async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
     anyhow::ensure!(opts.canaries >= 1, "--canaries must be at least 1");
     anyhow::ensure!(opts.bumps >= 1, "--bumps must be at least 1");
+    anyhow::ensure!(
+        (1..=10).contains(&opts.steps),
+        "--steps must be within 1..=10 (stepWeight 10 up to maxWeight 10 × steps)"
+    );
     let started = chrono::Utc::now();
     let load_start = loadavg();
     let wall = Instant::now();
@@ -569,10 +574,11 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
     }
     let _ = writeln!(
         md,
-        "- workload per controller: {n} podinfo-like Deployments (1 replica) with a Canary each (analysis interval {i} s, stepWeight 10 up to maxWeight {mw}, i.e. {STEPS} steps, threshold {THRESHOLD}, the built-in request-success-rate over {w} s, three intervals); the mesh simulator sends 20 requests/s through each VirtualService; each controller watches only its own namespace",
+        "- workload per controller: {n} podinfo-like Deployments (1 replica) with a Canary each (analysis interval {i} s, stepWeight 10 up to maxWeight {mw}, i.e. {steps} steps, threshold {THRESHOLD}, the built-in request-success-rate over {w} s, three intervals); the mesh simulator sends 20 requests/s through each VirtualService; each controller watches only its own namespace",
         n = opts.canaries,
         i = opts.interval_secs,
-        mw = 10 * STEPS,
+        mw = 10 * opts.steps,
+        steps = opts.steps,
         w = 3 * opts.interval_secs
     );
     let _ = writeln!(
@@ -600,12 +606,12 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
         None => "not measured".to_string(),
     };
     let interval = opts.interval_secs as f64;
-    let lower = f64::from(STEPS) * interval;
+    let lower = f64::from(opts.steps) * interval;
     let mut rows: Vec<(String, Vec<String>)> = vec![
         (format!("initialization of {} canaries (apply → all Initialized), s", opts.canaries), who.iter().map(|w| fmt(figures[w].init_secs, 1)).collect()),
         (format!("detection latency p50 over {} bumps (target changed → Canary Progressing), ms", opts.bumps), who.iter().map(|w| fmt(percentile(&figures[w].detection_ms, 50.0), 0)).collect()),
         (format!("detection latency p99 over {} bumps, ms", opts.bumps), who.iter().map(|w| fmt(percentile(&figures[w].detection_ms, 99.0), 0)).collect()),
-        (format!("rollout wall time p50 (target changed → Succeeded), s, against {lower:.0} s = {STEPS} steps × {interval:.0} s"), who.iter().map(|w| fmt(percentile(&figures[w].rollout_secs, 50.0), 1)).collect()),
+        (format!("rollout wall time p50 (target changed → Succeeded), s, against {lower:.0} s = {} steps × {interval:.0} s", opts.steps), who.iter().map(|w| fmt(percentile(&figures[w].rollout_secs, 50.0), 1)).collect()),
         ("rollout wall time ÷ (steps × interval), p50".into(), who.iter().map(|w| fmt(percentile(&figures[w].rollout_secs, 50.0).map(|s| s / lower), 2)).collect()),
         ("rollout wall time ÷ (steps × interval), p99".into(), who.iter().map(|w| fmt(percentile(&figures[w].rollout_secs, 99.0).map(|s| s / lower), 2)).collect()),
         ("faulty release: target changed → Failed, s".into(), who.iter().map(|w| fmt(figures[w].rollback_total_secs, 1)).collect()),
@@ -859,7 +865,7 @@ async fn drive(
             apply(
                 &canaries(*w),
                 &name_of(i),
-                &canary(&name_of(i), opts.interval_secs),
+                &canary(&name_of(i), opts.interval_secs, opts.steps),
             )
             .await?;
         }

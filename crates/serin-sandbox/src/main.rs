@@ -54,6 +54,9 @@ enum Command {
         /// Analysis interval of every Canary, in seconds.
         #[arg(long, default_value_t = 10)]
         interval: u64,
+        /// Weight steps of every Canary (stepWeight 10 up to maxWeight 10 × steps), 1 to 10.
+        #[arg(long, default_value_t = 3)]
+        steps: u32,
         /// Seconds over which the idle cost is measured.
         #[arg(long, default_value_t = 60)]
         idle: u64,
@@ -123,6 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             canaries,
             bumps,
             interval,
+            steps,
             idle,
             out,
             smoke,
@@ -138,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 canaries: pick("--canaries", canaries as u64, 2) as usize,
                 bumps: pick("--bumps", bumps as u64, 3) as usize,
                 interval_secs: pick("--interval", interval, 3),
+                steps,
                 idle: std::time::Duration::from_secs(pick("--idle", idle, 10)),
                 smoke,
                 out,
