@@ -46,6 +46,11 @@ pub struct SandboxOptions {
     /// Also run Flux (its CRDs, source-controller, kustomize-controller and a Git server):
     /// [`Sandbox::flux`].
     pub flux: bool,
+    /// Have the API server write an audit log ([`Sandbox::audit_log_path`]) of the extra users'
+    /// requests, one JSON line per request as it is received, so that a benchmark can count each
+    /// controller's requests by verb under its own identity. The admin and the sandbox's own
+    /// components are not logged.
+    pub audit: bool,
 }
 
 impl SandboxOptions {
@@ -132,6 +137,8 @@ pub struct Sandbox {
     kubelet: Option<Kubelet>,
     flux: Option<crate::flux::Flux>,
     stopped: bool,
+    /// See [`SandboxOptions::audit`].
+    audit: bool,
     /// How the API server was started, to start it again ([`Sandbox::start_apiserver`]).
     apiserver: Option<(PathBuf, Vec<String>)>,
     /// Set while the API server is stopped on purpose, so that its exit is not a death.
@@ -264,6 +271,7 @@ impl Sandbox {
             kubelet: None,
             flux: None,
             stopped: false,
+            audit: opts.audit,
             apiserver: None,
             apiserver_down: Arc::new(AtomicBool::new(false)),
         };
@@ -321,7 +329,7 @@ impl Sandbox {
         service_account_keys(&sa_key, &sa_pub).await?;
         let tokens = pki.join("tokens.csv");
         write_file(&tokens, &token_csv(&self.admin_token, &self.users))?;
-        let apiserver_args = vec![
+        let mut apiserver_args = vec![
             format!("--etcd-servers={etcd_client}"),
             format!("--cert-dir={}", pki.join("serving").display()),
             format!("--secure-port={}", ports.apiserver),
@@ -339,6 +347,15 @@ impl Sandbox {
             // `kubernetes` Service's endpoint, and no pod here needs that endpoint.
             "--endpoint-reconciler-type=none".into(),
         ];
+        if self.audit {
+            let policy = pki.join("audit-policy.yaml");
+            write_file(&policy, &audit_policy(&self.users))?;
+            apiserver_args.extend([
+                format!("--audit-policy-file={}", policy.display()),
+                format!("--audit-log-path={}", self.audit_log_path().display()),
+                "--audit-log-format=json".into(),
+            ]);
+        }
         self.apiserver = Some((bins.kube_apiserver.clone(), apiserver_args.clone()));
         let down = self.apiserver_down.clone();
         self.spawn_flagged(
@@ -679,6 +696,11 @@ impl Sandbox {
         &self.users
     }
 
+    /// The API server's audit log, written when [`SandboxOptions::audit`] is set.
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.logs.join("audit.log")
+    }
+
     /// The supervised processes: (name, pid).
     pub fn processes(&self) -> Vec<(String, i32)> {
         let mut all: Vec<(String, i32)> = self
@@ -978,6 +1000,24 @@ pub fn token_csv(admin_token: &str, users: &[User]) -> String {
     out
 }
 
+/// Metadata of the extra users' requests, each logged once when received (no request or
+/// response bodies, no second line when the response completes), nothing of anyone else.
+pub fn audit_policy(users: &[User]) -> String {
+    let mut out = String::from(
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [ResponseStarted, ResponseComplete, Panic]\nrules:\n",
+    );
+    if !users.is_empty() {
+        let names: Vec<String> = users.iter().map(|u| format!("{:?}", u.name)).collect();
+        let _ = writeln!(
+            out,
+            "  - level: Metadata\n    users: [{}]",
+            names.join(", ")
+        );
+    }
+    out.push_str("  - level: None\n");
+    out
+}
+
 pub fn kubeconfig_yaml(server: &str, user: &str, token: &str) -> String {
     format!(
         "apiVersion: v1
@@ -1069,6 +1109,25 @@ pub fn random_hex(len: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_policy_logs_only_the_extra_users_once_per_request() {
+        let users = vec![User {
+            name: "bench-serin".into(),
+            groups: vec!["system:masters".into()],
+            token: "t".into(),
+        }];
+        let v: serde_json::Value = serde_yaml_ng::from_str(&audit_policy(&users)).unwrap();
+        assert_eq!(
+            v["omitStages"],
+            serde_json::json!(["ResponseStarted", "ResponseComplete", "Panic"])
+        );
+        assert_eq!(v["rules"][0]["level"], "Metadata");
+        assert_eq!(v["rules"][0]["users"], serde_json::json!(["bench-serin"]));
+        assert_eq!(v["rules"][1]["level"], "None");
+        let none: serde_json::Value = serde_yaml_ng::from_str(&audit_policy(&[])).unwrap();
+        assert_eq!(none["rules"], serde_json::json!([{"level": "None"}]));
+    }
 
     #[test]
     fn token_file_has_admin_then_users_with_quoted_groups() {

@@ -17,6 +17,7 @@
 //! ```
 //! For a private one (extra users, its own lifetime): [`Sandbox::start`] with [`SandboxOptions`].
 
+pub mod bench;
 pub mod chaos;
 pub mod demo;
 mod environment;

@@ -42,6 +42,32 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// serin and real Flagger side by side on one sandbox: detection latency, rollout and
+    /// rollback time, idle cost; prints a Markdown table and writes it to --out.
+    Bench {
+        /// Canaries per controller.
+        #[arg(long, default_value_t = 20)]
+        canaries: usize,
+        /// Releases whose detection latency is measured.
+        #[arg(long, default_value_t = 20)]
+        bumps: usize,
+        /// Analysis interval of every Canary, in seconds.
+        #[arg(long, default_value_t = 10)]
+        interval: u64,
+        /// Weight steps of every Canary (stepWeight 10 up to maxWeight 10 × steps), 1 to 10.
+        #[arg(long, default_value_t = 3)]
+        steps: u32,
+        /// Seconds over which the idle cost is measured.
+        #[arg(long, default_value_t = 60)]
+        idle: u64,
+        /// Where the report goes (it is also printed).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The CI smoke run: serin only, 2 canaries, 3 bumps, 3 s interval, 10 s idle (unless
+        /// given explicitly).
+        #[arg(long)]
+        smoke: bool,
+    },
     /// Stop a sandbox started by `serin-sandbox up --dir DIR`.
     Down {
         #[arg(long)]
@@ -165,6 +191,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("chaos: FAILED (see above)");
                 ExitCode::FAILURE
             })
+        }
+        Command::Bench {
+            canaries,
+            bumps,
+            interval,
+            steps,
+            idle,
+            out,
+            smoke,
+        } => {
+            ensure_set_up()?;
+            let given = |name: &str| {
+                std::env::args().any(|a| a == name || a.starts_with(&format!("{name}=")))
+            };
+            let pick = |name: &str, full: u64, small: u64| {
+                if smoke && !given(name) { small } else { full }
+            };
+            let opts = serin_sandbox::bench::BenchOptions {
+                canaries: pick("--canaries", canaries as u64, 2) as usize,
+                bumps: pick("--bumps", bumps as u64, 3) as usize,
+                interval_secs: pick("--interval", interval, 3),
+                steps,
+                idle: std::time::Duration::from_secs(pick("--idle", idle, 10)),
+                smoke,
+                out,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            let report = runtime()?.block_on(serin_sandbox::bench::run(opts))?;
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Down { dir } => {
             runtime()?.block_on(serin_sandbox::down(dir))?;
