@@ -689,9 +689,9 @@ async fn measure(
     }
     if flagger_bins.is_some() {
         // Both run under the sandbox's CRD (serin's, which declares Flagger's fields and
-        // serin's own). Under the CRD Flagger's chart installs, serin's status writes are refused
-        // (`.status.serin.dev/progress: field not declared in schema`), so serin would never
-        // leave Initialized.
+        // serin's own). Under the CRD Flagger's chart installs serin keeps its status additions
+        // in the `serin.dev/status` annotation (tests/migration.rs); the bench has not been run
+        // that way yet.
         versions.push((
             "Flagger".into(),
             format!(
