@@ -116,16 +116,7 @@ impl Reconcile {
         {
             return Ok(());
         }
-        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        let name = obj.name_any();
-        api.patch(
-            &name,
-            &PatchParams::apply(manager).force(),
-            &Patch::Apply(obj),
-        )
-        .await
-        .map_err(|e| self.refused(&K::kind(&()), &name, e.into()))?;
-        Ok(())
+        self.send_apply(obj, manager).await
     }
 
     /// [`Self::apply`] for the Istio objects, whose caches stay untyped: one VirtualService in
@@ -155,6 +146,19 @@ impl Reconcile {
         {
             return Ok(());
         }
+        self.send_apply(obj, manager).await
+    }
+
+    /// The server-side apply both [`Self::apply`] and [`Self::apply_dynamic`] end in; a refusal
+    /// is told on the Canary ([`Self::refused`]).
+    async fn send_apply<K>(&self, obj: &K, manager: &str) -> Result<(), Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + Debug,
+    {
         let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         let name = obj.name_any();
         api.patch(
