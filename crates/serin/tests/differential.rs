@@ -19,9 +19,7 @@ mod support;
 mod user;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -202,40 +200,7 @@ enum Who {
     Serin,
 }
 
-/// A process of the test: killed when dropped, and with the test (PDEATHSIG).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(program: &Path, args: &[String], log: &Path) -> Proc {
-    let out = std::fs::File::create(log).expect("log file");
-    let err = out.try_clone().expect("log file");
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env(
-            "RUST_LOG",
-            "info,serin=debug,kube_client::client::tls=error",
-        )
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    // SAFETY: prctl is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    Proc(
-        cmd.spawn()
-            .unwrap_or_else(|e| panic!("{}: {e}", program.display())),
-    )
-}
+use support::{Proc, spawn};
 
 /// A loopback HTTP receiver keeping every JSON body posted to it.
 struct Receiver {

@@ -10,9 +10,7 @@ mod support;
 #[path = "support/user.rs"]
 mod user;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,39 +26,7 @@ use tokio::sync::OnceCell;
 
 const LIMIT: Duration = Duration::from_secs(180);
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(program: &Path, args: &[String], log: &Path) -> Proc {
-    let out = std::fs::File::create(log).expect("log file");
-    let err = out.try_clone().expect("log file");
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env(
-            "RUST_LOG",
-            "info,serin=debug,kube_client::client::tls=error",
-        )
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    // SAFETY: prctl is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    Proc(
-        cmd.spawn()
-            .unwrap_or_else(|e| panic!("{}: {e}", program.display())),
-    )
-}
+use support::{Proc, spawn};
 
 fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();

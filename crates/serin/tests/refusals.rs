@@ -10,9 +10,8 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Event;
-use k8s_openapi::api::core::v1::ResourceQuota;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::ListParams;
 use serde_json::json;
 use serin::api::CanaryCondition;
 use serin_sandbox::testenv::eventually;
@@ -99,27 +98,7 @@ async fn a_refused_service_is_told_on_the_canary_and_a_too_long_name_before_any_
     assert!(w.virtual_service(&long).await.is_none());
 
     // No Service may be created in the namespace: the API server refuses `podinfo-canary`.
-    let quotas: Api<ResourceQuota> = Api::namespaced(w.client.clone(), &w.ns);
-    let quota: ResourceQuota = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "ResourceQuota",
-        "metadata": {"name": "no-services"},
-        "spec": {"hard": {"services": "0"}},
-    }))
-    .unwrap();
-    quotas.create(&PostParams::default(), &quota).await.unwrap();
-    eventually("the quota in force", LIMIT, || async {
-        let q = quotas.get("no-services").await.map_err(|e| e.to_string())?;
-        let counted = q
-            .status
-            .and_then(|s| s.hard)
-            .is_some_and(|h| h.contains_key("services"));
-        if counted {
-            Ok(())
-        } else {
-            Err("no status yet".to_string())
-        }
-    })
-    .await;
+    let quotas = w.forbid_services().await;
     w.apply(deployment("podinfo", "podinfo:6.0.0", json!({})))
         .await;
     w.apply(canary("podinfo", analysis.clone())).await;
@@ -159,10 +138,7 @@ async fn a_refused_service_is_told_on_the_canary_and_a_too_long_name_before_any_
     assert!(w.virtual_service("podinfo").await.is_none());
 
     // The cause goes: the canary initializes and the condition turns true.
-    quotas
-        .delete("no-services", &DeleteParams::default())
-        .await
-        .unwrap();
+    w.allow_services(&quotas).await;
     let c = w.wait_phase("podinfo", "Initialized", LIMIT).await;
     let cond = condition(&c, WRITTEN).expect("the condition stays, true");
     assert_eq!(

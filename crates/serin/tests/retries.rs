@@ -14,9 +14,9 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
-use k8s_openapi::api::core::v1::{Event, ResourceQuota};
+use k8s_openapi::api::core::v1::Event;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::ListParams;
 use serde_json::json;
 use serin::rollout::messages as msg;
 use serin_sandbox::testenv::eventually;
@@ -144,28 +144,7 @@ async fn a_canary_whose_services_are_refused_backs_off_without_querying_promethe
     let addr = metrics_addr(&w).await;
 
     // No Service may be created in the namespace: serin's `podinfo-canary` is refused.
-    let quotas: Api<ResourceQuota> = Api::namespaced(w.client.clone(), &w.ns);
-    let quota: ResourceQuota = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "ResourceQuota",
-        "metadata": {"name": "no-services"},
-        "spec": {"hard": {"services": "0"}},
-    }))
-    .unwrap();
-    quotas.create(&PostParams::default(), &quota).await.unwrap();
-    // The API server enforces a quota once the controller manager has counted its usage.
-    eventually("the quota in force", LIMIT, || async {
-        let q = quotas.get("no-services").await.map_err(|e| e.to_string())?;
-        let counted = q
-            .status
-            .and_then(|s| s.hard)
-            .is_some_and(|h| h.contains_key("services"));
-        if counted {
-            Ok(())
-        } else {
-            Err("no status yet".to_string())
-        }
-    })
-    .await;
+    let quotas = w.forbid_services().await;
 
     w.apply(deployment("podinfo", "podinfo:6.0.0", json!({})))
         .await;
@@ -226,10 +205,7 @@ async fn a_canary_whose_services_are_refused_backs_off_without_querying_promethe
 
     // The cause goes: the next retry (within the 32 s the backoff has reached) initializes it,
     // and the providers are probed once.
-    quotas
-        .delete("no-services", &DeleteParams::default())
-        .await
-        .unwrap();
+    w.allow_services(&quotas).await;
     w.wait_phase("podinfo", "Initialized", LIMIT).await;
     let available = eventually("the providers' Event", LIMIT, || async {
         events(&w)

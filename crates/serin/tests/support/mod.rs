@@ -11,8 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Event;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Event, ResourceQuota};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+    PostParams,
+};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use serin::api::Canary;
@@ -21,6 +24,8 @@ use serin_sandbox::mesh::{self, MeshHandle, MeshOptions};
 use serin_sandbox::testenv::{SharedEnv, eventually, shared};
 
 pub const LIMIT: Duration = Duration::from_secs(120);
+
+const NO_SERVICES: &str = "no-services";
 
 /// The weights in a VirtualService as the API server returns it, read through serin's typed
 /// VirtualService; `None` when serin's routes are not there or the object is not a VirtualService.
@@ -111,6 +116,42 @@ pub struct World {
 }
 
 impl World {
+    /// A ResourceQuota of zero Services in the world's namespace, returned once the API server
+    /// enforces it (after the controller manager has counted its usage): a refusal serin can
+    /// only learn from the server.
+    pub async fn forbid_services(&self) -> Api<ResourceQuota> {
+        let quotas: Api<ResourceQuota> = Api::namespaced(self.client.clone(), &self.ns);
+        let quota: ResourceQuota = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": NO_SERVICES},
+            "spec": {"hard": {"services": "0"}},
+        }))
+        .unwrap();
+        quotas.create(&PostParams::default(), &quota).await.unwrap();
+        eventually("the quota in force", LIMIT, || async {
+            let q = quotas.get(NO_SERVICES).await.map_err(|e| e.to_string())?;
+            let counted = q
+                .status
+                .and_then(|s| s.hard)
+                .is_some_and(|h| h.contains_key("services"));
+            if counted {
+                Ok(())
+            } else {
+                Err("no status yet".to_string())
+            }
+        })
+        .await;
+        quotas
+    }
+
+    /// Lifts [`World::forbid_services`].
+    pub async fn allow_services(&self, quotas: &Api<ResourceQuota>) {
+        quotas
+            .delete(NO_SERVICES, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+
     pub async fn new(prefix: &str) -> World {
         Self::with_controller_args(prefix, &[]).await
     }
@@ -386,4 +427,39 @@ pub fn image_of(d: &Deployment) -> String {
 
 pub fn replicas_of(d: &Deployment) -> i32 {
     d.spec.replicas.unwrap_or(-1)
+}
+
+/// A process of the test: killed when dropped, and with the test (PDEATHSIG).
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn spawn(program: &Path, args: &[String], log: &Path) -> Proc {
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env(
+            "RUST_LOG",
+            "info,serin=debug,kube_client::client::tls=error",
+        )
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    Proc(
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", program.display())),
+    )
 }
