@@ -9,16 +9,23 @@ pub fn qualified(name: &str, namespace: &str) -> String {
     format!("{name}.{namespace}")
 }
 
+/// The openings of the four Events Flagger tells after writing the phase they announce
+/// (webhook payloads carry that phase: `record.rs`).
+pub const INITIALIZATION_DONE: &str = "Initialization done!";
+pub const NEW_REVISION: &str = "New revision detected!";
+pub const PROMOTION_COMPLETED: &str = "Promotion completed!";
+pub const CANARY_FAILED: &str = "Canary failed!";
+
 pub fn initialization_done(canary: &str) -> String {
-    format!("Initialization done! {canary}")
+    format!("{INITIALIZATION_DONE} {canary}")
 }
 
 pub fn new_revision_scaling_up(target: &str) -> String {
-    format!("New revision detected! Scaling up {target}")
+    format!("{NEW_REVISION} Scaling up {target}")
 }
 
 pub fn new_revision_restarting(target: &str) -> String {
-    format!("New revision detected! Restarting analysis for {target}")
+    format!("{NEW_REVISION} Restarting analysis for {target}")
 }
 
 pub fn starting_analysis(target: &str) -> String {
@@ -48,11 +55,11 @@ pub const STOP_MIRRORING_ROUTE_TO_CANARY: &str =
 pub const SUSPENDED: &str = "skipping canary run as object is suspended";
 
 pub fn promotion_completed(target: &str) -> String {
-    format!("Promotion completed! Scaling down {target}")
+    format!("{PROMOTION_COMPLETED} Scaling down {target}")
 }
 
 pub fn promotion_skipped(target: &str) -> String {
-    format!("Promotion completed! Canary analysis was skipped for {target}")
+    format!("{PROMOTION_COMPLETED} Canary analysis was skipped for {target}")
 }
 
 pub fn rolling_back_threshold(canary: &str, failed: u32) -> String {
@@ -68,7 +75,7 @@ pub fn rolling_back_webhook(canary: &str) -> String {
 }
 
 pub fn canary_failed(canary: &str) -> String {
-    format!("Canary failed! Scaling down {canary}")
+    format!("{CANARY_FAILED} Scaling down {canary}")
 }
 
 pub fn promotion_failed(target: &str, err: &str) -> String {

@@ -17,7 +17,7 @@ use crate::api::{self, Canary};
 use crate::controller::events::Repeat;
 use crate::controller::state::{self, Hold};
 use crate::controller::{Ctx, Error};
-use crate::rollout::{self, EventType, Outcome, Phase, Plan, Progress};
+use crate::rollout::{self, EventType, Outcome, Phase, Plan, Progress, messages as msg};
 use crate::telemetry::{NameNs, OutcomeLabels};
 
 /// Set once the API server refused serin's status additions: the Canary CRD in the cluster is
@@ -33,10 +33,10 @@ fn is_undeclared_addition(message: &str) -> bool {
 /// canary is in when Flagger tells it.
 fn announced_phase(message: &str) -> Option<Phase> {
     [
-        ("Initialization done!", Phase::Initialized),
-        ("New revision detected!", Phase::Progressing),
-        ("Promotion completed!", Phase::Succeeded),
-        ("Canary failed!", Phase::Failed),
+        (msg::INITIALIZATION_DONE, Phase::Initialized),
+        (msg::NEW_REVISION, Phase::Progressing),
+        (msg::PROMOTION_COMPLETED, Phase::Succeeded),
+        (msg::CANARY_FAILED, Phase::Failed),
     ]
     .into_iter()
     .find(|(prefix, _)| message.starts_with(prefix))
