@@ -744,6 +744,50 @@ impl Canary {
     pub fn apex_name(&self) -> String {
         self.spec.service.apex_name(&self.spec.target_ref.name)
     }
+
+    /// The Canary with the additions kept in [`STATUS_ADDITIONS_ANNOTATION`] put back into its
+    /// status, so that the controller and the CLI read them the same under either CRD. Status
+    /// fields win over the annotation: under serin's CRD the annotation is a leftover.
+    pub fn with_stored_additions(mut self) -> Canary {
+        let Some(additions) = self
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(STATUS_ADDITIONS_ANNOTATION))
+            .and_then(|text| serde_json::from_str::<StatusAdditions>(text).ok())
+        else {
+            return self;
+        };
+        let status = self.status.get_or_insert_with(Default::default);
+        if status.serin_progress.is_none()
+            && status.serin_metrics.is_empty()
+            && status.serin_pending.is_none()
+        {
+            status.serin_progress = additions.progress;
+            status.serin_metrics = additions.metrics;
+            status.serin_pending = additions.pending;
+        }
+        self
+    }
+}
+
+/// Where serin keeps its status additions when the Canary CRD is Flagger's, whose status schema
+/// prunes fields it does not know.
+pub const STATUS_ADDITIONS_ANNOTATION: &str = "serin.dev/status";
+
+/// serin's status additions as [`STATUS_ADDITIONS_ANNOTATION`] holds them (JSON).
+#[derive(Serialize, Deserialize, Default, Debug, PartialEq)]
+pub struct StatusAdditions {
+    #[serde(rename = "serin.dev/progress", skip_serializing_if = "Option::is_none")]
+    pub progress: Option<RunProgress>,
+    #[serde(
+        rename = "serin.dev/metrics",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub metrics: Vec<MetricCheckStatus>,
+    #[serde(rename = "serin.dev/pending", skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingRun>,
 }
 
 impl CanarySpec {
@@ -1039,6 +1083,46 @@ impl SessionAffinity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_annotation(status: serde_json::Value, text: &str) -> Canary {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
+            "metadata": {"name": "web", "annotations": {STATUS_ADDITIONS_ANNOTATION: text}},
+            "spec": {"targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}},
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn stored_additions_fill_a_status_without_them_and_never_override_it() {
+        let text = r#"{"serin.dev/progress": {"pausedBy": "alice"},
+                       "serin.dev/pending": {"since": "2026-01-01T00:00:00Z", "reason": "Queued",
+                                             "message": "queued"}}"#;
+        // Flagger's CRD: the status has no additions, the annotation fills them in.
+        let c = with_annotation(serde_json::json!({"phase": "Succeeded"}), text)
+            .with_stored_additions();
+        let st = c.status.unwrap();
+        assert_eq!(
+            st.serin_progress.unwrap().paused_by.as_deref(),
+            Some("alice")
+        );
+        assert_eq!(st.serin_pending.unwrap().reason, "Queued");
+        // serin's CRD: the status has them and a leftover annotation does not win.
+        let c = with_annotation(
+            serde_json::json!({"phase": "Progressing",
+                               "serin.dev/progress": {"pausedBy": "bob"}}),
+            text,
+        )
+        .with_stored_additions();
+        let st = c.status.unwrap();
+        assert_eq!(st.serin_progress.unwrap().paused_by.as_deref(), Some("bob"));
+        assert!(st.serin_pending.is_none());
+        // An unreadable annotation changes nothing.
+        let c = with_annotation(serde_json::json!({"phase": "Succeeded"}), "{not json")
+            .with_stored_additions();
+        assert!(c.status.unwrap().serin_progress.is_none());
+    }
 
     fn analysis() -> CanaryAnalysis {
         CanaryAnalysis::default()

@@ -19,7 +19,13 @@ pub async fn run(s: &Session, all_namespaces: bool) -> anyhow::Result<String> {
             Api::namespaced(s.client.clone(), &s.namespace),
         )
     };
-    let canaries = canaries.list(&ListParams::default()).await?.items;
+    let canaries: Vec<Canary> = canaries
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(Canary::with_stored_additions)
+        .collect();
     let events = events
         .list(&ListParams::default().fields("involvedObject.kind=Canary"))
         .await?

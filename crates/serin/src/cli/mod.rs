@@ -82,10 +82,12 @@ impl Session {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    /// The Canary with serin's status additions, wherever the CRD let serin keep them.
     pub async fn canary(&self, name: &str) -> anyhow::Result<Canary> {
         self.canaries()
             .get_opt(name)
             .await?
+            .map(Canary::with_stored_additions)
             .ok_or_else(|| anyhow!("canary {}/{name} not found", self.namespace))
     }
 

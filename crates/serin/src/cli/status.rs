@@ -335,7 +335,7 @@ pub async fn run(
         };
         tokio::select! {
             next = changes.next() => match next {
-                Some(Ok(c)) => canary = c,
+                Some(Ok(c)) => canary = c.with_stored_additions(),
                 Some(Err(e)) => {
                     // The watcher retries by itself; say so once in a while and go on.
                     tracing::debug!("watching canary {name}: {e}");
@@ -385,6 +385,34 @@ mod tests {
         let line = out.lines().nth(1).unwrap_or_default();
         assert_eq!(
             line, "  QUEUED: New revision of web.prod queued at position 2 of 4",
+            "{out}"
+        );
+    }
+
+    /// Under Flagger's CRD the status has no room for serin's additions and they live in the
+    /// `serin.dev/status` annotation: the view reads them from there.
+    #[test]
+    fn under_flaggers_crd_the_view_reads_the_additions_from_the_annotation() {
+        let mut c = canary(
+            json!({"interval": "1m", "maxWeight": 50, "stepWeight": 10}),
+            json!({"phase": "Succeeded"}),
+        );
+        c.metadata.annotations = Some(
+            [(
+                crate::api::STATUS_ADDITIONS_ANNOTATION.to_string(),
+                json!({"serin.dev/pending": {
+                    "since": "2026-01-01T00:58:00Z", "reason": "Frozen",
+                    "message": "New revision of web.prod waits for the freeze to end"}})
+                .to_string(),
+            )]
+            .into(),
+        );
+        let before = render(&c, &[], None, now());
+        assert!(!before.contains("FROZEN"), "{before}");
+        let out = render(&c.with_stored_additions(), &[], None, now());
+        let line = out.lines().nth(1).unwrap_or_default();
+        assert_eq!(
+            line, "  FROZEN: New revision of web.prod waits for the freeze to end",
             "{out}"
         );
     }

@@ -50,6 +50,18 @@ enum KubeEventType {
     Warning,
 }
 
+/// [`Canary::with_stored_additions`], cloning only a Canary that has the annotation.
+fn with_stored_additions(canary: Arc<Canary>) -> Arc<Canary> {
+    if canary
+        .annotations()
+        .contains_key(crate::api::STATUS_ADDITIONS_ANNOTATION)
+    {
+        Arc::new((*canary).clone().with_stored_additions())
+    } else {
+        canary
+    }
+}
+
 /// One reconcile, in a span naming the Canary (`name.namespace`) that every log line and
 /// Event of it carries.
 #[instrument(skip_all, fields(canary = %msg::qualified(&canary.name_any(), canary.namespace().as_deref().unwrap_or_default())))]
@@ -67,7 +79,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Action, Err
         ns: canary.namespace().unwrap_or_default(),
         name: canary.name_any(),
         now: Utc::now(),
-        canary: record::with_stored_additions(canary),
+        canary: with_stored_additions(canary),
         ctx: ctx.clone(),
         metric_results: None,
         no_data_since: None,

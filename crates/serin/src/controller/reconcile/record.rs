@@ -6,7 +6,6 @@ use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use serde_json::json;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::{info, warn};
@@ -43,55 +42,11 @@ fn announced_phase(message: &str) -> Option<Phase> {
     .map(|(_, p)| p)
 }
 
-/// Where serin keeps its status additions when the CRD has no place for them.
-pub const ADDITIONS_ANNOTATION: &str = "serin.dev/status";
-
-/// The field manager of that annotation: not `serin`, whose apply of the finalizer on the same
-/// object would otherwise drop it (and the other way round).
+/// The field manager of the [`ADDITIONS_ANNOTATION`]: not `serin`, whose apply of the finalizer
+/// on the same object would otherwise drop it (and the other way round).
 const ADDITIONS_MANAGER: &str = "serin-status";
 
-/// serin's status additions as the annotation holds them.
-#[derive(serde::Serialize, serde::Deserialize, Default, PartialEq)]
-struct Additions {
-    #[serde(rename = "serin.dev/progress", skip_serializing_if = "Option::is_none")]
-    progress: Option<api::RunProgress>,
-    #[serde(
-        rename = "serin.dev/metrics",
-        default,
-        skip_serializing_if = "Vec::is_empty"
-    )]
-    metrics: Vec<api::MetricCheckStatus>,
-    #[serde(rename = "serin.dev/pending", skip_serializing_if = "Option::is_none")]
-    pending: Option<api::PendingRun>,
-}
-
-/// The Canary with the status additions kept in [`ADDITIONS_ANNOTATION`] put back into its
-/// status, so that the reconcile reads its clocks the same under either CRD.
-pub(super) fn with_stored_additions(canary: Arc<Canary>) -> Arc<Canary> {
-    let Some(text) = canary
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ADDITIONS_ANNOTATION))
-    else {
-        return canary;
-    };
-    let Ok(additions) = serde_json::from_str::<Additions>(text) else {
-        warn!("ignoring an unreadable {ADDITIONS_ANNOTATION} annotation");
-        return canary;
-    };
-    let mut c = (*canary).clone();
-    let status = c.status.get_or_insert_with(Default::default);
-    if status.serin_progress.is_none()
-        && status.serin_metrics.is_empty()
-        && status.serin_pending.is_none()
-    {
-        status.serin_progress = additions.progress;
-        status.serin_metrics = additions.metrics;
-        status.serin_pending = additions.pending;
-    }
-    Arc::new(c)
-}
+use api::STATUS_ADDITIONS_ANNOTATION as ADDITIONS_ANNOTATION;
 
 impl Reconcile {
     pub(super) async fn write_status(
@@ -222,7 +177,7 @@ impl Reconcile {
         &self,
         mut status: api::CanaryStatus,
     ) -> Result<(), Error> {
-        let additions = Additions {
+        let additions = api::StatusAdditions {
             progress: status.serin_progress.take(),
             metrics: std::mem::take(&mut status.serin_metrics),
             pending: status.serin_pending.take(),
