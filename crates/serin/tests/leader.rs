@@ -246,14 +246,21 @@ async fn a_leader_that_loses_the_lease_stops_writing_and_exits() {
     w.wait_weight("podinfo", 25).await;
 
     let api: Api<Lease> = Api::namespaced(w.client.clone(), &ns);
-    let mut lease = api.get(LEASE).await.unwrap();
-    let spec = lease.spec.as_mut().unwrap();
-    spec.holder_identity = Some("intruder".into());
-    spec.lease_duration_seconds = Some(8);
-    spec.renew_time = Some(MicroTime(Timestamp::now()));
-    api.replace(LEASE, &PostParams::default(), &lease)
-        .await
-        .unwrap();
+    // The leader renews every couple of seconds: a renewal between the read and the write
+    // makes the write a conflict, so read again and retry, as any client would.
+    let mut attempts = 0;
+    loop {
+        let mut lease = api.get(LEASE).await.unwrap();
+        let spec = lease.spec.as_mut().unwrap();
+        spec.holder_identity = Some("intruder".into());
+        spec.lease_duration_seconds = Some(8);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        match api.replace(LEASE, &PostParams::default(), &lease).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(e)) if e.code == 409 && attempts < 10 => attempts += 1,
+            Err(e) => panic!("taking the lease over: {e}"),
+        }
+    }
     let taken = Instant::now();
 
     let status = eventually("a exits", Duration::from_secs(10), || {
