@@ -136,6 +136,11 @@ const ALLOWED: &[Allowed] = &[
     },
     allow("slack-blocks", "alert *: blocks*: flagger=<absent> serin=*"),
     Allowed {
+        id: "alert-effective-max",
+        pattern: "alert *: attachments[0].fields[*].value: flagger=\"Weight steps: 5,20,50 max: 0\" serin=\"Weight steps: 5,20,50 max: 50\"",
+        scenarios: &["step-weights"],
+    },
+    Allowed {
         id: "original-configuration",
         pattern: "VirtualService/podinfo metadata.annotations.flagger.kubernetes.io/original-configuration: *",
         scenarios: &["takeover-nodeport"],
