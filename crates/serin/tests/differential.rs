@@ -3,8 +3,8 @@
 //! one by `serin controller` (`--namespace`), each with its own mesh simulator at the same rate,
 //! and the same releases at the same moment. Both run under Flagger's own CRD, as its Helm chart
 //! installs it. Then what users and their tools see is compared: the generated objects, the
-//! Events, the status, the event-webhook payloads a loopback receiver gets, and the `flagger_*`
-//! series of `/metrics`.
+//! Events, the status, the event-webhook payloads a loopback receiver gets, the Slack alerts
+//! another loopback receiver gets, and the `flagger_*` series of `/metrics`.
 //!
 //! Every difference must be listed in [`ALLOWED`], whose ids are the rows of the table
 //! "What the differential test allows" in docs/flagger-differences.md: the test fails on any
@@ -32,6 +32,13 @@ use serin_sandbox::setup::flux::FlaggerBinaries;
 use serin_sandbox::testenv::{SharedEnv, shared};
 
 const LIMIT: Duration = Duration::from_secs(240);
+
+/// The global notifier's channel. Flagger's global Slack notifier needs one: without
+/// `-slack-channel` it sends nothing, serin posts to `general` (flagger-contract.md §9.13).
+const SLACK_CHANNEL: &str = "deploys";
+
+/// Scenarios whose controllers get `-slack-url` without `-slack-channel`.
+const WITHOUT_SLACK_CHANNEL: &[&str] = &["slack-no-channel"];
 
 /// A difference the test accepts: `id` is a row of docs/flagger-differences.md's table
 /// "What the differential test allows"; `pattern` is matched (`*` matches any text) against the
@@ -99,12 +106,12 @@ const ALLOWED: &[Allowed] = &[
     Allowed {
         id: "one-status-write-per-step",
         pattern: "status over time phase=Progressing canaryWeight=* failedChecks=2 iterations=0: flagger=present serin=<absent>",
-        scenarios: &["rollback"],
+        scenarios: &["rollback", "alert-provider"],
     },
     Allowed {
         id: "real-weight",
         pattern: "status over time phase=* canaryWeight=* failedChecks=0 iterations=*: *",
-        scenarios: &["ab-header", "blue-green", "blue-green-mirror"],
+        scenarios: &["ab-header", "ab-cookie", "blue-green", "blue-green-mirror"],
     },
     allow(
         "no-flagger-id",
@@ -113,12 +120,12 @@ const ALLOWED: &[Allowed] = &[
     Allowed {
         id: "apex-metadata-vs-label",
         pattern: "VirtualService/podinfo metadata.labels.app: flagger=\"podinfo\" serin=<absent>",
-        scenarios: &["ab-header", "session-affinity"],
+        scenarios: &["ab-header", "ab-cookie", "session-affinity"],
     },
     Allowed {
         id: "apex-metadata-vs-label",
         pattern: "VirtualService/podinfo spec.http[1].route[0].weight: flagger=100 serin=<absent>",
-        scenarios: &["ab-header"],
+        scenarios: &["ab-header", "ab-cookie"],
     },
     Allowed {
         id: "session-affinity-details",
@@ -129,6 +136,17 @@ const ALLOWED: &[Allowed] = &[
         id: "explicit-false",
         pattern: "VirtualService/podinfo spec.http[0].corsPolicy.allowCredentials: flagger=<absent> serin=false",
         scenarios: &["gateways"],
+    },
+    allow("slack-blocks", "alert *: blocks*: flagger=<absent> serin=*"),
+    Allowed {
+        id: "slack-no-channel",
+        pattern: "alert general *: flagger=<absent> serin=present",
+        scenarios: &["slack-no-channel"],
+    },
+    Allowed {
+        id: "alert-effective-max",
+        pattern: "alert *: attachments[0].fields[*].value: flagger=\"Weight steps: 5,20,50 max: 0\" serin=\"Weight steps: 5,20,50 max: 50\"",
+        scenarios: &["step-weights"],
     },
     Allowed {
         id: "original-configuration",
@@ -210,7 +228,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    async fn start() -> Receiver {
+    async fn start(path: &str) -> Receiver {
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let b = bodies.clone();
         let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
@@ -223,7 +241,7 @@ impl Receiver {
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/events", listener.local_addr().unwrap());
+        let url = format!("http://{}/{path}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -255,6 +273,9 @@ struct Side {
     log: PathBuf,
     metrics_port: u16,
     hooks: Receiver,
+    /// Slack-type alerts: the global notifier's, and the AlertProviders' of a scenario that
+    /// points them at `${SLACK_URL}`.
+    alerts: Receiver,
     observed: Arc<Mutex<Observed>>,
     poller: tokio::task::JoinHandle<()>,
 }
@@ -376,42 +397,49 @@ impl Side {
         .expect("mesh simulator");
         env.register_scrape_target(&format!("mesh-{ns}"), &mesh.metrics_addr().to_string())
             .expect("scrape target");
-        let hooks = Receiver::start().await;
+        let hooks = Receiver::start("events").await;
+        let alerts = Receiver::start("slack").await;
         let metrics_port = serin_sandbox::free_ports(1).unwrap()[0];
         let kubeconfig = env.kubeconfig_path().display().to_string();
+        let channel = !WITHOUT_SLACK_CHANNEL.contains(&scenario);
         let log = env.logs_dir().join(format!("differential-{ns}.log"));
+        let mut proc_args: Vec<String> = match who {
+            Who::Flagger => vec![
+                format!("-kubeconfig={kubeconfig}"),
+                "-mesh-provider=istio".into(),
+                format!("-metrics-server={}", env.prometheus_url()),
+                format!("-namespace={ns}"),
+                format!("-port={metrics_port}"),
+                format!("-event-webhook={}", hooks.url),
+                format!("-slack-url={}", alerts.url),
+                "-log-level=info".into(),
+                "-zap-encoding=console".into(),
+            ],
+            Who::Serin => vec![
+                "controller".into(),
+                "--kubeconfig".into(),
+                kubeconfig,
+                "--namespace".into(),
+                ns.clone(),
+                "--metrics-server".into(),
+                env.prometheus_url().into(),
+                "--listen".into(),
+                format!("127.0.0.1:{metrics_port}"),
+                "--event-webhook".into(),
+                hooks.url.clone(),
+                "--slack-url".into(),
+                alerts.url.clone(),
+            ],
+        };
+        if channel {
+            proc_args.push(match who {
+                Who::Flagger => format!("-slack-channel={SLACK_CHANNEL}"),
+                Who::Serin => format!("--slack-channel={SLACK_CHANNEL}"),
+            });
+        }
         let proc = match who {
-            Who::Flagger => spawn(
-                &bins.flagger,
-                &[
-                    format!("-kubeconfig={kubeconfig}"),
-                    "-mesh-provider=istio".into(),
-                    format!("-metrics-server={}", env.prometheus_url()),
-                    format!("-namespace={ns}"),
-                    format!("-port={metrics_port}"),
-                    format!("-event-webhook={}", hooks.url),
-                    "-log-level=info".into(),
-                    "-zap-encoding=console".into(),
-                ],
-                &log,
-            ),
-            Who::Serin => spawn(
-                Path::new(env!("CARGO_BIN_EXE_serin")),
-                &[
-                    "controller".into(),
-                    "--kubeconfig".into(),
-                    kubeconfig,
-                    "--namespace".into(),
-                    ns.clone(),
-                    "--metrics-server".into(),
-                    env.prometheus_url().into(),
-                    "--listen".into(),
-                    format!("127.0.0.1:{metrics_port}"),
-                    "--event-webhook".into(),
-                    hooks.url.clone(),
-                ],
-                &log,
-            ),
+            Who::Flagger => spawn(&bins.flagger, &proc_args, &log),
+            Who::Serin => spawn(Path::new(env!("CARGO_BIN_EXE_serin")), &proc_args, &log),
         };
         let observed = Arc::new(Mutex::new(Observed::default()));
         let poller = tokio::spawn(poll(client.clone(), ns.clone(), observed.clone()));
@@ -424,6 +452,7 @@ impl Side {
             log,
             metrics_port,
             hooks,
+            alerts,
             observed,
             poller,
         }
@@ -513,6 +542,11 @@ async fn poll(client: Client, ns: String, out: Arc<Mutex<Observed>>) {
             if let Ok(c) = c {
                 let t = status_tuple(&serde_json::to_value(c).unwrap());
                 let mut o = o.lock().unwrap();
+                // The Canary as applied, before any status: seen or not depending on when the
+                // watch's first list ran, not on the controller.
+                if o.status.is_empty() && t.starts_with("phase= ") {
+                    continue;
+                }
                 if o.status.last() != Some(&t) {
                     o.status.push(t);
                 }
@@ -830,7 +864,8 @@ async fn series(port: u16, ns: &str) -> BTreeSet<String> {
         .collect()
 }
 
-async fn compare(f: &Side, s: &Side) -> Vec<Diff> {
+/// `flagger_alerts`: whether Flagger is expected to post alerts at all.
+async fn compare(f: &Side, s: &Side, flagger_alerts: bool) -> Vec<Diff> {
     let mut out = Vec::new();
     let (cf, cs) = (
         cookie_values(&f.canary().await),
@@ -933,6 +968,37 @@ async fn compare(f: &Side, s: &Side) -> Vec<Diff> {
             serin: fs.contains(k).to_string(),
         });
     }
+    // Slack alerts: which were posted, in order, and each payload whole (keys, text, fields,
+    // colours).
+    let (af, as_) = (alerts(f), alerts(s));
+    // Every canary alerts at initialisation: none at all means the receiver saw nothing.
+    assert!(
+        !flagger_alerts || !af.is_empty(),
+        "Flagger posted no alert to {}; log {}:\n{}",
+        f.alerts.url,
+        f.log.display(),
+        tail(&f.log)
+    );
+    println!(
+        "  {}: alerts posted by both: {:?}",
+        f.ns,
+        af.iter()
+            .filter(|(k, _)| as_.iter().any(|(x, _)| x == k))
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+    );
+    let numbered = |v: &[(String, Value)]| -> Vec<(String, usize)> {
+        v.iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), i))
+            .collect()
+    };
+    diff_sequences("alert", &numbered(&af), &numbered(&as_), &mut out);
+    for (k, a) in &af {
+        if let Some((_, b)) = as_.iter().find(|(x, _)| x == k) {
+            diff_values(&format!("alert {k}:"), a, b, &mut out);
+        }
+    }
     let (mf, ms) = (
         series(f.metrics_port, &f.ns).await,
         series(s.metrics_port, &s.ns).await,
@@ -946,6 +1012,35 @@ async fn compare(f: &Side, s: &Side) -> Vec<Diff> {
         });
     }
     out
+}
+
+/// The Slack payloads a side's receiver got, the namespace as NS, each keyed by
+/// `<channel> <color> <author_name> <text>` (and `#n` from its second time on). Grouped by
+/// channel, in the order received within each: serin delivers to each destination in a task of
+/// its own, so an alert that goes to two channels may reach them in either order, which no one
+/// reading one channel can see.
+fn alerts(side: &Side) -> Vec<(String, Value)> {
+    let mut bodies = side.alerts.bodies.lock().unwrap().clone();
+    bodies.sort_by(|a, b| a["channel"].to_string().cmp(&b["channel"].to_string()));
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    bodies
+        .iter()
+        .map(|b| {
+            let b: Value = serde_json::from_str(&norm_text(&b.to_string(), &side.ns)).unwrap();
+            let a = &b["attachments"][0];
+            let key = format!(
+                "{} {} {} {}",
+                b["channel"].as_str().unwrap_or(""),
+                a["color"].as_str().unwrap_or(""),
+                a["author_name"].as_str().unwrap_or(""),
+                a["text"].as_str().unwrap_or("")
+            );
+            let n = seen.entry(key.clone()).or_default();
+            *n += 1;
+            let key = if *n > 1 { format!("{key} #{n}") } else { key };
+            (key, b)
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -962,7 +1057,7 @@ struct Release {
 
 struct Scenario {
     name: &'static str,
-    /// Applied before the app (with `${PROMETHEUS_URL}` filled in).
+    /// Applied before the app (with `${PROMETHEUS_URL}` and the side's `${SLACK_URL}` filled in).
     before: &'static [&'static str],
     deployment: &'static str,
     canary: &'static str,
@@ -994,6 +1089,29 @@ const SCENARIOS: &[Scenario] = &[
             ends: "Failed",
         }],
     },
+    // AlertProviders instead of the global notifier, a promotion then a rollback.
+    Scenario {
+        name: "alert-provider",
+        before: &["alert-provider/providers.yaml"],
+        deployment: "base/deployment.yaml",
+        canary: "alert-provider/canary.yaml",
+        releases: &[
+            HEALTHY,
+            Release {
+                file: None,
+                edits: &[(":6.0.0", ":6.0.2"), ("errors=0%", "errors=50%")],
+                ends: "Failed",
+            },
+        ],
+    },
+    // The global notifier without a channel: Flagger disables it, serin posts to `general`.
+    Scenario {
+        name: "slack-no-channel",
+        before: &[],
+        deployment: "base/deployment.yaml",
+        canary: "canary/canary.yaml",
+        releases: &[HEALTHY],
+    },
     Scenario {
         name: "step-weights",
         before: &[],
@@ -1006,6 +1124,13 @@ const SCENARIOS: &[Scenario] = &[
         before: &[],
         deployment: "base/deployment.yaml",
         canary: "ab-header/canary.yaml",
+        releases: &[HEALTHY],
+    },
+    Scenario {
+        name: "ab-cookie",
+        before: &[],
+        deployment: "base/deployment.yaml",
+        canary: "ab-cookie/canary.yaml",
         releases: &[HEALTHY],
     },
     Scenario {
@@ -1092,11 +1217,14 @@ async fn run(s: &'static Scenario, bins: FlaggerBinaries) -> Vec<Diff> {
     for side in [&f, &v] {
         for rel in s.before {
             let text = std::fs::read_to_string(user::manifest(rel)).unwrap();
-            if text.contains("${PROMETHEUS_URL}") {
-                side.apply(rel, &[("${PROMETHEUS_URL}", &prom)]).await;
-            } else {
-                side.apply(rel, &[]).await;
-            }
+            let edits: Vec<(&str, &str)> = [
+                ("${PROMETHEUS_URL}", prom.as_str()),
+                ("${SLACK_URL}", side.alerts.url.as_str()),
+            ]
+            .into_iter()
+            .filter(|(from, _)| text.contains(from))
+            .collect();
+            side.apply(rel, &edits).await;
         }
         side.apply(s.deployment, &[]).await;
         side.apply(s.canary, &[]).await;
@@ -1113,7 +1241,7 @@ async fn run(s: &'static Scenario, bins: FlaggerBinaries) -> Vec<Diff> {
     }
     // What lands just after the final phase (the last Event, the webhook, the metrics scrape).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    compare(&f, &v).await
+    compare(&f, &v, !WITHOUT_SLACK_CHANNEL.contains(&s.name)).await
 }
 
 /// The ids of the doc's table "What the differential test allows".
