@@ -289,6 +289,7 @@ pub async fn run_with(
         wc.clone(),
         health.clone(),
     )
+    .modify(|o| watches::slim(o, watches::Keep::Read))
     .map(index_deployments(index.clone()))
     .reflect(dep_w)
     .touched_objects();
@@ -299,6 +300,7 @@ pub async fn run_with(
         wc.clone(),
         health.clone(),
     )
+    .modify(|o| watches::slim(o, watches::Keep::LastApplied))
     .reflect(svc_w)
     .touched_objects();
     let (config_maps, cm_w) = reflector::store::<ConfigMap>();
@@ -308,6 +310,7 @@ pub async fn run_with(
         wc.clone(),
         health.clone(),
     )
+    .modify(|o| watches::slim(o, watches::Keep::Read))
     .reflect(cm_w)
     .touched_objects();
     let (secrets, secret_w) = reflector::store::<Secret>();
@@ -317,6 +320,7 @@ pub async fn run_with(
         wc.clone(),
         health.clone(),
     )
+    .modify(|o| watches::slim(o, watches::Keep::Read))
     .reflect(secret_w)
     .touched_objects();
     let vs_resource = istio_resource::<VirtualService>();
@@ -329,6 +333,7 @@ pub async fn run_with(
         wc.clone(),
         health.clone(),
     )
+    .modify(|o| watches::slim(o, watches::Keep::LastApplied))
     .reflect(vs_w)
     .touched_objects();
     let dr_w = reflector::store::Writer::<DynamicObject>::new(dr_resource.clone());
@@ -339,6 +344,7 @@ pub async fn run_with(
         wc.clone(),
         health.clone(),
     )
+    .modify(|o| watches::slim(o, watches::Keep::LastApplied))
     .reflect(dr_w)
     .touched_objects();
     // Canaries and templates are decoded one object at a time, so that one serin cannot read is
@@ -362,6 +368,7 @@ pub async fn run_with(
         reports_tx.clone(),
         unreadable("MetricTemplate"),
     )
+    .modify(|o| watches::slim(o, watches::Keep::Read))
     .reflect(tpl_w)
     .touched_objects();
     // HPAs: the user's are read for `spec.autoscalerRef`; the primary ones are owned.
@@ -374,6 +381,7 @@ pub async fn run_with(
         wc.clone(),
         health.clone(),
     )
+    .modify(|o| watches::slim(o, watches::Keep::Read))
     .reflect(hpa_w)
     .touched_objects();
 
@@ -430,6 +438,7 @@ pub async fn run_with(
         reports_tx,
         unreadable("Canary"),
     )
+    .modify(|o| watches::slim(o, watches::Keep::Read))
     .map(index_canaries(index.clone(), written))
     .reflect(canary_w)
     .applied_objects();

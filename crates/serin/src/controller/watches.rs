@@ -108,6 +108,62 @@ where
     })
 }
 
+/// kubectl's copy of the user's last `kubectl apply`, as large as the object's spec.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What the caches keep of an object's metadata: [`slim`] with or without kubectl's
+/// last-applied annotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Everything but the managedFields entries serin never reads. For the objects the router
+    /// takes over from the user (Services, VirtualServices, DestinationRules): a VirtualService's
+    /// original spec may live only in kubectl's annotation.
+    LastApplied,
+    /// Nor kubectl's annotation: nothing reads it on these kinds (Deployments and HPAs drop it
+    /// when copied to the primary; configs are copied by data only).
+    Read,
+}
+
+/// Whether serin reads the managedFields entries of `manager`: its own (the router's dropped
+/// fields, the takeover of Flagger's fields keeps its mark in them) and Flagger's (the takeover
+/// moves them into serin's).
+fn read_manager(manager: &str) -> bool {
+    manager == "serin"
+        || manager.starts_with("serin/")
+        || manager == "serin-status"
+        || manager == "flagger"
+}
+
+/// Drops from a watched object what serin never reads, before it enters a cache: the
+/// managedFields entries of other managers (kube-controller-manager's status, kubectl's, Flux's:
+/// often half an object's size, held for every object of the namespace) and, with
+/// [`Keep::Read`], kubectl's last-applied annotation. An object with an entry of Flagger's keeps
+/// all its entries: the takeover writes the whole list back from the cache, and a list without
+/// the others' entries would take their fields from them in the API server. Nothing is written
+/// from these copies whole: serin's writes are applies built from desired state and merge
+/// patches, which never carry managedFields, so what is dropped here stays in the cluster.
+pub fn slim<K: Resource>(obj: &mut K, keep: Keep) {
+    let meta = obj.meta_mut();
+    if let Some(entries) = meta.managed_fields.as_mut() {
+        let flaggers = entries
+            .iter()
+            .any(|e| e.manager.as_deref() == Some("flagger"));
+        if !flaggers {
+            entries.retain(|e| e.manager.as_deref().is_some_and(read_manager));
+            entries.shrink_to_fit();
+        }
+        if entries.is_empty() {
+            meta.managed_fields = None;
+        }
+    }
+    if keep == Keep::Read
+        && let Some(annotations) = meta.annotations.as_mut()
+    {
+        // An emptied map stays: a desired object's `annotations: {}` is still in the copy.
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
 /// Why an object could not be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unreadable {
@@ -478,6 +534,7 @@ async fn write_conditions(
 mod tests {
     use super::*;
     use crate::api::Canary;
+    use k8s_openapi::api::apps::v1::Deployment;
 
     fn raw(name: &str, step_weight: Value, conditions: Value) -> DynamicObject {
         serde_json::from_value(json!({
@@ -615,6 +672,159 @@ mod tests {
             d.decode::<Canary>(ev, none, &mut reports);
         }
         assert_eq!(d.unreadable_count(), 0);
+    }
+
+    fn entry(manager: &str, operation: &str, subresource: Option<&str>) -> Value {
+        let mut e = json!({
+            "manager": manager, "operation": operation, "apiVersion": "apps/v1",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}},
+        });
+        if let Some(s) = subresource {
+            e["subresource"] = json!(s);
+        }
+        e
+    }
+
+    fn deployment(entries: Option<Vec<Value>>, annotations: Value) -> Deployment {
+        let mut meta = json!({"name": "podinfo", "namespace": "ns", "annotations": annotations});
+        if let Some(e) = entries {
+            meta["managedFields"] = Value::Array(e);
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+            "spec": {"selector": {"matchLabels": {"app": "podinfo"}}, "template": {}},
+            "status": {"replicas": 1, "conditions": [{"type": "Available", "status": "True"}]},
+        }))
+        .unwrap()
+    }
+
+    fn managers(d: &Deployment) -> Option<Vec<String>> {
+        d.metadata.managed_fields.as_ref().map(|es| {
+            es.iter()
+                .map(|e| e.manager.clone().unwrap_or_default())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn the_caches_keep_the_managed_fields_serin_reads_and_no_other() {
+        let kcm = || entry("kube-controller-manager", "Update", Some("status"));
+        let cases: Vec<(&str, Option<Vec<Value>>, Option<Vec<&str>>)> = vec![
+            ("no managedFields", None, None),
+            ("an empty list", Some(vec![]), None),
+            (
+                "only others' entries: none left",
+                Some(vec![
+                    kcm(),
+                    entry("kubectl-client-side-apply", "Update", None),
+                    entry("kustomize-controller", "Apply", None),
+                ]),
+                None,
+            ),
+            (
+                "serin's entries stay, in order, the others go",
+                Some(vec![
+                    entry("serin/primary", "Apply", None),
+                    kcm(),
+                    entry("serin/scale", "Update", None),
+                    entry("serin", "Apply", Some("status")),
+                    entry("serin-status", "Apply", None),
+                    entry("serin-bench", "Apply", None),
+                    entry("serinx", "Apply", None),
+                ]),
+                Some(vec![
+                    "serin/primary",
+                    "serin/scale",
+                    "serin",
+                    "serin-status",
+                ]),
+            ),
+            (
+                "a Flagger entry keeps every entry: the takeover writes the list back whole",
+                Some(vec![
+                    entry("flagger", "Update", None),
+                    kcm(),
+                    entry("serin/primary", "Apply", None),
+                ]),
+                Some(vec!["flagger", "kube-controller-manager", "serin/primary"]),
+            ),
+        ];
+        for (case, entries, want) in cases {
+            let mut d = deployment(entries, json!({"team": "a"}));
+            let before = d.clone();
+            slim(&mut d, Keep::LastApplied);
+            assert_eq!(
+                managers(&d),
+                want.map(|w| w.iter().map(|s| s.to_string()).collect()),
+                "{case}"
+            );
+            // The rest of the object is untouched.
+            d.metadata.managed_fields = before.metadata.managed_fields.clone();
+            assert_eq!(d, before, "{case}");
+        }
+        // The fields of a kept entry are kept whole (the router reads them).
+        let mut d = deployment(
+            Some(vec![entry("serin/router", "Apply", None), kcm()]),
+            json!({}),
+        );
+        slim(&mut d, Keep::Read);
+        let kept = d.metadata.managed_fields.as_ref().unwrap();
+        assert_eq!(
+            serde_json::to_value(&kept[0]).unwrap(),
+            entry("serin/router", "Apply", None)
+        );
+    }
+
+    #[test]
+    fn kubectls_last_applied_annotation_goes_only_where_nothing_reads_it() {
+        let annotations = json!({
+            "kubectl.kubernetes.io/last-applied-configuration": "{\"spec\":{}}",
+            "deployment.kubernetes.io/revision": "3",
+        });
+        let cases = [
+            (Keep::LastApplied, annotations.clone()),
+            (
+                Keep::Read,
+                json!({"deployment.kubernetes.io/revision": "3"}),
+            ),
+        ];
+        for (keep, want) in cases {
+            let mut d = deployment(None, annotations.clone());
+            slim(&mut d, keep);
+            assert_eq!(
+                serde_json::to_value(&d.metadata.annotations).unwrap(),
+                want,
+                "{keep:?}"
+            );
+        }
+        // Emptied, the map stays: an applied `annotations: {}` is still found in the copy.
+        let mut d = deployment(None, json!({LAST_APPLIED: "{}"}));
+        slim(&mut d, Keep::Read);
+        assert_eq!(d.metadata.annotations, Some(Default::default()));
+        // Without annotations nothing is added.
+        let mut d = deployment(None, json!(null));
+        slim(&mut d, Keep::Read);
+        assert_eq!(d.metadata.annotations, None);
+    }
+
+    #[test]
+    fn untyped_objects_are_slimmed_alike() {
+        let mut vs: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+            "metadata": {"name": "podinfo", "namespace": "ns",
+                "annotations": {LAST_APPLIED: "{}"},
+                "managedFields": [entry("serin/router", "Apply", None), entry("kubectl", "Update", None)]},
+            "spec": {"hosts": ["podinfo"]},
+        }))
+        .unwrap();
+        slim(&mut vs, Keep::LastApplied);
+        let v = serde_json::to_value(&vs).unwrap();
+        assert_eq!(
+            v["metadata"]["managedFields"],
+            json!([entry("serin/router", "Apply", None)])
+        );
+        assert_eq!(v["metadata"]["annotations"], json!({LAST_APPLIED: "{}"}));
+        assert_eq!(v["spec"], json!({"hosts": ["podinfo"]}));
     }
 
     #[test]
