@@ -709,7 +709,8 @@ mod tests {
     #[test]
     fn the_caches_keep_the_managed_fields_serin_reads_and_no_other() {
         let kcm = || entry("kube-controller-manager", "Update", Some("status"));
-        let cases: Vec<(&str, Option<Vec<Value>>, Option<Vec<&str>>)> = vec![
+        type Case = (&'static str, Option<Vec<Value>>, Option<Vec<&'static str>>);
+        let cases: Vec<Case> = vec![
             ("no managedFields", None, None),
             ("an empty list", Some(vec![]), None),
             (
