@@ -461,10 +461,6 @@ async fn switch_during_the_promotion(prefix: &str, phase: &str) {
 }
 
 #[tokio::test]
-#[ignore = "fails: a primary Flagger promoted has no serin.dev/revision annotation, so the \
-            core's promoting() never sees it running the promoted revision \
-            (observe.rs primary_revision is None) and sets no requeue for its deadline: \
-            the canary stays in Promoting"]
 async fn promoting() {
     switch_during_the_promotion("mig-promoting", "Promoting").await;
 }
@@ -477,9 +473,6 @@ async fn finalising() {
 /// Flagger waits for a closed confirm-rollout gate at weight 0; serin keeps waiting without
 /// telling "New revision detected!" again, and runs the analysis once the gate opens.
 #[tokio::test]
-#[ignore = "fails: serin logs no reconcile of a canary Flagger left in Waiting (closed \
-            confirm-rollout gate), never asks the gate, and the phase reads Failed 180 s later; \
-            to investigate"]
 async fn waiting_for_approval() {
     let mut w = World::new("mig-approval").await;
     let rollout = user::Gate::closed().await;
