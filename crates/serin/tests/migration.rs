@@ -513,3 +513,100 @@ async fn waiting_for_approval() {
     assert_eq!(w.weights(), [0, 25, 50, 0]);
     w.assert_told_once(&[STARTING, NEW_REVISION]).await;
 }
+
+/// Flagger promoted 6.0.1 and was stopped; 6.0.2 is applied before serin starts. Flagger's
+/// status names the promoted revision, which serin cannot hash: the primary, still running
+/// 6.0.1's template, tells the target is new. serin detects it once, runs it from weight 0 and
+/// promotes it.
+#[tokio::test]
+async fn a_new_revision_waiting() {
+    let mut w = World::new("mig-newrev").await;
+    w.start_flagger().await;
+    w.apply("base/deployment.yaml", &[]).await;
+    w.apply("canary/canary.yaml", &[]).await;
+    w.wait_phase("Initialized").await;
+    w.apply("base/deployment.yaml", &[(":6.0.0", ":6.0.1")])
+        .await;
+    w.wait_phase("Succeeded").await;
+    // Flagger stops (its last Events land first); the release comes while no controller runs.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    w.controller = None;
+    w.apply("base/deployment.yaml", &[(":6.0.0", ":6.0.2")])
+        .await;
+    w.switch_to_serin().await;
+    w.wait("the new revision's run", |s| {
+        s["phase"] == "Progressing" && s["canaryWeight"] == 25
+    })
+    .await;
+    w.wait_phase("Succeeded").await;
+    assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.2"));
+    assert_eq!(
+        w.weights(),
+        [0, 25, 50, 0, 25, 50, 0],
+        "Flagger's run, then serin's"
+    );
+    for m in [STARTING, NEW_REVISION] {
+        assert_eq!(w.event_counts(m).await, 2, "{m:?}: once per revision");
+    }
+    assert_eq!(
+        w.event_counts("Promotion completed! Scaling down podinfo.NS")
+            .await,
+        2
+    );
+}
+
+/// Flagger holds the weight at 25 behind a closed confirm-traffic-increase gate; serin keeps
+/// the weight, asks the gate at every interval, and goes on to 50 and the promotion once it
+/// opens.
+#[tokio::test]
+async fn progressing_behind_a_closed_traffic_gate() {
+    let mut w = World::new("mig-traffic").await;
+    let rollout = user::Gate::closed().await;
+    rollout.open();
+    let traffic = user::Gate::closed().await;
+    traffic.open();
+    w.start_flagger().await;
+    w.apply("base/deployment.yaml", &[]).await;
+    w.apply(
+        "gates/canary.yaml",
+        &[
+            ("name: confirm-promotion-gate", "name: traffic-gate"),
+            ("type: confirm-promotion", "type: confirm-traffic-increase"),
+            ("${ROLLOUT_GATE}", &rollout.url),
+            ("${PROMOTION_GATE}", &traffic.url),
+        ],
+    )
+    .await;
+    w.wait_phase("Initialized").await;
+    w.apply("base/deployment.yaml", &[(":6.0.0", ":6.0.1")])
+        .await;
+    w.wait("weight 25", |s| {
+        s["phase"] == "Progressing" && s["canaryWeight"] == 25
+    })
+    .await;
+    traffic.close();
+    let asked = traffic.calls();
+    w.wait("Flagger asking the closed gate", |_| {
+        traffic.calls() > asked
+    })
+    .await;
+    w.switch_to_serin().await;
+    let asked = traffic.calls();
+    w.wait("serin asking the closed gate twice", |_| {
+        traffic.calls() > asked + 1
+    })
+    .await;
+    let s = w.status().await;
+    assert_eq!(s["phase"], "Progressing", "{s}");
+    assert_eq!(s["canaryWeight"], 25, "{s}");
+    assert_eq!(
+        w.weights(),
+        [0, 25],
+        "the weight held behind the closed gate"
+    );
+    traffic.open();
+    w.wait_phase("Succeeded").await;
+    assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.1"));
+    assert_eq!(w.weights(), [0, 25, 50, 0]);
+    w.assert_told_once(&[STARTING, NEW_REVISION]).await;
+}
