@@ -224,7 +224,9 @@ pub struct Observation {
     pub canary: Readiness,
     /// The primary Deployment: `None` when it does not exist (yet).
     pub primary: Option<Readiness>,
-    /// The revision the primary runs (serin records it on the primary when promoting).
+    /// The revision the primary runs: serin records it on the primary when promoting; for a
+    /// primary without that record (Flagger promoted it), the target's revision when the primary
+    /// runs the target's template as Flagger copies it, else `None`.
     pub primary_revision: Option<String>,
     pub results: CheckResults,
     /// The latest request in the Canary's annotations (handled once; see [`request`]).
@@ -619,23 +621,50 @@ impl Draft<'_> {
     }
 
     /// A Canary that Flagger managed carries Flagger's pod-template hashes, which serin cannot
-    /// reproduce. Take the current template as the one applied (and, when idle, promoted) so that
-    /// switching controllers neither starts nor restarts an analysis.
+    /// reproduce; they are replaced so that switching controllers neither starts nor restarts an
+    /// analysis, nor swallows a revision Flagger had not started yet.
+    ///
+    /// In Initialized, Succeeded and Waiting Flagger's hashes name what the primary runs (Waiting:
+    /// a newer target waits for its gate). The shell reports `primary_revision` as the target's
+    /// revision when the primary runs the target's template as Flagger copies it; only then is
+    /// the target adopted as promoted. Otherwise the foreign hashes stay: they match no revision
+    /// of serin's, so the target's revision starts its run (once; the run records serin's hash),
+    /// or keeps waiting for the gate. During a run and after a failure the target is the
+    /// revision Flagger analysed.
     fn adopt_foreign_revision(&mut self) {
         let foreign = |h: &Option<String>| {
             h.as_deref()
                 .is_some_and(|h| !h.starts_with(REVISION_PREFIX))
         };
+        let applied = foreign(&self.plan.progress.last_applied_spec);
+        let promoted = foreign(&self.plan.progress.last_promoted_spec);
+        if !applied && !promoted {
+            return;
+        }
         let rev = self.o.revision.clone();
-        let idle = matches!(self.phase(), Some(Phase::Initialized | Phase::Succeeded));
-        if foreign(&self.plan.progress.last_applied_spec) {
-            self.p().last_applied_spec = Some(rev.clone());
-            if self.plan.progress.tracked_configs.is_empty() || idle {
-                self.p().tracked_configs = self.o.configs.clone();
+        let configs = self.o.configs.clone();
+        let on_primary = self.o.primary_revision.as_ref() == Some(&rev);
+        let before_run = matches!(
+            self.phase(),
+            Some(Phase::Initialized | Phase::Succeeded | Phase::Waiting)
+        );
+        let p = self.p();
+        if before_run {
+            if on_primary {
+                p.last_applied_spec = Some(rev.clone());
+                p.last_promoted_spec = Some(rev);
+                p.tracked_configs = configs;
+            }
+            return;
+        }
+        if applied {
+            p.last_applied_spec = Some(rev.clone());
+            if p.tracked_configs.is_empty() {
+                p.tracked_configs = configs;
             }
         }
-        if foreign(&self.plan.progress.last_promoted_spec) {
-            self.p().last_promoted_spec = if idle { Some(rev) } else { None };
+        if promoted {
+            p.last_promoted_spec = on_primary.then_some(rev);
         }
     }
 

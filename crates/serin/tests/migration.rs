@@ -461,10 +461,6 @@ async fn switch_during_the_promotion(prefix: &str, phase: &str) {
 }
 
 #[tokio::test]
-#[ignore = "fails: a primary Flagger promoted has no serin.dev/revision annotation, so the \
-            core's promoting() never sees it running the promoted revision \
-            (observe.rs primary_revision is None) and sets no requeue for its deadline: \
-            the canary stays in Promoting"]
 async fn promoting() {
     switch_during_the_promotion("mig-promoting", "Promoting").await;
 }
@@ -477,9 +473,6 @@ async fn finalising() {
 /// Flagger waits for a closed confirm-rollout gate at weight 0; serin keeps waiting without
 /// telling "New revision detected!" again, and runs the analysis once the gate opens.
 #[tokio::test]
-#[ignore = "fails: serin logs no reconcile of a canary Flagger left in Waiting (closed \
-            confirm-rollout gate), never asks the gate, and the phase reads Failed 180 s later; \
-            to investigate"]
 async fn waiting_for_approval() {
     let mut w = World::new("mig-approval").await;
     let rollout = user::Gate::closed().await;
@@ -515,6 +508,103 @@ async fn waiting_for_approval() {
     let s = w.status().await;
     assert_eq!(w.weights(), [0], "no traffic while the gate is closed: {s}");
     rollout.open();
+    w.wait_phase("Succeeded").await;
+    assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.1"));
+    assert_eq!(w.weights(), [0, 25, 50, 0]);
+    w.assert_told_once(&[STARTING, NEW_REVISION]).await;
+}
+
+/// Flagger promoted 6.0.1 and was stopped; 6.0.2 is applied before serin starts. Flagger's
+/// status names the promoted revision, which serin cannot hash: the primary, still running
+/// 6.0.1's template, tells the target is new. serin detects it once, runs it from weight 0 and
+/// promotes it.
+#[tokio::test]
+async fn a_new_revision_waiting() {
+    let mut w = World::new("mig-newrev").await;
+    w.start_flagger().await;
+    w.apply("base/deployment.yaml", &[]).await;
+    w.apply("canary/canary.yaml", &[]).await;
+    w.wait_phase("Initialized").await;
+    w.apply("base/deployment.yaml", &[(":6.0.0", ":6.0.1")])
+        .await;
+    w.wait_phase("Succeeded").await;
+    // Flagger stops (its last Events land first); the release comes while no controller runs.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    w.controller = None;
+    w.apply("base/deployment.yaml", &[(":6.0.0", ":6.0.2")])
+        .await;
+    w.switch_to_serin().await;
+    w.wait("the new revision's run", |s| {
+        s["phase"] == "Progressing" && s["canaryWeight"] == 25
+    })
+    .await;
+    w.wait_phase("Succeeded").await;
+    assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.2"));
+    assert_eq!(
+        w.weights(),
+        [0, 25, 50, 0, 25, 50, 0],
+        "Flagger's run, then serin's"
+    );
+    for m in [STARTING, NEW_REVISION] {
+        assert_eq!(w.event_counts(m).await, 2, "{m:?}: once per revision");
+    }
+    assert_eq!(
+        w.event_counts("Promotion completed! Scaling down podinfo.NS")
+            .await,
+        2
+    );
+}
+
+/// Flagger holds the weight at 25 behind a closed confirm-traffic-increase gate; serin keeps
+/// the weight, asks the gate at every interval, and goes on to 50 and the promotion once it
+/// opens.
+#[tokio::test]
+async fn progressing_behind_a_closed_traffic_gate() {
+    let mut w = World::new("mig-traffic").await;
+    let rollout = user::Gate::closed().await;
+    rollout.open();
+    let traffic = user::Gate::closed().await;
+    traffic.open();
+    w.start_flagger().await;
+    w.apply("base/deployment.yaml", &[]).await;
+    w.apply(
+        "gates/canary.yaml",
+        &[
+            ("name: confirm-promotion-gate", "name: traffic-gate"),
+            ("type: confirm-promotion", "type: confirm-traffic-increase"),
+            ("${ROLLOUT_GATE}", &rollout.url),
+            ("${PROMOTION_GATE}", &traffic.url),
+        ],
+    )
+    .await;
+    w.wait_phase("Initialized").await;
+    w.apply("base/deployment.yaml", &[(":6.0.0", ":6.0.1")])
+        .await;
+    w.wait("weight 25", |s| {
+        s["phase"] == "Progressing" && s["canaryWeight"] == 25
+    })
+    .await;
+    traffic.close();
+    let asked = traffic.calls();
+    w.wait("Flagger asking the closed gate", |_| {
+        traffic.calls() > asked
+    })
+    .await;
+    w.switch_to_serin().await;
+    let asked = traffic.calls();
+    w.wait("serin asking the closed gate twice", |_| {
+        traffic.calls() > asked + 1
+    })
+    .await;
+    let s = w.status().await;
+    assert_eq!(s["phase"], "Progressing", "{s}");
+    assert_eq!(s["canaryWeight"], 25, "{s}");
+    assert_eq!(
+        w.weights(),
+        [0, 25],
+        "the weight held behind the closed gate"
+    );
+    traffic.open();
     w.wait_phase("Succeeded").await;
     assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.1"));
     assert_eq!(w.weights(), [0, 25, 50, 0]);
