@@ -520,3 +520,121 @@ async fn waiting_for_approval() {
     assert_eq!(w.weights(), [0, 25, 50, 0]);
     w.assert_told_once(&[STARTING, NEW_REVISION]).await;
 }
+
+/// The Service ports, each as `name:port`, of `name`.
+async fn service_ports(client: &Client, ns: &str, name: &str) -> Vec<String> {
+    let api: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), ns);
+    let svc = api.get(name).await.unwrap();
+    svc.spec
+        .and_then(|s| s.ports)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| format!("{}:{}", p.name.clone().unwrap_or_default(), p.port))
+        .collect()
+}
+
+/// What Flagger's Updates own on the objects it made must go when the target drops it: Flagger
+/// copied a pod-template annotation and label to the primary and a discovered port to the
+/// Services; the user removes them with the next release after the switch; once serin promoted
+/// it, none is left (before, the fields stayed, owned by manager `flagger`).
+#[tokio::test]
+async fn fields_flagger_set_go_when_the_target_drops_them() {
+    const EXTRAS: [(&str, &str); 2] = [
+        (
+            "        serin.dev/simulate-unready: \"false\"",
+            "        serin.dev/simulate-unready: \"false\"\n        example.com/flagger-era: \"yes\"",
+        ),
+        (
+            "              protocol: TCP",
+            "              protocol: TCP\n            - name: metrics\n              containerPort: 9797\n              protocol: TCP",
+        ),
+    ];
+    const LABEL: (&str, &str) = (
+        "      labels:\n        app: podinfo\n      annotations:",
+        "      labels:\n        app: podinfo\n        example.com/era: flagger\n      annotations:",
+    );
+    let mut w = World::new("mig-fields").await;
+    w.start_flagger().await;
+    w.apply("base/deployment.yaml", &[EXTRAS[0], EXTRAS[1], LABEL])
+        .await;
+    w.apply(
+        "canary/canary.yaml",
+        &[("    targetPort: 9898", "    targetPort: 9898\n    portDiscovery: true")],
+    )
+    .await;
+    w.wait_phase("Initialized").await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(w.client.clone(), &w.ns);
+    let template = |d: k8s_openapi::api::apps::v1::Deployment| {
+        let t = d.spec.template;
+        let m = t.metadata.unwrap_or_default();
+        (
+            m.annotations.unwrap_or_default(),
+            m.labels.unwrap_or_default(),
+            t.spec
+                .unwrap()
+                .containers
+                .iter()
+                .flat_map(|c| c.ports.iter().flatten().map(|p| p.container_port))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let (annotations, labels, ports) = template(deployments.get("podinfo-primary").await.unwrap());
+    assert!(
+        annotations.contains_key("example.com/flagger-era")
+            && labels.contains_key("example.com/era")
+            && ports.contains(&9797),
+        "Flagger copied the extras to the primary: {annotations:?} {labels:?} {ports:?}"
+    );
+    for svc in ["podinfo", "podinfo-primary", "podinfo-canary"] {
+        let ports = service_ports(&w.client, &w.ns, svc).await;
+        assert!(
+            ports.contains(&"metrics:9797".to_string()),
+            "Flagger's {svc} has the discovered port: {ports:?}"
+        );
+    }
+    w.switch_to_serin().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    w.apply("base/deployment.yaml", &[(":6.0.0", ":6.0.1")])
+        .await;
+    w.wait("a run", |s| s["canaryWeight"] == 25).await;
+    w.wait_phase("Succeeded").await;
+    assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.1"));
+    let (annotations, labels, ports) = template(deployments.get("podinfo-primary").await.unwrap());
+    assert!(
+        !annotations.contains_key("example.com/flagger-era"),
+        "the annotation the target dropped left the primary: {annotations:?}"
+    );
+    assert!(
+        !labels.contains_key("example.com/era"),
+        "the label the target dropped left the primary: {labels:?}"
+    );
+    assert_eq!(ports, [9898], "the container port the target dropped");
+    for svc in ["podinfo", "podinfo-primary", "podinfo-canary"] {
+        assert_eq!(
+            service_ports(&w.client, &w.ns, svc).await,
+            ["http:9898"],
+            "{svc}'s ports"
+        );
+    }
+    // Flagger's managers are gone from what serin wrote, and nothing is written again.
+    for svc in ["podinfo", "podinfo-primary", "podinfo-canary"] {
+        let api: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(w.client.clone(), &w.ns);
+        let managers: Vec<String> = api
+            .get(svc)
+            .await
+            .unwrap()
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| m.manager.clone())
+            .collect();
+        assert!(
+            !managers.iter().any(|m| m == "flagger"),
+            "{svc}: {managers:?}"
+        );
+    }
+    w.assert_told_once(&[STARTING, NEW_REVISION]).await;
+}
