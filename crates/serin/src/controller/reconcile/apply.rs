@@ -112,7 +112,9 @@ impl Reconcile {
         let desired = serde_json::to_value(obj)?;
         if let Some(c) = cached
             && let Ok(actual) = serde_json::to_value(c)
-            && !self.take_over_from_flagger::<K>(&actual, &desired, manager).await?
+            && !self
+                .take_over_from_flagger::<K>(&actual, &desired, manager)
+                .await?
             && is_subset(&desired, &actual)
         {
             return Ok(());
@@ -200,10 +202,7 @@ impl Reconcile {
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => info!(
-                "{} {name}: took over the fields Flagger set",
-                K::kind(&())
-            ),
+            Ok(_) => info!("{} {name}: took over the fields Flagger set", K::kind(&())),
             // Most often a cache behind the object (a conflict on the resourceVersion): the
             // apply still goes, and the next reconcile moves the fields.
             Err(kube::Error::Api(e)) => warn!(
@@ -519,11 +518,12 @@ pub fn managed_fields_taken_over(actual: &Value, desired: &Value, manager: &str)
             continue;
         }
         let mut e = e.clone();
-        if !merged && is_apply_of(&e, manager) {
-            if let Some(Value::Object(own)) = e.get_mut("fieldsV1") {
-                merge_fields(own, &fields);
-                merged = true;
-            }
+        if !merged
+            && is_apply_of(&e, manager)
+            && let Some(Value::Object(own)) = e.get_mut("fieldsV1")
+        {
+            merge_fields(own, &fields);
+            merged = true;
         }
         out.push(e);
     }
@@ -648,9 +648,15 @@ mod tests {
         let kubectl = json!({"manager": "flagger-kubectl", "operation": "Update",
             "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}});
         let actual = object(json!([serin, kubectl]));
-        assert_eq!(managed_fields_taken_over(&actual, &json!({}), "serin/router"), None);
+        assert_eq!(
+            managed_fields_taken_over(&actual, &json!({}), "serin/router"),
+            None
+        );
         assert!(!takeover_pending(&actual, "serin/router"));
-        assert_eq!(managed_fields_taken_over(&json!({}), &json!({}), "serin/router"), None);
+        assert_eq!(
+            managed_fields_taken_over(&json!({}), &json!({}), "serin/router"),
+            None
+        );
     }
 
     #[test]
