@@ -627,23 +627,39 @@ async fn fields_flagger_set_go_when_the_target_drops_them() {
             "{svc}'s ports"
         );
     }
-    // Flagger's managers are gone from what serin wrote, and nothing is written again.
-    for svc in ["podinfo", "podinfo-primary", "podinfo-canary"] {
-        let api: Api<k8s_openapi::api::core::v1::Service> =
-            Api::namespaced(w.client.clone(), &w.ns);
-        let managers: Vec<String> = api
-            .get(svc)
+    // Flagger's managers are gone from what serin wrote, and so is the mark of the move: it
+    // happened once, and was followed by the apply.
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(w.client.clone(), &w.ns);
+    let mut managed = vec![(
+        "podinfo-primary Deployment",
+        deployments
+            .get("podinfo-primary")
             .await
             .unwrap()
             .metadata
-            .managed_fields
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|m| m.manager.clone())
-            .collect();
+            .managed_fields,
+    )];
+    for svc in ["podinfo", "podinfo-primary", "podinfo-canary"] {
+        managed.push((
+            svc,
+            services.get(svc).await.unwrap().metadata.managed_fields,
+        ));
+    }
+    for (what, entries) in managed {
+        let entries = entries.unwrap_or_default();
         assert!(
-            !managers.iter().any(|m| m == "flagger"),
-            "{svc}: {managers:?}"
+            !entries
+                .iter()
+                .any(|m| m.manager.as_deref() == Some("flagger")
+                    && m.subresource.as_deref().unwrap_or_default().is_empty()),
+            "{what}: {entries:?}"
+        );
+        assert!(
+            !serde_json::to_string(&entries)
+                .unwrap()
+                .contains("flagger-fields-taken-over"),
+            "{what}: {entries:?}"
         );
     }
     w.assert_told_once(&[STARTING, NEW_REVISION]).await;
@@ -859,4 +875,94 @@ async fn succeeded_under_serins_crd() {
         "serin's revision promoted: {s}"
     );
     w.assert_additions_in_the_status().await;
+}
+
+/// serin stopped between its two writes of a takeover: Flagger's fields already moved into its
+/// Apply entry (with the mark it leaves there), not yet applied. The restarted serin must still
+/// apply, though the object has everything it says: a label the user removed from
+/// `service.canary` while no controller ran goes.
+#[tokio::test]
+async fn a_restart_between_taking_over_and_applying_still_prunes() {
+    const LABEL: (&str, &str) = (
+        "    targetPort: 9898",
+        "    targetPort: 9898\n    canary:\n      labels:\n        example.com/era: flagger",
+    );
+    let mut w = World::new("mig-half").await;
+    w.start_flagger().await;
+    w.apply("base/deployment.yaml", &[]).await;
+    w.apply("canary/canary.yaml", &[LABEL]).await;
+    w.wait_phase("Initialized").await;
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(w.client.clone(), &w.ns);
+    let label = |s: &k8s_openapi::api::core::v1::Service| {
+        s.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("example.com/era").cloned())
+    };
+    assert_eq!(
+        label(&services.get("podinfo-canary").await.unwrap()).as_deref(),
+        Some("flagger")
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    w.controller = None;
+    w.apply("canary/canary.yaml", &[]).await;
+    // What serin's first write leaves: Flagger's Update entry become serin's Apply entry.
+    let svc = services.get("podinfo-canary").await.unwrap();
+    let managed: Vec<Value> = svc
+        .metadata
+        .managed_fields
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| {
+            let mut e = serde_json::to_value(e).unwrap();
+            if e["manager"] == "flagger" && e["operation"] == "Update" {
+                e["manager"] = "serin/router".into();
+                e["operation"] = "Apply".into();
+                e["fieldsV1"]["f:metadata"]["f:annotations"]
+                    ["f:serin.dev/flagger-fields-taken-over"] = serde_json::json!({});
+            }
+            e
+        })
+        .collect();
+    services
+        .patch(
+            "podinfo-canary",
+            &Default::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "metadata": {
+                    "managedFields": managed,
+                    "resourceVersion": svc.metadata.resource_version,
+                }
+            })),
+        )
+        .await
+        .unwrap();
+    let svc = services.get("podinfo-canary").await.unwrap();
+    assert!(
+        serde_json::to_string(&svc.metadata.managed_fields)
+            .unwrap()
+            .contains("serin.dev/flagger-fields-taken-over"),
+        "the API server keeps the mark: {:?}",
+        svc.metadata.managed_fields
+    );
+    w.switch_to_serin().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let svc = services.get("podinfo-canary").await.unwrap();
+        let managed = serde_json::to_string(&svc.metadata.managed_fields).unwrap();
+        if label(&svc).is_none() && !managed.contains("flagger-fields-taken-over") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the label the Canary dropped stays: {:?} {managed}; log {}:\n{}",
+            svc.metadata.labels,
+            w.log.display(),
+            tail(&w.log)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(w.status().await["phase"], "Initialized");
 }
