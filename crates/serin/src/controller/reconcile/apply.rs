@@ -15,7 +15,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::observe::Observed;
 use super::refused::Refusal;
@@ -203,8 +203,13 @@ impl Reconcile {
             .await
         {
             Ok(_) => info!("{} {name}: took over the fields Flagger set", K::kind(&())),
-            // Most often a cache behind the object (a conflict on the resourceVersion): the
-            // apply still goes, and the next reconcile moves the fields.
+            // A cache behind the object (right after the move, or another writer): the apply
+            // still goes, and a next reconcile with a fresh cache moves what is left.
+            Err(kube::Error::Api(e)) if e.code == 409 => debug!(
+                "{} {name}: not taking over the fields Flagger set yet: {}",
+                K::kind(&()),
+                e.message
+            ),
             Err(kube::Error::Api(e)) => warn!(
                 "{} {name}: taking over the fields Flagger set: {}",
                 K::kind(&()),
