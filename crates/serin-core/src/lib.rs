@@ -262,6 +262,9 @@ pub enum EventType {
 pub struct Event {
     pub kind: EventType,
     pub message: String,
+    /// The phase this Event tells the canary entered, for the four Events Flagger records
+    /// before writing that phase: event webhooks get the phase it announces, not the stored one.
+    pub announces: Option<Phase>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -410,6 +413,16 @@ impl Draft<'_> {
         self.plan.events.push(Event {
             kind,
             message: message.into(),
+            announces: None,
+        });
+    }
+
+    /// An Event that tells the canary entered `phase` (see [`Event::announces`]).
+    fn announce(&mut self, kind: EventType, message: impl Into<String>, phase: Phase) {
+        self.plan.events.push(Event {
+            kind,
+            message: message.into(),
+            announces: Some(phase),
         });
     }
 
@@ -708,7 +721,11 @@ impl Draft<'_> {
         p.last_step_time = None;
         p.primary_waiting_since = None;
         self.set_phase(Phase::Initialized);
-        self.info(msg::initialization_done(&self.s.canary));
+        self.announce(
+            EventType::Normal,
+            msg::initialization_done(&self.s.canary),
+            Phase::Initialized,
+        );
         self.alert(Severity::Info, msg::alert_initialized(&self.s.kind), true);
         Ok(())
     }
@@ -765,7 +782,11 @@ impl Draft<'_> {
         // The confirm-rollout gate that let this run start stays visible.
         self.p().gate = confirmed.filter(|g| g.kind == HookType::ConfirmRollout);
         self.plan.scale = Scale::Up;
-        self.info(msg::new_revision_scaling_up(&self.s.target));
+        self.announce(
+            EventType::Normal,
+            msg::new_revision_scaling_up(&self.s.target),
+            Phase::Progressing,
+        );
         self.alert(Severity::Info, msg::ALERT_NEW_REVISION, true);
     }
 
@@ -837,7 +858,11 @@ impl Draft<'_> {
         if self.revision_moved() {
             self.reset_run();
             self.plan.scale = Scale::Up;
-            self.info(msg::new_revision_restarting(&self.s.target));
+            self.announce(
+                EventType::Normal,
+                msg::new_revision_restarting(&self.s.target),
+                Phase::Progressing,
+            );
             return Ok(());
         }
         self.plan.scale = Scale::Up;
@@ -1127,7 +1152,11 @@ impl Draft<'_> {
             return;
         }
         self.finish_success(Outcome::Promoted);
-        self.info(msg::promotion_completed(&self.s.target));
+        self.announce(
+            EventType::Normal,
+            msg::promotion_completed(&self.s.target),
+            Phase::Succeeded,
+        );
         self.alert(Severity::Info, msg::ALERT_PROMOTED, false);
     }
 
@@ -1141,7 +1170,11 @@ impl Draft<'_> {
             .unwrap_or_default();
         self.plan.actions.push(Action::Promote { revision });
         self.finish_success(Outcome::Skipped);
-        self.info(msg::promotion_skipped(&self.s.target));
+        self.announce(
+            EventType::Normal,
+            msg::promotion_skipped(&self.s.target),
+            Phase::Succeeded,
+        );
         self.alert(Severity::Info, msg::ALERT_SKIPPED, false);
     }
 
@@ -1183,7 +1216,11 @@ impl Draft<'_> {
                 self.alert(Severity::Warn, text, false);
             }
         }
-        self.warn(msg::canary_failed(&canary));
+        self.announce(
+            EventType::Warning,
+            msg::canary_failed(&canary),
+            Phase::Failed,
+        );
         self.plan.scale = Scale::Zero;
         self.plan.actions.push(Action::PostRollout(Phase::Failed));
         self.plan.outcome = Some(Outcome::Failed);

@@ -885,6 +885,23 @@ proptest! {
                 );
                 prop_assert!(matches!(phase, Phase::Progressing | Phase::Waiting));
             }
+            // The four Events that announce a phase (event webhooks carry it) announce the
+            // phase the step wrote; no other Event announces one.
+            for e in &w.events[events_before..] {
+                let expected = [
+                    (msg::INITIALIZATION_DONE, Phase::Initialized),
+                    (msg::NEW_REVISION, Phase::Progressing),
+                    (msg::PROMOTION_COMPLETED, Phase::Succeeded),
+                    (msg::CANARY_FAILED, Phase::Failed),
+                ]
+                .into_iter()
+                .find(|(opening, _)| e.message.starts_with(opening))
+                .map(|(_, p)| p);
+                prop_assert_eq!(e.announces, expected, "{}", e.message);
+                if let Some(p) = e.announces {
+                    prop_assert_eq!(p, phase, "{} announces {:?}", e.message, p);
+                }
+            }
             let rolled_back = w.events[events_before..].iter().any(|e| e.message.starts_with("Canary failed!"));
             if rolled_back {
                 prop_assert_eq!(w.state(), (Phase::Failed, 0));
