@@ -224,7 +224,9 @@ pub struct Observation {
     pub canary: Readiness,
     /// The primary Deployment: `None` when it does not exist (yet).
     pub primary: Option<Readiness>,
-    /// The revision the primary runs (serin records it on the primary when promoting).
+    /// The revision the primary runs: serin records it on the primary when promoting; for a
+    /// primary without that record (Flagger promoted it), the target's revision when the primary
+    /// runs the target's template as Flagger copies it, else `None`.
     pub primary_revision: Option<String>,
     pub results: CheckResults,
     /// The latest request in the Canary's annotations (handled once; see [`request`]).
@@ -260,6 +262,9 @@ pub enum EventType {
 pub struct Event {
     pub kind: EventType,
     pub message: String,
+    /// The phase this Event tells the canary entered, for the four Events Flagger records
+    /// before writing that phase: event webhooks get the phase it announces, not the stored one.
+    pub announces: Option<Phase>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -408,6 +413,16 @@ impl Draft<'_> {
         self.plan.events.push(Event {
             kind,
             message: message.into(),
+            announces: None,
+        });
+    }
+
+    /// An Event that tells the canary entered `phase` (see [`Event::announces`]).
+    fn announce(&mut self, kind: EventType, message: impl Into<String>, phase: Phase) {
+        self.plan.events.push(Event {
+            kind,
+            message: message.into(),
+            announces: Some(phase),
         });
     }
 
@@ -619,23 +634,50 @@ impl Draft<'_> {
     }
 
     /// A Canary that Flagger managed carries Flagger's pod-template hashes, which serin cannot
-    /// reproduce. Take the current template as the one applied (and, when idle, promoted) so that
-    /// switching controllers neither starts nor restarts an analysis.
+    /// reproduce; they are replaced so that switching controllers neither starts nor restarts an
+    /// analysis, nor swallows a revision Flagger had not started yet.
+    ///
+    /// In Initialized, Succeeded and Waiting Flagger's hashes name what the primary runs (Waiting:
+    /// a newer target waits for its gate). The shell reports `primary_revision` as the target's
+    /// revision when the primary runs the target's template as Flagger copies it; only then is
+    /// the target adopted as promoted. Otherwise the foreign hashes stay: they match no revision
+    /// of serin's, so the target's revision starts its run (once; the run records serin's hash),
+    /// or keeps waiting for the gate. During a run and after a failure the target is the
+    /// revision Flagger analysed.
     fn adopt_foreign_revision(&mut self) {
         let foreign = |h: &Option<String>| {
             h.as_deref()
                 .is_some_and(|h| !h.starts_with(REVISION_PREFIX))
         };
+        let applied = foreign(&self.plan.progress.last_applied_spec);
+        let promoted = foreign(&self.plan.progress.last_promoted_spec);
+        if !applied && !promoted {
+            return;
+        }
         let rev = self.o.revision.clone();
-        let idle = matches!(self.phase(), Some(Phase::Initialized | Phase::Succeeded));
-        if foreign(&self.plan.progress.last_applied_spec) {
-            self.p().last_applied_spec = Some(rev.clone());
-            if self.plan.progress.tracked_configs.is_empty() || idle {
-                self.p().tracked_configs = self.o.configs.clone();
+        let configs = self.o.configs.clone();
+        let on_primary = self.o.primary_revision.as_ref() == Some(&rev);
+        let before_run = matches!(
+            self.phase(),
+            Some(Phase::Initialized | Phase::Succeeded | Phase::Waiting)
+        );
+        let p = self.p();
+        if before_run {
+            if on_primary {
+                p.last_applied_spec = Some(rev.clone());
+                p.last_promoted_spec = Some(rev);
+                p.tracked_configs = configs;
+            }
+            return;
+        }
+        if applied {
+            p.last_applied_spec = Some(rev.clone());
+            if p.tracked_configs.is_empty() {
+                p.tracked_configs = configs;
             }
         }
-        if foreign(&self.plan.progress.last_promoted_spec) {
-            self.p().last_promoted_spec = if idle { Some(rev) } else { None };
+        if promoted {
+            p.last_promoted_spec = on_primary.then_some(rev);
         }
     }
 
@@ -679,7 +721,11 @@ impl Draft<'_> {
         p.last_step_time = None;
         p.primary_waiting_since = None;
         self.set_phase(Phase::Initialized);
-        self.info(msg::initialization_done(&self.s.canary));
+        self.announce(
+            EventType::Normal,
+            msg::initialization_done(&self.s.canary),
+            Phase::Initialized,
+        );
         self.alert(Severity::Info, msg::alert_initialized(&self.s.kind), true);
         Ok(())
     }
@@ -736,7 +782,11 @@ impl Draft<'_> {
         // The confirm-rollout gate that let this run start stays visible.
         self.p().gate = confirmed.filter(|g| g.kind == HookType::ConfirmRollout);
         self.plan.scale = Scale::Up;
-        self.info(msg::new_revision_scaling_up(&self.s.target));
+        self.announce(
+            EventType::Normal,
+            msg::new_revision_scaling_up(&self.s.target),
+            Phase::Progressing,
+        );
         self.alert(Severity::Info, msg::ALERT_NEW_REVISION, true);
     }
 
@@ -808,7 +858,11 @@ impl Draft<'_> {
         if self.revision_moved() {
             self.reset_run();
             self.plan.scale = Scale::Up;
-            self.info(msg::new_revision_restarting(&self.s.target));
+            self.announce(
+                EventType::Normal,
+                msg::new_revision_restarting(&self.s.target),
+                Phase::Progressing,
+            );
             return Ok(());
         }
         self.plan.scale = Scale::Up;
@@ -1098,7 +1152,11 @@ impl Draft<'_> {
             return;
         }
         self.finish_success(Outcome::Promoted);
-        self.info(msg::promotion_completed(&self.s.target));
+        self.announce(
+            EventType::Normal,
+            msg::promotion_completed(&self.s.target),
+            Phase::Succeeded,
+        );
         self.alert(Severity::Info, msg::ALERT_PROMOTED, false);
     }
 
@@ -1112,7 +1170,11 @@ impl Draft<'_> {
             .unwrap_or_default();
         self.plan.actions.push(Action::Promote { revision });
         self.finish_success(Outcome::Skipped);
-        self.info(msg::promotion_skipped(&self.s.target));
+        self.announce(
+            EventType::Normal,
+            msg::promotion_skipped(&self.s.target),
+            Phase::Succeeded,
+        );
         self.alert(Severity::Info, msg::ALERT_SKIPPED, false);
     }
 
@@ -1154,7 +1216,11 @@ impl Draft<'_> {
                 self.alert(Severity::Warn, text, false);
             }
         }
-        self.warn(msg::canary_failed(&canary));
+        self.announce(
+            EventType::Warning,
+            msg::canary_failed(&canary),
+            Phase::Failed,
+        );
         self.plan.scale = Scale::Zero;
         self.plan.actions.push(Action::PostRollout(Phase::Failed));
         self.plan.outcome = Some(Outcome::Failed);

@@ -10,7 +10,7 @@ pub fn qualified(name: &str, namespace: &str) -> String {
 }
 
 /// The openings of the four Events Flagger tells after writing the phase they announce
-/// (webhook payloads carry that phase: `record.rs`).
+/// (`Event::announces` names it, and event webhook payloads carry it).
 pub const INITIALIZATION_DONE: &str = "Initialization done!";
 pub const NEW_REVISION: &str = "New revision detected!";
 pub const PROMOTION_COMPLETED: &str = "Promotion completed!";

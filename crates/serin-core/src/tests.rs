@@ -761,26 +761,6 @@ fn suspend_freezes_everything() {
 }
 
 #[test]
-fn a_canary_initialized_by_flagger_is_adopted_without_analysis() {
-    let mut w = World::new(settings());
-    w.p = Progress {
-        phase: Some(Phase::Succeeded),
-        last_applied_spec: Some("5d8b9c7f6".into()),
-        last_promoted_spec: Some("5d8b9c7f6".into()),
-        ..Progress::default()
-    };
-    w.primary = Some(Readiness::Ready);
-    w.step();
-    assert_eq!(w.p.phase, Some(Phase::Succeeded));
-    assert_eq!(w.p.last_applied_spec, Some(rev("a")));
-    assert_eq!(w.p.last_promoted_spec, Some(rev("a")));
-    assert!(w.events.is_empty());
-    w.revision = rev("b");
-    w.step();
-    assert_eq!(w.p.phase, Some(Phase::Progressing));
-}
-
-#[test]
 fn conditions_follow_flagger() {
     assert_eq!(promoted_condition(Phase::Succeeded, "Deployment").0, "True");
     assert_eq!(
@@ -905,6 +885,23 @@ proptest! {
                 );
                 prop_assert!(matches!(phase, Phase::Progressing | Phase::Waiting));
             }
+            // The four Events that announce a phase (event webhooks carry it) announce the
+            // phase the step wrote; no other Event announces one.
+            for e in &w.events[events_before..] {
+                let expected = [
+                    (msg::INITIALIZATION_DONE, Phase::Initialized),
+                    (msg::NEW_REVISION, Phase::Progressing),
+                    (msg::PROMOTION_COMPLETED, Phase::Succeeded),
+                    (msg::CANARY_FAILED, Phase::Failed),
+                ]
+                .into_iter()
+                .find(|(opening, _)| e.message.starts_with(opening))
+                .map(|(_, p)| p);
+                prop_assert_eq!(e.announces, expected, "{}", e.message);
+                if let Some(p) = e.announces {
+                    prop_assert_eq!(p, phase, "{} announces {:?}", e.message, p);
+                }
+            }
             let rolled_back = w.events[events_before..].iter().any(|e| e.message.starts_with("Canary failed!"));
             if rolled_back {
                 prop_assert_eq!(w.state(), (Phase::Failed, 0));
@@ -916,6 +913,7 @@ proptest! {
 }
 
 mod hooks;
+mod migration;
 
 #[test]
 fn on_no_data_hold_waits_without_failing_then_rolls_back_at_the_deadline() {

@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
-use tracing::{info, warn};
+use serde_json::{Map, Value, json};
+use tracing::{debug, info, warn};
 
 use super::observe::Observed;
 use super::refused::Refusal;
@@ -112,6 +112,9 @@ impl Reconcile {
         let desired = serde_json::to_value(obj)?;
         if let Some(c) = cached
             && let Ok(actual) = serde_json::to_value(c)
+            && !self
+                .take_over_from_flagger::<K>(&actual, &desired, manager)
+                .await?
             && is_subset(&desired, &actual)
         {
             return Ok(());
@@ -137,6 +140,7 @@ impl Reconcile {
         let desired = serde_json::to_value(obj)?;
         if let Some(c) = cached
             && let Ok(actual) = serde_json::to_value(c.as_ref())
+            && !self.take_over_from_flagger::<K>(&actual, &desired, manager).await?
             && is_subset(&desired, &actual)
             // A field serin stopped saying is a change too (issue 13: a removed trafficPolicy,
             // timeout or retries stayed). Only for the Istio objects, whose spec serin owns
@@ -147,6 +151,73 @@ impl Reconcile {
             return Ok(());
         }
         self.send_apply(obj, manager).await
+    }
+
+    /// Moves the fields Flagger's Updates own on an object of this Canary into serin's Apply
+    /// entry (`manager`), so that the apply that follows removes what serin no longer says: a
+    /// label, annotation or port the target dropped after the switch would otherwise stay, owned
+    /// by `flagger`, for good. This is the Kubernetes move from client-side to server-side apply
+    /// (client-go's `csaupgrade`): one patch of `metadata.managedFields` only, which the API
+    /// server stores as sent, guarded by the cached `resourceVersion`.
+    ///
+    /// Returns whether an apply must follow even when the object already has everything serin
+    /// says: right after the move, or after a restart between the move and the apply (the mark
+    /// [`TAKEOVER_MARK`] in serin's entry tells). Objects serin does not control (a user's Service
+    /// or VirtualService taken over) and objects without a Flagger manager are left as they are.
+    async fn take_over_from_flagger<K>(
+        &self,
+        actual: &Value,
+        desired: &Value,
+        manager: &str,
+    ) -> Result<bool, Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + Debug,
+    {
+        let controlled = actual
+            .get("metadata")
+            .and_then(|m| serde_json::from_value::<ObjectMeta>(m.clone()).ok())
+            .is_some_and(|m| router::controlled_by(&m, self.uid()));
+        if !controlled {
+            return Ok(false);
+        }
+        let Some(managed) = managed_fields_taken_over(actual, desired, manager) else {
+            return Ok(takeover_pending(actual, manager));
+        };
+        let name = actual
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let patch = json!({
+            "metadata": {
+                "managedFields": managed,
+                "resourceVersion": actual.pointer("/metadata/resourceVersion"),
+            }
+        });
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => info!("{} {name}: took over the fields Flagger set", K::kind(&())),
+            // A cache behind the object (right after the move, or another writer): the apply
+            // still goes, and a next reconcile with a fresh cache moves what is left.
+            Err(kube::Error::Api(e)) if e.code == 409 => debug!(
+                "{} {name}: not taking over the fields Flagger set yet: {}",
+                K::kind(&()),
+                e.message
+            ),
+            Err(kube::Error::Api(e)) => warn!(
+                "{} {name}: taking over the fields Flagger set: {}",
+                K::kind(&()),
+                e.message
+            ),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(true)
     }
 
     /// The server-side apply both [`Self::apply`] and [`Self::apply_dynamic`] end in; a refusal
@@ -378,6 +449,119 @@ fn random_cookie_value() -> String {
         .collect()
 }
 
+/// The field managers of Flagger's writes: client-go names the manager of an Update after the
+/// binary, and Flagger sets no other.
+pub const FLAGGER_MANAGERS: &[&str] = &["flagger"];
+
+/// A field no object has (under the annotations, whose keys are free), kept in serin's Apply
+/// entry from the move of Flagger's fields until the apply that follows it replaces the entry.
+pub const TAKEOVER_MARK: &str = "f:serin.dev/flagger-fields-taken-over";
+
+fn main_resource(e: &Value) -> bool {
+    e.get("subresource")
+        .is_none_or(|s| s.as_str().unwrap_or_default().is_empty())
+}
+
+fn is_flagger_update(e: &Value) -> bool {
+    e.get("operation").and_then(Value::as_str) == Some("Update")
+        && e.get("manager")
+            .and_then(Value::as_str)
+            .is_some_and(|m| FLAGGER_MANAGERS.contains(&m))
+        && main_resource(e)
+}
+
+fn is_apply_of(e: &Value, manager: &str) -> bool {
+    e.get("operation").and_then(Value::as_str) == Some("Apply")
+        && e.get("manager").and_then(Value::as_str) == Some(manager)
+        && main_resource(e)
+}
+
+/// Adds every field of `from` to `into` (a `fieldsV1` set is a tree of objects).
+fn merge_fields(into: &mut Map<String, Value>, from: &Map<String, Value>) {
+    for (k, v) in from {
+        match (into.get_mut(k), v) {
+            (Some(Value::Object(a)), Value::Object(b)) => merge_fields(a, b),
+            (Some(_), _) => {}
+            (None, _) => {
+                into.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// `actual`'s `managedFields` with the entries of Flagger's Updates folded into `manager`'s
+/// Apply entry (created if serin never applied the object), or `None` without such entries.
+/// `spec.replicas` is not taken when serin does not set it: an autoscaler has it, and an apply
+/// leaving out a field it owns would reset it to the default.
+pub fn managed_fields_taken_over(actual: &Value, desired: &Value, manager: &str) -> Option<Value> {
+    let entries = actual
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)?;
+    let flagger: Vec<&Value> = entries.iter().filter(|e| is_flagger_update(e)).collect();
+    if flagger.is_empty() {
+        return None;
+    }
+    let mut fields = Map::new();
+    for e in &flagger {
+        if let Some(f) = e.get("fieldsV1").and_then(Value::as_object) {
+            merge_fields(&mut fields, f);
+        }
+    }
+    if desired.pointer("/spec/replicas").is_none_or(Value::is_null)
+        && let Some(Value::Object(spec)) = fields.get_mut("f:spec")
+    {
+        spec.remove("f:replicas");
+    }
+    let mark = json!({"f:metadata": {"f:annotations": {TAKEOVER_MARK: {}}}});
+    if let Value::Object(mark) = mark {
+        merge_fields(&mut fields, &mark);
+    }
+    let mut out: Vec<Value> = Vec::with_capacity(entries.len());
+    let mut merged = false;
+    for e in entries {
+        if is_flagger_update(e) {
+            continue;
+        }
+        let mut e = e.clone();
+        if !merged
+            && is_apply_of(&e, manager)
+            && let Some(Value::Object(own)) = e.get_mut("fieldsV1")
+        {
+            merge_fields(own, &fields);
+            merged = true;
+        }
+        out.push(e);
+    }
+    if !merged {
+        out.push(json!({
+            "manager": manager,
+            "operation": "Apply",
+            "apiVersion": desired.get("apiVersion").or_else(|| actual.get("apiVersion")),
+            "time": flagger.iter().filter_map(|e| e.get("time")).next_back(),
+            "fieldsType": "FieldsV1",
+            "fieldsV1": fields,
+        }));
+    }
+    Some(Value::Array(out))
+}
+
+/// Whether `manager`'s Apply entry still holds [`TAKEOVER_MARK`]: Flagger's fields were moved
+/// but not yet pruned by an apply.
+pub fn takeover_pending(actual: &Value, manager: &str) -> bool {
+    actual
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| is_apply_of(e, manager))
+        .any(|e| {
+            e.get("fieldsV1")
+                .and_then(|f| f.pointer("/f:metadata/f:annotations"))
+                .and_then(|a| a.get(TAKEOVER_MARK))
+                .is_some()
+        })
+}
+
 /// Whether everything `desired` says is already in `actual` (fields the server or others added
 /// do not count), so that an unchanged object is never written again.
 pub fn is_subset(desired: &Value, actual: &Value) -> bool {
@@ -395,8 +579,90 @@ pub fn is_subset(desired: &Value, actual: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_subset;
-    use serde_json::json;
+    use super::{TAKEOVER_MARK, is_subset, managed_fields_taken_over, takeover_pending};
+    use serde_json::{Value, json};
+
+    fn object(entries: Value) -> Value {
+        json!({"apiVersion": "apps/v1", "metadata": {"name": "podinfo-primary", "managedFields": entries}})
+    }
+
+    fn flagger_update() -> Value {
+        json!({
+            "manager": "flagger", "operation": "Update", "apiVersion": "apps/v1",
+            "time": "2026-01-01T00:00:00Z", "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {"f:metadata": {
+                "f:annotations": {"f:example.com/x": {}}}}}}
+        })
+    }
+
+    #[test]
+    fn flaggers_fields_move_into_serins_apply_entry_once() {
+        let serin = json!({
+            "manager": "serin/primary", "operation": "Apply", "apiVersion": "apps/v1",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:spec": {"f:template": {"f:metadata": {"f:labels": {"f:app": {}}}}}}
+        });
+        let status = json!({
+            "manager": "flagger", "operation": "Update", "subresource": "status",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {}}
+        });
+        let other = json!({"manager": "kube-controller-manager", "operation": "Update",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:annotations": {}}}});
+        let actual = object(json!([flagger_update(), serin, status, other]));
+        let desired = json!({"apiVersion": "apps/v1", "spec": {"replicas": 2}});
+        let Some(Value::Array(out)) = managed_fields_taken_over(&actual, &desired, "serin/primary")
+        else {
+            panic!("Flagger's entry is taken over");
+        };
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(out[1], status, "subresource entries stay");
+        assert_eq!(out[2], other, "other managers stay");
+        assert_eq!(
+            out[0]["fieldsV1"],
+            json!({
+                "f:spec": {"f:replicas": {}, "f:template": {"f:metadata": {
+                    "f:labels": {"f:app": {}}, "f:annotations": {"f:example.com/x": {}}}}},
+                "f:metadata": {"f:annotations": {TAKEOVER_MARK: {}}}
+            })
+        );
+        let after = object(Value::Array(out));
+        assert!(takeover_pending(&after, "serin/primary"));
+        assert_eq!(
+            managed_fields_taken_over(&after, &desired, "serin/primary"),
+            None,
+            "a second pass has nothing to move"
+        );
+    }
+
+    #[test]
+    fn without_serins_entry_one_is_made_and_replicas_serin_leaves_stay_unowned() {
+        let actual = object(json!([flagger_update()]));
+        let desired = json!({"apiVersion": "apps/v1", "spec": {}});
+        let out = managed_fields_taken_over(&actual, &desired, "serin/primary").unwrap();
+        assert_eq!(out[0]["manager"], "serin/primary");
+        assert_eq!(out[0]["operation"], "Apply");
+        assert_eq!(out[0]["apiVersion"], "apps/v1");
+        assert_eq!(out[0]["time"], "2026-01-01T00:00:00Z");
+        assert_eq!(out[0]["fieldsV1"]["f:spec"].get("f:replicas"), None);
+    }
+
+    #[test]
+    fn objects_without_flagger_are_left_alone() {
+        let serin = json!({"manager": "serin/router", "operation": "Apply",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}});
+        let kubectl = json!({"manager": "flagger-kubectl", "operation": "Update",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}});
+        let actual = object(json!([serin, kubectl]));
+        assert_eq!(
+            managed_fields_taken_over(&actual, &json!({}), "serin/router"),
+            None
+        );
+        assert!(!takeover_pending(&actual, "serin/router"));
+        assert_eq!(
+            managed_fields_taken_over(&json!({}), &json!({}), "serin/router"),
+            None
+        );
+    }
 
     #[test]
     fn subset_ignores_fields_others_added() {

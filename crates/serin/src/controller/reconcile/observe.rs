@@ -1,10 +1,11 @@
 //! Observe: what the caches hold about the Canary's workloads, or the configuration problem that
 //! holds it (an invalid spec, a missing target, config or autoscaler).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::reflector::ObjectRef;
 
@@ -14,7 +15,10 @@ use crate::controller::autoscaler;
 use crate::controller::state::{Hold, HoldReason};
 use crate::rollout::{self, Observation};
 use crate::workload::hpa::{HpaError, PrimaryHpa};
-use crate::workload::{self, ConfigChecksums, MissingConfig, REVISION_ANNOTATION, SelectorLabel};
+use crate::workload::{
+    self, CONFIGS_CHECKSUM_ANNOTATION, ConfigChecksums, MissingConfig, PrimaryInputs,
+    REVISION_ANNOTATION, SelectorLabel,
+};
 
 /// The Canary's workloads as the caches hold them.
 pub(super) struct Observed {
@@ -109,12 +113,7 @@ impl Reconcile {
             configs: seen.configs.clone(),
             canary: workload::readiness(&seen.target, analysis.canary_ready_threshold()),
             primary: primary.map(|p| workload::readiness(p, analysis.primary_ready_threshold())),
-            primary_revision: primary.and_then(|p| {
-                p.metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(REVISION_ANNOTATION).cloned())
-            }),
+            primary_revision: primary.and_then(|p| primary_revision(seen, p)),
             results: Default::default(),
             request: self
                 .canary
@@ -142,5 +141,214 @@ impl Reconcile {
                     .map(|s| (*s).clone())
             },
         )
+    }
+}
+
+/// The revision the primary runs: serin's record on it, or, for a primary without one (Flagger
+/// created or promoted it), the target's revision when the primary runs the target's template as
+/// Flagger copies it. Flagger's own hashes cannot be reproduced, so this comparison is how a
+/// promotion Flagger made is recognised after switching (issue 13 §2).
+fn primary_revision(seen: &Observed, primary: &Deployment) -> Option<String> {
+    if let Some(recorded) = primary
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REVISION_ANNOTATION))
+    {
+        return Some(recorded.clone());
+    }
+    let tracked: BTreeSet<String> = seen.configs.keys().cloned().collect();
+    let desired = workload::desired_primary(&PrimaryInputs {
+        target: &seen.target,
+        selector: &seen.selector,
+        owner: OwnerReference::default(),
+        revision: &seen.revision,
+        tracked: &tracked,
+        replicas: None,
+        configs_checksum: None,
+    });
+    same_template(&primary.spec.template, &desired.spec.template).then(|| seen.revision.clone())
+}
+
+/// Whether two primary pod templates run the same thing, leaving out what differs between
+/// Flagger's copy and serin's without changing the pods: Flagger's random `flagger-id` and
+/// serin's configs checksum (annotations), Flux's toolkit keys (Flagger drops them from labels
+/// too), and the anti-affinity and topology-spread selectors each rewrites to the primary's label
+/// by its own rule.
+fn same_template(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
+    comparable(a) == comparable(b)
+}
+
+fn comparable(t: &PodTemplateSpec) -> serde_json::Value {
+    let kept = |map: Option<&BTreeMap<String, String>>| -> BTreeMap<String, String> {
+        map.into_iter()
+            .flatten()
+            .filter(|(k, _)| {
+                !k.contains("toolkit.fluxcd.io")
+                    && k.as_str() != "flagger-id"
+                    && k.as_str() != CONFIGS_CHECKSUM_ANNOTATION
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let meta = t.metadata.as_ref();
+    let mut spec = serde_json::to_value(&t.spec).unwrap_or_default();
+    for c in spec
+        .get_mut("topologySpreadConstraints")
+        .and_then(|v| v.as_array_mut())
+        .into_iter()
+        .flatten()
+    {
+        if let Some(c) = c.as_object_mut() {
+            c.remove("labelSelector");
+        }
+    }
+    if let Some(anti) = spec.pointer_mut("/affinity/podAntiAffinity") {
+        for (list, term) in [
+            ("requiredDuringSchedulingIgnoredDuringExecution", ""),
+            (
+                "preferredDuringSchedulingIgnoredDuringExecution",
+                "/podAffinityTerm",
+            ),
+        ] {
+            for t in anti
+                .get_mut(list)
+                .and_then(|v| v.as_array_mut())
+                .into_iter()
+                .flatten()
+            {
+                if let Some(t) = t.pointer_mut(term).and_then(|t| t.as_object_mut()) {
+                    t.remove("labelSelector");
+                }
+            }
+        }
+    }
+    serde_json::json!({
+        "labels": kept(meta.and_then(|m| m.labels.as_ref())),
+        "annotations": kept(meta.and_then(|m| m.annotations.as_ref())),
+        "spec": spec,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn template(v: serde_json::Value) -> PodTemplateSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// The target's template as the primary gets it from serin.
+    fn serins_copy(target: &PodTemplateSpec) -> PodTemplateSpec {
+        let target: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "podinfo"},
+            "spec": {"selector": {"matchLabels": {"app": "podinfo"}}, "template": target},
+        }))
+        .unwrap();
+        let tracked = BTreeSet::from(["configmap/podinfo-config".to_string()]);
+        let primary = workload::desired_primary(&PrimaryInputs {
+            target: &target,
+            selector: &SelectorLabel {
+                key: "app".into(),
+                value: "podinfo".into(),
+            },
+            owner: OwnerReference::default(),
+            revision: "sha256:0",
+            tracked: &tracked,
+            replicas: None,
+            configs_checksum: Some("abc".into()),
+        });
+        primary.spec.template
+    }
+
+    fn target(image: &str) -> PodTemplateSpec {
+        template(json!({
+            "metadata": {
+                "labels": {"app": "podinfo", "kustomize.toolkit.fluxcd.io/name": "apps"},
+                "annotations": {"prometheus.io/scrape": "true"},
+            },
+            "spec": {
+                "containers": [{
+                    "name": "podinfod",
+                    "image": image,
+                    "envFrom": [{"configMapRef": {"name": "podinfo-config"}}],
+                }],
+                "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchExpressions": [
+                            {"key": "app", "operator": "In", "values": ["podinfo"]},
+                        ]},
+                    },
+                }]}},
+            },
+        }))
+    }
+
+    /// The primary's template as Flagger's promotion writes it: a random `flagger-id`, toolkit
+    /// labels dropped, the tracked ConfigMap renamed, the anti-affinity expression rewritten.
+    fn flaggers_copy(image: &str) -> PodTemplateSpec {
+        template(json!({
+            "metadata": {
+                "labels": {"app": "podinfo-primary"},
+                "annotations": {
+                    "prometheus.io/scrape": "true",
+                    "flagger-id": "0b0a0c1e-2f7d-4a1b-9c3e-5d6f7a8b9c0d",
+                },
+            },
+            "spec": {
+                "containers": [{
+                    "name": "podinfod",
+                    "image": image,
+                    "envFrom": [{"configMapRef": {"name": "podinfo-config-primary"}}],
+                }],
+                "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchExpressions": [
+                            {"key": "app", "operator": "In", "values": ["podinfo-primary"]},
+                        ]},
+                    },
+                }]}},
+            },
+        }))
+    }
+
+    #[test]
+    fn a_primary_flagger_promoted_runs_the_target_it_copied() {
+        let desired = serins_copy(&target("podinfo:6.0.1"));
+        assert!(same_template(&flaggers_copy("podinfo:6.0.1"), &desired));
+    }
+
+    #[test]
+    fn a_primary_of_another_template_does_not() {
+        let desired = serins_copy(&target("podinfo:6.0.1"));
+        assert!(!same_template(&flaggers_copy("podinfo:6.0.0"), &desired));
+        // `kubectl rollout restart` changes only a pod annotation: a new revision too.
+        let mut restarted = target("podinfo:6.0.1");
+        restarted
+            .metadata
+            .as_mut()
+            .unwrap()
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(
+                "kubectl.kubernetes.io/restartedAt".into(),
+                "2026-12-05T06:00:00Z".into(),
+            );
+        assert!(!same_template(
+            &flaggers_copy("podinfo:6.0.1"),
+            &serins_copy(&restarted)
+        ));
+        // A ConfigMap reference Flagger did not rename is not the promoted pod spec.
+        let mut unrenamed = flaggers_copy("podinfo:6.0.1");
+        unrenamed.spec.as_mut().unwrap().containers[0].env_from = Some(vec![
+            serde_json::from_value(json!({"configMapRef": {"name": "podinfo-config"}})).unwrap(),
+        ]);
+        assert!(!same_template(&unrenamed, &desired));
     }
 }

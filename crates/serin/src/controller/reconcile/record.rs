@@ -16,7 +16,7 @@ use crate::api::{self, Canary};
 use crate::controller::events::Repeat;
 use crate::controller::state::{self, Hold};
 use crate::controller::{Ctx, Error};
-use crate::rollout::{self, EventType, Outcome, Phase, Plan, Progress, messages as msg};
+use crate::rollout::{self, EventType, Outcome, Phase, Plan, Progress};
 use crate::telemetry::{NameNs, OutcomeLabels};
 
 /// Set once the API server refused serin's status additions: the Canary CRD in the cluster is
@@ -25,21 +25,6 @@ static UNDECLARED_ADDITIONS: AtomicBool = AtomicBool::new(false);
 
 fn is_undeclared_addition(message: &str) -> bool {
     message.contains(".status.serin.dev/") && message.contains("not declared in schema")
-}
-
-/// The phase an Event announces: Flagger writes it before recording these four, and every
-/// other Event of a step before the step's status write, so event hooks get the phase the
-/// canary is in when Flagger tells it.
-fn announced_phase(message: &str) -> Option<Phase> {
-    [
-        (msg::INITIALIZATION_DONE, Phase::Initialized),
-        (msg::NEW_REVISION, Phase::Progressing),
-        (msg::PROMOTION_COMPLETED, Phase::Succeeded),
-        (msg::CANARY_FAILED, Phase::Failed),
-    ]
-    .into_iter()
-    .find(|(prefix, _)| message.starts_with(prefix))
-    .map(|(_, p)| p)
 }
 
 /// The field manager of the [`ADDITIONS_ANNOTATION`]: not `serin`, whose apply of the finalizer
@@ -300,7 +285,9 @@ impl Reconcile {
                 EventType::Normal => KubeEventType::Normal,
                 EventType::Warning => KubeEventType::Warning,
             };
-            if let Some(p) = announced_phase(&e.message) {
+            // Flagger writes the phase these announce before recording them, and every other
+            // Event of a step before the step's status write.
+            if let Some(p) = e.announces {
                 phase = Some(p);
             }
             self.publish_in(kind, e.message.clone(), phase).await;
