@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
@@ -35,6 +36,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
+use super::reconcile::{FLAGGER_MANAGERS, TAKEOVER_MARK};
 use crate::telemetry::ops::Health;
 
 /// The condition an unreadable Canary gets.
@@ -111,45 +113,52 @@ where
 /// kubectl's copy of the user's last `kubectl apply`, as large as the object's spec.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// What the caches keep of an object's metadata: [`slim`] with or without kubectl's
-/// last-applied annotation.
+/// What the caches keep of an object: see [`slim`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Keep {
-    /// Everything but the managedFields entries serin never reads. For the objects the router
-    /// takes over from the user (Services, VirtualServices, DestinationRules): a VirtualService's
-    /// original spec may live only in kubectl's annotation.
-    LastApplied,
-    /// Nor kubectl's annotation: nothing reads it on these kinds (Deployments and HPAs drop it
-    /// when copied to the primary; configs are copied by data only).
+    /// VirtualServices and DestinationRules: the fields of serin's entries (the router applies
+    /// again when one it owns is no longer desired, `router::drops_owned_fields`) and kubectl's
+    /// annotation (a taken-over VirtualService's original spec may live only there).
+    Router,
+    /// Every other kind: of serin's entries only the takeover's mark, and no kubectl annotation.
+    /// Nothing reads more: Deployments and HPAs drop the annotation when copied to the primary,
+    /// configs are copied by data only, and the typed applies compare desired state with the
+    /// object, not with serin's fields.
     Read,
 }
 
-/// Whether serin reads the managedFields entries of `manager`: its own (the router's dropped
-/// fields, the takeover of Flagger's fields keeps its mark in them) and Flagger's (the takeover
-/// moves them into serin's).
-fn read_manager(manager: &str) -> bool {
-    manager == "serin"
-        || manager.starts_with("serin/")
-        || manager == "serin-status"
-        || manager == "flagger"
+/// Whether serin reads the managedFields entries of `manager` (the controller's own).
+fn serins(manager: &str) -> bool {
+    manager == "serin" || manager.starts_with("serin/") || manager == "serin-status"
 }
 
-/// Drops from a watched object what serin never reads, before it enters a cache: the
-/// managedFields entries of other managers (kube-controller-manager's status, kubectl's, Flux's:
-/// often half an object's size, held for every object of the namespace) and, with
-/// [`Keep::Read`], kubectl's last-applied annotation. An object with an entry of Flagger's keeps
-/// all its entries: the takeover writes the whole list back from the cache, and a list without
-/// the others' entries would take their fields from them in the API server. Nothing is written
-/// from these copies whole: serin's writes are applies built from desired state and merge
-/// patches, which never carry managedFields, so what is dropped here stays in the cluster.
+/// Drops from a watched object what serin never reads, before it enters a cache. managedFields
+/// are often more than half of an object in memory (each `fieldsV1` is a JSON tree): 22 KB of a
+/// 1-replica Deployment's 24 KB. Other managers' entries go (kube-controller-manager's status,
+/// kubectl's, Flux's); serin's stay, with their fields only for [`Keep::Router`] and otherwise
+/// with only the mark of a Flagger takeover in progress (`takeover_pending` reads it); with
+/// [`Keep::Read`], kubectl's last-applied annotation goes.
+///
+/// An object with an entry of Flagger's keeps all its entries whole: the takeover writes the
+/// whole list back from the cache, and a list without the others' entries would take their
+/// fields from them in the API server. Nothing else is written from these copies: serin's
+/// writes are applies built from desired state and merge patches, which never carry
+/// managedFields, so what is dropped here stays in the cluster.
 pub fn slim<K: Resource>(obj: &mut K, keep: Keep) {
     let meta = obj.meta_mut();
     if let Some(entries) = meta.managed_fields.as_mut() {
-        let flaggers = entries
-            .iter()
-            .any(|e| e.manager.as_deref() == Some("flagger"));
+        let flaggers = entries.iter().any(|e| {
+            e.manager
+                .as_deref()
+                .is_some_and(|m| FLAGGER_MANAGERS.contains(&m))
+        });
         if !flaggers {
-            entries.retain(|e| e.manager.as_deref().is_some_and(read_manager));
+            entries.retain(|e| e.manager.as_deref().is_some_and(serins));
+            if keep == Keep::Read {
+                for e in entries.iter_mut() {
+                    e.fields_v1 = e.fields_v1.take().and_then(mark_only);
+                }
+            }
             entries.shrink_to_fit();
         }
         if entries.is_empty() {
@@ -162,6 +171,15 @@ pub fn slim<K: Resource>(obj: &mut K, keep: Keep) {
         // An emptied map stays: a desired object's `annotations: {}` is still in the copy.
         annotations.remove(LAST_APPLIED);
     }
+}
+
+/// Of a `fieldsV1` set, only the takeover's mark, if there.
+fn mark_only(fields: FieldsV1) -> Option<FieldsV1> {
+    fields
+        .0
+        .pointer("/f:metadata/f:annotations")
+        .and_then(|a| a.get(TAKEOVER_MARK))
+        .map(|_| FieldsV1(json!({"f:metadata": {"f:annotations": {TAKEOVER_MARK: {}}}})))
 }
 
 /// Why an object could not be read.
@@ -751,29 +769,61 @@ mod tests {
             ),
         ];
         for (case, entries, want) in cases {
-            let mut d = deployment(entries, json!({"team": "a"}));
-            let before = d.clone();
-            slim(&mut d, Keep::LastApplied);
-            assert_eq!(
-                managers(&d),
-                want.map(|w| w.iter().map(|s| s.to_string()).collect()),
-                "{case}"
-            );
-            // The rest of the object is untouched.
-            d.metadata.managed_fields = before.metadata.managed_fields.clone();
-            assert_eq!(d, before, "{case}");
+            for keep in [Keep::Router, Keep::Read] {
+                let mut d = deployment(entries.clone(), json!({"team": "a"}));
+                let before = d.clone();
+                slim(&mut d, keep);
+                assert_eq!(
+                    managers(&d),
+                    want.clone()
+                        .map(|w| w.iter().map(|s| s.to_string()).collect()),
+                    "{case}, {keep:?}"
+                );
+                // The rest of the object is untouched.
+                d.metadata.managed_fields = before.metadata.managed_fields.clone();
+                assert_eq!(d, before, "{case}, {keep:?}");
+            }
         }
-        // The fields of a kept entry are kept whole (the router reads them).
+    }
+
+    #[test]
+    fn serins_fields_are_kept_whole_only_where_the_router_reads_them() {
+        let routed = json!({"f:spec": {"f:http": {}}});
+        let marked = json!({"f:metadata": {"f:annotations": {TAKEOVER_MARK: {}, "f:team": {}}}, "f:spec": {}});
+        let mark = json!({"f:metadata": {"f:annotations": {TAKEOVER_MARK: {}}}});
+        let cases = [
+            (Keep::Router, routed.clone(), Some(routed.clone())),
+            (Keep::Read, routed.clone(), None),
+            (Keep::Router, marked.clone(), Some(marked.clone())),
+            // `takeover_pending` still finds the mark.
+            (Keep::Read, marked.clone(), Some(mark)),
+        ];
+        for (keep, fields, want) in cases {
+            let mut e = entry("serin/primary", "Apply", None);
+            e["fieldsV1"] = fields.clone();
+            let mut d = deployment(Some(vec![e.clone()]), json!({}));
+            slim(&mut d, keep);
+            let kept = d.metadata.managed_fields.as_ref().unwrap();
+            assert_eq!(kept.len(), 1);
+            assert_eq!(kept[0].manager.as_deref(), Some("serin/primary"));
+            assert_eq!(kept[0].operation.as_deref(), Some("Apply"));
+            assert_eq!(
+                kept[0].fields_v1.as_ref().map(|f| f.0.clone()),
+                want,
+                "{keep:?} {fields}"
+            );
+        }
+        // With a Flagger entry, every entry stays whole whatever the kind.
         let mut d = deployment(
-            Some(vec![entry("serin/router", "Apply", None), kcm()]),
+            Some(vec![
+                entry("flagger", "Update", None),
+                entry("serin/primary", "Apply", None),
+            ]),
             json!({}),
         );
+        let before = d.clone();
         slim(&mut d, Keep::Read);
-        let kept = d.metadata.managed_fields.as_ref().unwrap();
-        assert_eq!(
-            serde_json::to_value(&kept[0]).unwrap(),
-            entry("serin/router", "Apply", None)
-        );
+        assert_eq!(d, before);
     }
 
     #[test]
@@ -783,7 +833,7 @@ mod tests {
             "deployment.kubernetes.io/revision": "3",
         });
         let cases = [
-            (Keep::LastApplied, annotations.clone()),
+            (Keep::Router, annotations.clone()),
             (
                 Keep::Read,
                 json!({"deployment.kubernetes.io/revision": "3"}),
@@ -818,7 +868,7 @@ mod tests {
             "spec": {"hosts": ["podinfo"]},
         }))
         .unwrap();
-        slim(&mut vs, Keep::LastApplied);
+        slim(&mut vs, Keep::Router);
         let v = serde_json::to_value(&vs).unwrap();
         assert_eq!(
             v["metadata"]["managedFields"],

@@ -21,6 +21,9 @@ mod refused;
 mod tests;
 mod webhooks;
 
+/// What the watch caches keep of managedFields depends on these (see `watches::slim`).
+pub(super) use apply::{FLAGGER_MANAGERS, TAKEOVER_MARK};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
