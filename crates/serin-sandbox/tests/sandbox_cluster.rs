@@ -412,17 +412,28 @@ async fn prometheus_scrapes_a_target_registered_at_runtime() {
     assert_eq!(labels["path"], "/x");
     assert_eq!(labels["instance"], addr.as_str());
 
-    // And it scrapes itself.
-    let v: serde_json::Value = http
-        .get(&url)
-        .query(&[("query", "up{job=\"prometheus\"}")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(v["data"]["result"][0]["value"][1], "1");
+    // And it scrapes itself. Under load the probe's series can land before the first self-scrape
+    // does (the two are separate scrape loops), so this waits too.
+    let up = eventually("Prometheus has scraped itself", LIMIT, || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let v: serde_json::Value = http
+                .get(&url)
+                .query(&[("query", "up{job=\"prometheus\"}")])
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            match v["data"]["result"].as_array().and_then(|r| r.first()) {
+                Some(s) => Ok(s["value"][1].clone()),
+                None => Err(v.to_string()),
+            }
+        }
+    })
+    .await;
+    assert_eq!(up, "1");
 }
 
 /// Tests of one binary register their targets at the same moment; every registration must
