@@ -109,17 +109,8 @@ impl Reconcile {
             + Clone
             + Debug,
     {
-        let desired = serde_json::to_value(obj)?;
-        if let Some(c) = cached
-            && let Ok(actual) = serde_json::to_value(c)
-            && !self
-                .take_over_from_flagger::<K>(&actual, &desired, manager)
-                .await?
-            && is_subset(&desired, &actual)
-        {
-            return Ok(());
-        }
-        self.send_apply(obj, manager).await
+        let actual = cached.and_then(|c| serde_json::to_value(c).ok());
+        self.apply_unless_current(obj, actual, manager, false).await
     }
 
     /// [`Self::apply`] for the Istio objects, whose caches stay untyped: one VirtualService in
@@ -137,16 +128,37 @@ impl Reconcile {
             + Clone
             + Debug,
     {
+        let actual = cached.and_then(|c| serde_json::to_value(c.as_ref()).ok());
+        self.apply_unless_current(obj, actual, manager, true).await
+    }
+
+    /// The apply both [`Self::apply`] and [`Self::apply_dynamic`] make, skipped when `actual`
+    /// (the cached object) already has everything `obj` says. With `owns_spec_whole`, a field
+    /// serin stopped saying is a change too (issue 13: a removed trafficPolicy, timeout or retries
+    /// stayed): only for the Istio objects, whose spec serin owns whole; on a Deployment, a field
+    /// dropped from the apply (replicas once an autoscaler takes over) would be reset to its
+    /// default.
+    async fn apply_unless_current<K>(
+        &self,
+        obj: &K,
+        actual: Option<Value>,
+        manager: &str,
+        owns_spec_whole: bool,
+    ) -> Result<(), Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + Debug,
+    {
         let desired = serde_json::to_value(obj)?;
-        if let Some(c) = cached
-            && let Ok(actual) = serde_json::to_value(c.as_ref())
-            && !self.take_over_from_flagger::<K>(&actual, &desired, manager).await?
+        if let Some(actual) = actual
+            && !self
+                .take_over_from_flagger::<K>(&actual, &desired, manager)
+                .await?
             && is_subset(&desired, &actual)
-            // A field serin stopped saying is a change too (issue 13: a removed trafficPolicy,
-            // timeout or retries stayed). Only for the Istio objects, whose spec serin owns
-            // whole: on a Deployment, a field dropped from the apply (replicas once an
-            // autoscaler takes over) would be reset to its default.
-            && !router::drops_owned_fields(&desired, &actual, manager)
+            && !(owns_spec_whole && router::drops_owned_fields(&desired, &actual, manager))
         {
             return Ok(());
         }
