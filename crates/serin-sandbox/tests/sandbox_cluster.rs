@@ -390,22 +390,7 @@ async fn prometheus_scrapes_a_target_registered_at_runtime() {
     let url = format!("{}/api/v1/query", env.prometheus_url());
     let query = format!("serin_sandbox_probe_total{{job=\"{job}\"}}");
     let (labels, value) = eventually("Prometheus has the probe's series", LIMIT, || {
-        let (http, url, query) = (http.clone(), url.clone(), query.clone());
-        async move {
-            let v: serde_json::Value = http
-                .get(&url)
-                .query(&[("query", &query)])
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            match v["data"]["result"].as_array().and_then(|r| r.first()) {
-                Some(s) => Ok((s["metric"].clone(), s["value"][1].clone())),
-                None => Err(v.to_string()),
-            }
-        }
+        first_series(http.clone(), url.clone(), query.clone())
     })
     .await;
     assert_eq!(value, "42");
@@ -414,26 +399,32 @@ async fn prometheus_scrapes_a_target_registered_at_runtime() {
 
     // And it scrapes itself. Under load the probe's series can land before the first self-scrape
     // does (the two are separate scrape loops), so this waits too.
-    let up = eventually("Prometheus has scraped itself", LIMIT, || {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            let v: serde_json::Value = http
-                .get(&url)
-                .query(&[("query", "up{job=\"prometheus\"}")])
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            match v["data"]["result"].as_array().and_then(|r| r.first()) {
-                Some(s) => Ok(s["value"][1].clone()),
-                None => Err(v.to_string()),
-            }
-        }
+    let (_, up) = eventually("Prometheus has scraped itself", LIMIT, || {
+        first_series(http.clone(), url.clone(), "up{job=\"prometheus\"}".into())
     })
     .await;
     assert_eq!(up, "1");
+}
+
+/// The labels and value of the first series `query` returns, or the whole answer as the error.
+async fn first_series(
+    http: reqwest::Client,
+    url: String,
+    query: String,
+) -> Result<(serde_json::Value, serde_json::Value), String> {
+    let v: serde_json::Value = http
+        .get(&url)
+        .query(&[("query", &query)])
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    match v["data"]["result"].as_array().and_then(|r| r.first()) {
+        Some(s) => Ok((s["metric"].clone(), s["value"][1].clone())),
+        None => Err(v.to_string()),
+    }
 }
 
 /// Tests of one binary register their targets at the same moment; every registration must

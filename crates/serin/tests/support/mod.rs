@@ -86,9 +86,15 @@ impl Drop for ControllerProcess {
 /// `serin` as a child of the test: output to `log`, stdin closed, serin's debug logging, and killed
 /// with the test process even if the test panics before any Drop runs. The caller adds the args.
 pub fn serin_command(log: &Path) -> Command {
-    let out = std::fs::File::create(log).expect("serin log file");
-    let err = out.try_clone().expect("serin log file");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_serin"));
+    logged_command(Path::new(env!("CARGO_BIN_EXE_serin")), log)
+}
+
+/// `program` with stdout and stderr in `log`, serin's debug log level, and SIGKILL when the test
+/// process dies, even if a test panics before any Drop runs.
+pub fn logged_command(program: &Path, log: &Path) -> Command {
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    let mut cmd = Command::new(program);
     cmd.env(
         "RUST_LOG",
         "info,serin=debug,kube_client::client::tls=error",
@@ -440,24 +446,8 @@ impl Drop for Proc {
 }
 
 pub fn spawn(program: &Path, args: &[String], log: &Path) -> Proc {
-    let out = std::fs::File::create(log).expect("log file");
-    let err = out.try_clone().expect("log file");
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env(
-            "RUST_LOG",
-            "info,serin=debug,kube_client::client::tls=error",
-        )
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    // SAFETY: prctl is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    let mut cmd = logged_command(program, log);
+    cmd.args(args);
     Proc(
         cmd.spawn()
             .unwrap_or_else(|e| panic!("{}: {e}", program.display())),
