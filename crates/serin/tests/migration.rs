@@ -26,6 +26,7 @@ use tokio::sync::OnceCell;
 
 const LIMIT: Duration = Duration::from_secs(180);
 
+use serin::rollout::messages as msg;
 use support::{Proc, spawn};
 
 fn tail(log: &Path) -> String {
@@ -275,7 +276,7 @@ impl World {
     }
 
     /// The Events a switch must not replay are still told once.
-    async fn assert_told_once(&self, messages: &[&str]) {
+    async fn assert_told_once(&self, messages: &[String]) {
         for m in messages {
             assert_eq!(
                 self.event_counts(m).await,
@@ -289,8 +290,20 @@ impl World {
 }
 
 const IMAGE: &str = "ghcr.io/stefanprodan/podinfo";
-const STARTING: &str = "Starting canary analysis for podinfo.NS";
-const NEW_REVISION: &str = "New revision detected! Scaling up podinfo.NS";
+/// The canary as Flagger's Event texts name it, with the namespace written as NS.
+const CANARY: &str = "podinfo.NS";
+
+fn starting() -> String {
+    msg::starting_analysis(CANARY)
+}
+
+fn new_revision() -> String {
+    msg::new_revision_scaling_up(CANARY)
+}
+
+fn promoted() -> String {
+    msg::promotion_completed(CANARY)
+}
 
 /// Flagger has shifted 25% to the canary; serin continues to 50% and promotes: the
 /// VirtualService goes 0, 25, 50, 0 as under Flagger alone.
@@ -315,12 +328,8 @@ async fn progressing_at_a_weight() {
         [0, 25, 50, 0],
         "the VirtualService's canary weight"
     );
-    w.assert_told_once(&[STARTING, NEW_REVISION]).await;
-    assert_eq!(
-        w.event_counts("Promotion completed! Scaling down podinfo.NS")
-            .await,
-        1
-    );
+    w.assert_told_once(&[starting(), new_revision()]).await;
+    assert_eq!(w.event_counts(&promoted()).await, 1);
 }
 
 /// Flagger waits at the maximum weight for a closed confirm-promotion gate; serin keeps the
@@ -365,7 +374,7 @@ async fn waiting_promotion_behind_a_closed_gate() {
         [0, 25, 50, 0],
         "the VirtualService's canary weight"
     );
-    w.assert_told_once(&[STARTING, NEW_REVISION]).await;
+    w.assert_told_once(&[starting(), new_revision()]).await;
 }
 
 /// Flagger promoted; serin changes nothing, then runs the next release.
@@ -384,7 +393,7 @@ async fn succeeded() {
     let s = w.status().await;
     assert_eq!(s["phase"], "Succeeded", "{s}");
     assert_eq!(w.weights(), [0, 25, 50, 0]);
-    w.assert_told_once(&[STARTING, NEW_REVISION]).await;
+    w.assert_told_once(&[starting(), new_revision()]).await;
     assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.1"));
     // The next release is serin's.
     w.apply("base/deployment.yaml", &[(":6.0.0", ":6.0.2")])
@@ -418,7 +427,7 @@ async fn failed() {
     let s = w.status().await;
     assert_eq!(s["phase"], "Failed", "{s}");
     assert_eq!(w.weights(), [0, 25, 0]);
-    w.assert_told_once(&[STARTING, NEW_REVISION]).await;
+    w.assert_told_once(&[starting(), new_revision()]).await;
     assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.0"));
 }
 
@@ -433,7 +442,7 @@ async fn initialized() {
     w.switch_to_serin().await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(w.status().await["phase"], "Initialized");
-    w.assert_told_once(&["Initialization done! podinfo.NS"])
+    w.assert_told_once(&[msg::initialization_done(CANARY)])
         .await;
     w.apply("base/deployment.yaml", &[(":6.0.0", ":6.0.1")])
         .await;
@@ -441,7 +450,7 @@ async fn initialized() {
     w.wait_phase("Succeeded").await;
     assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.1"));
     assert_eq!(w.weights(), [0, 25, 50, 0]);
-    w.assert_told_once(&[STARTING, NEW_REVISION]).await;
+    w.assert_told_once(&[starting(), new_revision()]).await;
 }
 
 /// Flagger switches at `phase` (Promoting: the template copied; Finalising: the traffic back
@@ -460,9 +469,9 @@ async fn switch_during_the_promotion(prefix: &str, phase: &str) {
     assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.1"));
     assert_eq!(w.weights(), [0, 25, 50, 0]);
     w.assert_told_once(&[
-        STARTING,
-        NEW_REVISION,
-        "Copying podinfo.NS template spec to podinfo-primary.NS",
+        starting(),
+        new_revision(),
+        msg::copying_template(CANARY, "podinfo-primary.NS"),
     ])
     .await;
 }
@@ -518,7 +527,7 @@ async fn waiting_for_approval() {
     w.wait_phase("Succeeded").await;
     assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.1"));
     assert_eq!(w.weights(), [0, 25, 50, 0]);
-    w.assert_told_once(&[STARTING, NEW_REVISION]).await;
+    w.assert_told_once(&[starting(), new_revision()]).await;
 }
 
 /// Flagger promoted 6.0.1 and was stopped; 6.0.2 is applied before serin starts. Flagger's
@@ -552,14 +561,10 @@ async fn a_new_revision_waiting() {
         [0, 25, 50, 0, 25, 50, 0],
         "Flagger's run, then serin's"
     );
-    for m in [STARTING, NEW_REVISION] {
-        assert_eq!(w.event_counts(m).await, 2, "{m:?}: once per revision");
+    for m in [starting(), new_revision()] {
+        assert_eq!(w.event_counts(&m).await, 2, "{m:?}: once per revision");
     }
-    assert_eq!(
-        w.event_counts("Promotion completed! Scaling down podinfo.NS")
-            .await,
-        2
-    );
+    assert_eq!(w.event_counts(&promoted()).await, 2);
 }
 
 /// Flagger holds the weight at 25 behind a closed confirm-traffic-increase gate; serin keeps
@@ -615,7 +620,7 @@ async fn progressing_behind_a_closed_traffic_gate() {
     w.wait_phase("Succeeded").await;
     assert_eq!(w.primary_image().await, format!("{IMAGE}:6.0.1"));
     assert_eq!(w.weights(), [0, 25, 50, 0]);
-    w.assert_told_once(&[STARTING, NEW_REVISION]).await;
+    w.assert_told_once(&[starting(), new_revision()]).await;
 }
 
 /// The Service ports, each as `name:port`, of `name`.
@@ -752,7 +757,7 @@ async fn fields_flagger_set_go_when_the_target_drops_them() {
             "{what}: {entries:?}"
         );
     }
-    w.assert_told_once(&[STARTING, NEW_REVISION]).await;
+    w.assert_told_once(&[starting(), new_revision()]).await;
 }
 
 /// The Canary CRDs are the cluster's, shared by every test of this binary: the tests under
@@ -920,7 +925,7 @@ async fn progressing_at_a_weight_under_serins_crd() {
         [0, 25, 50, 0],
         "the VirtualService's canary weight"
     );
-    w.assert_told_once(&[STARTING, NEW_REVISION]).await;
+    w.assert_told_once(&[starting(), new_revision()]).await;
     w.assert_additions_in_the_status().await;
 }
 
@@ -947,7 +952,7 @@ async fn succeeded_under_serins_crd() {
     let s = w.status().await;
     assert_eq!(s["phase"], "Succeeded", "{s}");
     assert_eq!(w.weights(), [0, 25, 50, 0]);
-    w.assert_told_once(&[STARTING, NEW_REVISION]).await;
+    w.assert_told_once(&[starting(), new_revision()]).await;
     w.apply("base/deployment.yaml", &[(":6.0.0", ":6.0.2")])
         .await;
     w.wait("a second run", |s| {
