@@ -45,26 +45,40 @@ enum Command {
     /// serin and real Flagger side by side on one sandbox: detection latency, rollout and
     /// rollback time, idle cost; prints a Markdown table and writes it to --out.
     Bench {
-        /// Canaries per controller.
-        #[arg(long, default_value_t = 20)]
-        canaries: usize,
-        /// Releases whose detection latency is measured.
+        /// Canaries per controller at each stage, ascending: the run grows from one to the next
+        /// and measures the idle cost at each (e.g. 100,1000,5000).
+        #[arg(long, value_delimiter = ',', default_value = "20")]
+        stages: Vec<usize>,
+        /// A single stage of this many canaries (the same as `--stages N`).
+        #[arg(long, conflicts_with = "stages")]
+        canaries: Option<usize>,
+        /// Releases whose detection latency is measured, at each stage up to --bumps-up-to.
         #[arg(long, default_value_t = 20)]
         bumps: usize,
+        /// The largest stage at which bumps, the faulty release and the bursts run.
+        #[arg(long, default_value_t = 1000)]
+        bumps_up_to: usize,
+        /// Sizes of the release bursts, run at the largest stage up to --bumps-up-to.
+        #[arg(long, value_delimiter = ',')]
+        bursts: Vec<usize>,
         /// Analysis interval of every Canary, in seconds.
         #[arg(long, default_value_t = 10)]
         interval: u64,
         /// Weight steps of every Canary (stepWeight 10 up to maxWeight 10 × steps), 1 to 10.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 10)]
         steps: u32,
-        /// Seconds over which the idle cost is measured.
+        /// Seconds over which the idle cost is measured at each stage.
         #[arg(long, default_value_t = 60)]
         idle: u64,
+        /// Milliseconds a stage may take to initialize per canary added (plus two minutes)
+        /// before the run goes on without the controller that is behind.
+        #[arg(long, default_value_t = 150)]
+        init_ms_per_canary: u64,
         /// Where the report goes (it is also printed).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// The CI smoke run: serin only, 2 canaries, 3 bumps, 3 s interval, 10 s idle (unless
-        /// given explicitly).
+        /// The CI smoke run: serin only, 2 canaries, 3 bumps, a burst of 2, 2 steps, 3 s
+        /// interval, 10 s idle (unless given explicitly).
         #[arg(long)]
         smoke: bool,
     },
@@ -193,11 +207,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Bench {
+            stages,
             canaries,
             bumps,
+            bumps_up_to,
+            bursts,
             interval,
             steps,
             idle,
+            init_ms_per_canary,
             out,
             smoke,
         } => {
@@ -208,12 +226,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let pick = |name: &str, full: u64, small: u64| {
                 if smoke && !given(name) { small } else { full }
             };
+            let stages = match canaries {
+                Some(n) => vec![n],
+                None if smoke && !given("--stages") => vec![2],
+                None => stages,
+            };
+            let bursts = if smoke && !given("--bursts") {
+                vec![2]
+            } else {
+                bursts
+            };
             let opts = serin_sandbox::bench::BenchOptions {
-                canaries: pick("--canaries", canaries as u64, 2) as usize,
+                stages,
                 bumps: pick("--bumps", bumps as u64, 3) as usize,
+                bumps_up_to,
+                bursts,
                 interval_secs: pick("--interval", interval, 3),
-                steps,
+                steps: pick("--steps", u64::from(steps), 2) as u32,
                 idle: std::time::Duration::from_secs(pick("--idle", idle, 10)),
+                init_per_canary: std::time::Duration::from_millis(init_ms_per_canary),
                 smoke,
                 out,
                 command: std::env::args().collect::<Vec<_>>().join(" "),

@@ -1,35 +1,37 @@
-//! The benchmark command works: `serin-sandbox bench --smoke` (serin only, 2 canaries, 3 bumps)
-//! runs to the end and writes a report in which every measured row holds a number. The figures
+//! The benchmark command works: `serin-sandbox bench --smoke` (serin only, 2 canaries, 3 bumps,
+//! a burst of 2, 2 steps) runs to the end and writes a report in which every measured row holds a number. The figures
 //! themselves come from full runs (docs/benchmark.md); nothing here judges them.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests stop at a failed step, naming it
 
 use std::process::Command;
 
-/// The rows every report must have, by the start of their label.
-const ROWS: [&str; 23] = [
-    "initialization of 2 canaries",
-    "detection latency p50 over 3 bumps",
-    "detection latency p99 over 3 bumps",
-    "rollout wall time p50",
-    "rollout wall time ÷ (steps × interval), p50",
-    "rollout wall time ÷ (steps × interval), p99",
-    "faulty release: target changed → Failed",
-    "rollback latency",
-    "idle RSS at 2 canaries",
+/// The rows every report must hold a number in, by the start of their label.
+const ROWS: [&str; 25] = [
+    "2 canaries: initialization of the canaries added",
+    "2 canaries: CPU while initializing, per canary added",
+    "2 canaries: idle RSS",
+    "2 canaries: idle CPU, seconds per minute",
+    "2 canaries: idle API requests per minute, all verbs",
+    "2 canaries: idle API writes per minute",
+    "2 canaries: idle Prometheus queries per minute",
+    "2 canaries: detection latency p50 over 3 bumps",
+    "2 canaries: detection latency p99",
+    "2 canaries: rollout wall time p50",
+    "2 canaries: rollout wall time ÷ (steps × interval), p50",
+    "2 canaries: rollout wall time ÷ (steps × interval), p99",
+    "2 canaries: faulty release, target changed → Failed",
+    "2 canaries: rollback latency",
+    "burst of 2 releases at 2 canaries: first release → last rollout ended",
+    "burst of 2 releases at 2 canaries: release → first weight step, p50",
+    "burst of 2 releases at 2 canaries: lateness of each later weight step against its schedule, max",
+    "burst of 2 releases at 2 canaries: weight steps measured",
+    "burst of 2 releases at 2 canaries: peak RSS",
+    "burst of 2 releases at 2 canaries: peak CPU",
     "peak RSS over the run",
-    "idle CPU, seconds per minute",
     "CPU seconds over the whole run",
-    "idle API requests per minute: get",
-    "idle API requests per minute: list",
-    "idle API requests per minute: watch",
-    "idle API requests per minute: create",
-    "idle API requests per minute: update",
-    "idle API requests per minute: patch",
-    "idle API requests per minute: delete",
-    "idle API requests per minute: all verbs",
     "API requests over the whole run",
     "Prometheus queries over the whole run",
-    "idle Prometheus queries per minute",
+    "burst of 2 releases at 2 canaries: mean CPU over the burst",
 ];
 
 #[test]
@@ -81,6 +83,15 @@ fn bench_smoke_writes_every_row_with_a_number() {
             "row {row:?} holds no number: {line}"
         );
     }
+    let ended = report
+        .lines()
+        .find(|l| l.starts_with("| burst of 2 releases at 2 canaries: rollouts ended"))
+        .unwrap_or_else(|| panic!("no burst row in:\n{report}"));
+    assert!(ended.contains("| 2 of 2 |"), "{ended}");
+    assert!(
+        report.contains("## The targets of issue 14 §3"),
+        "no targets section in:\n{report}"
+    );
     // The audit log attributes requests to serin's own identity: it made some during the run.
     let total = report
         .lines()
