@@ -75,6 +75,9 @@ pub struct BenchOptions {
     pub init_per_canary: Duration,
     /// serin only (no Flagger): the CI smoke run.
     pub smoke: bool,
+    /// Run under the CRDs Flagger's Helm chart installs, as a user switching from Flagger
+    /// does, instead of the sandbox's (serin's, which declares serin's status additions too).
+    pub flagger_crd: bool,
     /// Where the Markdown report goes (also printed).
     pub out: Option<PathBuf>,
     /// The command line, written into the report.
@@ -680,7 +683,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
     } else {
         vec![Who::Serin, Who::Flagger]
     };
-    let flagger_bins = if opts.smoke {
+    let flagger_bins = if opts.smoke && !opts.flagger_crd {
         None
     } else {
         eprintln!("bench: locating Flagger (built on first use)");
@@ -777,11 +780,20 @@ async fn measure(
     if let Ok(v) = client.apiserver_version().await {
         versions.push(("Kubernetes (kube-apiserver)".to_string(), v.git_version));
     }
-    if flagger_bins.is_some() {
+    let crd = match (opts.flagger_crd, flagger_bins) {
+        (true, Some(bins)) => {
+            crate::flagger::install_crd(&client, bins).await?;
+            "Flagger's own (from its Helm chart), installed over the sandbox's"
+        }
+        (true, None) => anyhow::bail!("--flagger-crd needs Flagger's files"),
+        (false, _) => "the sandbox's (serin's, which also declares serin's status fields)",
+    };
+    versions.push(("Canary CRD".into(), crd.into()));
+    if who.contains(&Who::Flagger) {
         versions.push((
             "Flagger".into(),
             format!(
-                "{} (built from its Go module by `serin-sandbox setup --with-flagger`), default flags (client rate limit 100 QPS, burst 250), under the sandbox's Canary CRD",
+                "{} (built from its Go module by `serin-sandbox setup --with-flagger`), default flags (client rate limit 100 QPS, burst 250)",
                 crate::setup::flux::FLAGGER_VERSION
             ),
         ));
@@ -2110,6 +2122,7 @@ mod tests {
             idle: Duration::from_secs(60),
             init_per_canary: Duration::from_millis(100),
             smoke: false,
+            flagger_crd: false,
             out: None,
             command: "bench".into(),
         };

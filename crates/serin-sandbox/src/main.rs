@@ -74,6 +74,9 @@ enum Command {
         /// before the run goes on without the controller that is behind.
         #[arg(long, default_value_t = 150)]
         init_ms_per_canary: u64,
+        /// Run under the CRDs Flagger's Helm chart installs instead of the sandbox's.
+        #[arg(long)]
+        flagger_crd: bool,
         /// Where the report goes (it is also printed).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -216,6 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             steps,
             idle,
             init_ms_per_canary,
+            flagger_crd,
             out,
             smoke,
         } => {
@@ -246,6 +250,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 idle: std::time::Duration::from_secs(pick("--idle", idle, 10)),
                 init_per_canary: std::time::Duration::from_millis(init_ms_per_canary),
                 smoke,
+                flagger_crd,
                 out,
                 command: std::env::args().collect::<Vec<_>>().join(" "),
             };
