@@ -995,7 +995,7 @@ impl Drive<'_> {
             }
             if Some(n) == burst_stage {
                 for &size in &self.opts.bursts {
-                    if size > n {
+                    if size == 0 || size > n {
                         continue;
                     }
                     let b = self.burst(size, n, &mut release).await?;

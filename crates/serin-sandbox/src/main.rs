@@ -47,7 +47,7 @@ enum Command {
     Bench {
         /// Canaries per controller at each stage, ascending: the run grows from one to the next
         /// and measures the idle cost at each (e.g. 100,1000,5000).
-        #[arg(long, value_delimiter = ',', default_value = "20")]
+        #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
         stages: Vec<usize>,
         /// A single stage of this many canaries (the same as `--stages N`).
         #[arg(long, conflicts_with = "stages")]
@@ -59,7 +59,7 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         bumps_up_to: usize,
         /// Sizes of the release bursts, run at the largest stage up to --bumps-up-to.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', default_value = "100,500")]
         bursts: Vec<usize>,
         /// Analysis interval of every Canary, in seconds.
         #[arg(long, default_value_t = 10)]
