@@ -75,6 +75,9 @@ pub struct BenchOptions {
     pub init_per_canary: Duration,
     /// serin only (no Flagger): the CI smoke run.
     pub smoke: bool,
+    /// No stage, bump series or burst starts after this much time; what is skipped is said in
+    /// the report.
+    pub time_limit: Option<Duration>,
     /// Run under the CRDs Flagger's Helm chart installs, as a user switching from Flagger
     /// does, instead of the sandbox's (serin's, which declares serin's status additions too).
     pub flagger_crd: bool,
@@ -706,6 +709,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
     let mut figures: BTreeMap<Who, Figures> =
         who.iter().map(|w| (*w, Figures::default())).collect();
     let mut versions = Vec::new();
+    let mut skipped = Vec::new();
     let result = measure(
         &opts,
         &who,
@@ -713,6 +717,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
         &mut sandbox,
         &mut figures,
         &mut versions,
+        &mut skipped,
     )
     .await;
     let result = result.map_err(|e| {
@@ -738,6 +743,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
         load_end: loadavg(),
         took: wall.elapsed(),
         stopped: result.as_ref().err().map(|e| format!("{e:#}")),
+        skipped: &skipped,
     });
     if let Some(out) = &opts.out {
         if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -756,6 +762,7 @@ async fn measure(
     sandbox: &mut Sandbox,
     figures: &mut BTreeMap<Who, Figures>,
     versions: &mut Vec<(String, String)>,
+    skipped: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let client = sandbox.client();
     let exe = crate::serin_binary()?;
@@ -894,8 +901,9 @@ async fn measure(
         counters: &counters,
         pids: &pids,
         sandbox,
+        deadline: opts.time_limit.map(|l| Instant::now() + l),
     };
-    let outcome = ctx.run(figures).await;
+    let outcome = ctx.run(figures, skipped).await;
     for task in tasks {
         task.abort();
     }
@@ -920,6 +928,7 @@ struct Drive<'a> {
     counters: &'a BTreeMap<Who, QueryCounter>,
     pids: &'a BTreeMap<Who, i32>,
     sandbox: &'a Sandbox,
+    deadline: Option<Instant>,
 }
 
 impl Drive<'_> {
@@ -944,7 +953,15 @@ impl Drive<'_> {
         self.interval() * (3 * self.opts.steps + 6) + Duration::from_secs(120)
     }
 
-    async fn run(&self, figures: &mut BTreeMap<Who, Figures>) -> anyhow::Result<()> {
+    fn out_of_time(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    async fn run(
+        &self,
+        figures: &mut BTreeMap<Who, Figures>,
+        skipped: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
         let run_from = chrono::Utc::now();
         let mut release: Vec<usize> = Vec::new();
         let burst_stage = self
@@ -960,6 +977,12 @@ impl Drive<'_> {
         // measures from then on: its releases would only measure its backlog.
         let mut active: Vec<Who> = self.who.to_vec();
         for (si, &n) in self.opts.stages.iter().enumerate() {
+            if self.out_of_time() {
+                skipped.push(format!(
+                    "the stage of {n} canaries and any after it: the time limit was reached"
+                ));
+                break;
+            }
             eprintln!(
                 "bench: stage {}: growing to {n} canaries per controller",
                 si + 1
@@ -996,6 +1019,12 @@ impl Drive<'_> {
             if active.is_empty() {
                 continue;
             }
+            if self.out_of_time() {
+                skipped.push(format!(
+                    "the releases at {n} canaries: the time limit was reached"
+                ));
+                continue;
+            }
             self.bumps(&active, n, &mut release, figures).await?;
             if si == 0 {
                 self.faulty(&active, &mut release, figures).await?;
@@ -1003,6 +1032,12 @@ impl Drive<'_> {
             if Some(n) == burst_stage {
                 for &size in &self.opts.bursts {
                     if size == 0 || size > n {
+                        continue;
+                    }
+                    if self.out_of_time() {
+                        skipped.push(format!(
+                            "the burst of {size} releases: the time limit was reached"
+                        ));
                         continue;
                     }
                     let b = self.burst(&active, size, n, &mut release).await?;
@@ -1480,6 +1515,8 @@ struct ReportInput<'a> {
     took: Duration,
     /// Why the run stopped early, if it did.
     stopped: Option<String>,
+    /// What the time limit left out.
+    skipped: &'a [String],
 }
 
 fn fmt(v: Option<f64>, digits: usize) -> String {
@@ -1636,6 +1673,13 @@ fn report(r: &ReportInput<'_>) -> String {
             md,
             "**This run stopped early**, and the figures it did not reach are missing: {why}\n"
         );
+    }
+    if !r.skipped.is_empty() {
+        let _ = writeln!(md, "**Not run:**\n");
+        for s in r.skipped {
+            let _ = writeln!(md, "- {s}");
+        }
+        let _ = writeln!(md);
     }
     let _ = writeln!(md, "## The run\n");
     let _ = writeln!(md, "- command: `{}`", opts.command);
@@ -2128,6 +2172,7 @@ mod tests {
             idle: Duration::from_secs(60),
             init_per_canary: Duration::from_millis(100),
             smoke: false,
+            time_limit: None,
             flagger_crd: false,
             out: None,
             command: "bench".into(),
@@ -2156,6 +2201,7 @@ mod tests {
             load_end: "0".into(),
             took: Duration::from_secs(1),
             stopped: None,
+            skipped: &[],
         });
         let line = md
             .lines()

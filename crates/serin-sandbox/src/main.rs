@@ -74,6 +74,10 @@ enum Command {
         /// before the run goes on without the controller that is behind.
         #[arg(long, default_value_t = 150)]
         init_ms_per_canary: u64,
+        /// Minutes after which no stage, bump series or burst starts (the report says what
+        /// was skipped).
+        #[arg(long)]
+        time_limit_minutes: Option<u64>,
         /// Run under the CRDs Flagger's Helm chart installs instead of the sandbox's.
         #[arg(long)]
         flagger_crd: bool,
@@ -219,6 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             steps,
             idle,
             init_ms_per_canary,
+            time_limit_minutes,
             flagger_crd,
             out,
             smoke,
@@ -250,6 +255,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 idle: std::time::Duration::from_secs(pick("--idle", idle, 10)),
                 init_per_canary: std::time::Duration::from_millis(init_ms_per_canary),
                 smoke,
+                time_limit: time_limit_minutes.map(|m| std::time::Duration::from_secs(60 * m)),
                 flagger_crd,
                 out,
                 command: std::env::args().collect::<Vec<_>>().join(" "),

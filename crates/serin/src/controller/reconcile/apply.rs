@@ -277,6 +277,7 @@ impl Reconcile {
     ) -> Result<(), Error> {
         let inp = self.router_inputs(selector, discovered)?;
         let apex = self.canary.apex_name();
+        let mut wanted = Vec::new();
         for svc in router::desired_services(&inp) {
             let name = svc.name_any();
             if name == apex && !with_apex {
@@ -287,8 +288,17 @@ impl Reconcile {
                 .services
                 .get(&ObjectRef::new(&name).within(&self.ns));
             let svc = router::taken_over_service(svc, cached.as_deref(), self.uid());
-            self.apply(&svc, cached.as_deref(), "serin/router").await?;
+            wanted.push((svc, cached));
         }
+        // All at once: creating a Service waits for its cluster IP to be allocated (about a
+        // second on a busy API server, measured by the benchmark at 1,000 canaries), and the
+        // three do not depend on each other.
+        futures::future::try_join_all(
+            wanted
+                .iter()
+                .map(|(svc, cached)| self.apply(svc, cached.as_deref(), "serin/router")),
+        )
+        .await?;
         Ok(())
     }
 
@@ -299,14 +309,23 @@ impl Reconcile {
         routes: rollout::Routes,
     ) -> Result<(), Error> {
         let inp = self.router_inputs(selector, discovered)?;
-        for dr in router::desired_destination_rules(&inp) {
-            let name = dr.name_any();
-            let cached = self
-                .ctx
-                .destination_rules
-                .get(&ObjectRef::new_with(&name, self.ctx.dr_resource.clone()).within(&self.ns));
-            self.apply_dynamic(&dr, cached, "serin/router").await?;
-        }
+        let rules: Vec<_> = router::desired_destination_rules(&inp)
+            .into_iter()
+            .map(|dr| {
+                let cached = self.ctx.destination_rules.get(
+                    &ObjectRef::new_with(&dr.name_any(), self.ctx.dr_resource.clone())
+                        .within(&self.ns),
+                );
+                (dr, cached)
+            })
+            .collect();
+        // The two rules at once; the VirtualService that names them after both.
+        futures::future::try_join_all(
+            rules
+                .iter()
+                .map(|(dr, cached)| self.apply_dynamic(dr, cached.clone(), "serin/router")),
+        )
+        .await?;
         let vs = match &self.cookies {
             Some(c) => router::desired_virtual_service_with_affinity(&inp, routes, c),
             None => router::desired_virtual_service(&inp, routes),
