@@ -3,6 +3,7 @@
 //! the watch cache and applies them with server-side apply only when they differ.
 
 use serde_json::{Value, json};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -714,8 +715,26 @@ pub fn drops_owned_fields(desired: &Value, actual: &Value, manager: &str) -> boo
                 && e.get("operation").and_then(Value::as_str) == Some("Apply")
                 && e.get("subresource").is_none_or(|s| s.as_str() == Some(""))
         })
-        .filter_map(|e| e.get("fieldsV1").and_then(Value::as_object))
-        .any(|fields| owned_differs(fields, desired, actual))
+        .filter_map(|e| e.get("fieldsV1").and_then(fields_tree))
+        .any(|fields| {
+            fields
+                .as_object()
+                .is_some_and(|fields| owned_differs(fields, desired, actual))
+        })
+}
+
+/// A managedFields entry's `fieldsV1` as a tree, whether it is one (as the API server sends it)
+/// or its JSON text (as the watch caches keep serin's own on the Istio objects, a ninth of the
+/// tree's memory: `controller::watches::slim`).
+pub fn fields_tree(fields: &Value) -> Option<Cow<'_, Value>> {
+    match fields {
+        Value::Object(_) => Some(Cow::Borrowed(fields)),
+        Value::String(text) => serde_json::from_str::<Value>(text)
+            .ok()
+            .filter(Value::is_object)
+            .map(Cow::Owned),
+        _ => None,
+    }
 }
 
 fn owned_differs(fields: &serde_json::Map<String, Value>, desired: &Value, actual: &Value) -> bool {

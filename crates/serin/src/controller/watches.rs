@@ -117,8 +117,9 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Keep {
     /// VirtualServices and DestinationRules: the fields of serin's entries (the router applies
-    /// again when one it owns is no longer desired, `router::drops_owned_fields`) and kubectl's
-    /// annotation (a taken-over VirtualService's original spec may live only there).
+    /// again when one it owns is no longer desired, `router::drops_owned_fields`), kept as their
+    /// JSON text, and kubectl's annotation (a taken-over VirtualService's original spec may live
+    /// only there).
     Router,
     /// Every other kind: of serin's entries only the takeover's mark, and no kubectl annotation.
     /// Nothing reads more: Deployments and HPAs drop the annotation when copied to the primary,
@@ -135,7 +136,7 @@ fn serins(manager: &str) -> bool {
 /// Drops from a watched object what serin never reads, before it enters a cache. managedFields
 /// are often more than half of an object in memory (each `fieldsV1` is a JSON tree): 22 KB of a
 /// 1-replica Deployment's 24 KB. Other managers' entries go (kube-controller-manager's status,
-/// kubectl's, Flux's); serin's stay, with their fields only for [`Keep::Router`] and otherwise
+/// kubectl's, Flux's); serin's stay, with their fields (as JSON text) only for [`Keep::Router`] and otherwise
 /// with only the mark of a Flagger takeover in progress (`takeover_pending` reads it); with
 /// [`Keep::Read`], kubectl's last-applied annotation goes.
 ///
@@ -154,10 +155,11 @@ pub fn slim<K: Resource>(obj: &mut K, keep: Keep) {
         });
         if !flaggers {
             entries.retain(|e| e.manager.as_deref().is_some_and(serins));
-            if keep == Keep::Read {
-                for e in entries.iter_mut() {
-                    e.fields_v1 = e.fields_v1.take().and_then(mark_only);
-                }
+            for e in entries.iter_mut() {
+                e.fields_v1 = match keep {
+                    Keep::Read => e.fields_v1.take().and_then(mark_only),
+                    Keep::Router => e.fields_v1.take().map(as_text),
+                };
             }
             entries.shrink_to_fit();
         }
@@ -170,6 +172,17 @@ pub fn slim<K: Resource>(obj: &mut K, keep: Keep) {
     {
         // An emptied map stays: a desired object's `annotations: {}` is still in the copy.
         annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// A `fieldsV1` tree as its JSON text, which `router::fields_tree` reads back: in memory a tree
+/// costs about nine times its JSON (each map a B-tree node of eleven slots), and the router reads
+/// it only when it compares a VirtualService or DestinationRule with what it wants, once per
+/// reconcile of that Canary.
+fn as_text(fields: FieldsV1) -> FieldsV1 {
+    match fields.0 {
+        Value::Object(_) => FieldsV1(Value::String(fields.0.to_string())),
+        other => FieldsV1(other),
     }
 }
 
@@ -791,12 +804,16 @@ mod tests {
         let routed = json!({"f:spec": {"f:http": {}}});
         let marked = json!({"f:metadata": {"f:annotations": {TAKEOVER_MARK: {}, "f:team": {}}}, "f:spec": {}});
         let mark = json!({"f:metadata": {"f:annotations": {TAKEOVER_MARK: {}}}});
+        let text = |v: &Value| Value::String(v.to_string());
         let cases = [
-            (Keep::Router, routed.clone(), Some(routed.clone())),
+            // The router's objects keep the fields as JSON text, which reads back the same.
+            (Keep::Router, routed.clone(), Some(text(&routed))),
             (Keep::Read, routed.clone(), None),
-            (Keep::Router, marked.clone(), Some(marked.clone())),
+            (Keep::Router, marked.clone(), Some(text(&marked))),
             // `takeover_pending` still finds the mark.
             (Keep::Read, marked.clone(), Some(mark)),
+            // Already text (a second pass): unchanged.
+            (Keep::Router, text(&routed), Some(text(&routed))),
         ];
         for (keep, fields, want) in cases {
             let mut e = entry("serin/primary", "Apply", None);
@@ -812,6 +829,12 @@ mod tests {
                 want,
                 "{keep:?} {fields}"
             );
+            if keep == Keep::Router {
+                let kept = kept[0].fields_v1.as_ref().unwrap();
+                let tree = crate::router::fields_tree(&kept.0).unwrap().into_owned();
+                let original = crate::router::fields_tree(&fields).unwrap().into_owned();
+                assert_eq!(tree, original, "{fields}");
+            }
         }
         // With a Flagger entry, every entry stays whole whatever the kind.
         let mut d = deployment(
@@ -870,10 +893,9 @@ mod tests {
         .unwrap();
         slim(&mut vs, Keep::Router);
         let v = serde_json::to_value(&vs).unwrap();
-        assert_eq!(
-            v["metadata"]["managedFields"],
-            json!([entry("serin/router", "Apply", None)])
-        );
+        let mut want = entry("serin/router", "Apply", None);
+        want["fieldsV1"] = json!(r#"{"f:spec":{"f:replicas":{}}}"#);
+        assert_eq!(v["metadata"]["managedFields"], json!([want]));
         assert_eq!(v["metadata"]["annotations"], json!({LAST_APPLIED: "{}"}));
         assert_eq!(v["spec"], json!({"hosts": ["podinfo"]}));
     }
