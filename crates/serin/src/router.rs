@@ -723,6 +723,37 @@ pub fn drops_owned_fields(desired: &Value, actual: &Value, manager: &str) -> boo
         })
 }
 
+/// The body (spec) of a cached VirtualService or DestinationRule as a tree, whether the cache
+/// keeps it as one or as its JSON text (`controller::watches::slim_istio`).
+pub fn cached_data(obj: &kube::api::DynamicObject) -> Cow<'_, Value> {
+    match &obj.data {
+        Value::String(text) => Cow::Owned(serde_json::from_str(text).unwrap_or(Value::Null)),
+        data => Cow::Borrowed(data),
+    }
+}
+
+/// A cached VirtualService or DestinationRule as JSON, as the API server sent it less what the
+/// cache dropped (`controller::watches::slim_istio`). `None` only if it cannot be written as
+/// JSON, which a decoded object always can.
+pub fn cached_json(obj: &kube::api::DynamicObject) -> Option<Value> {
+    let data = cached_data(obj);
+    let mut json = serde_json::to_value(&obj.metadata).ok()?;
+    json = serde_json::json!({ "metadata": json });
+    if let (Value::Object(out), Value::Object(data)) = (&mut json, data.as_ref()) {
+        for (k, v) in data {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    if let (Value::Object(out), Some(types)) = (&mut json, &obj.types) {
+        out.insert(
+            "apiVersion".into(),
+            Value::String(types.api_version.clone()),
+        );
+        out.insert("kind".into(), Value::String(types.kind.clone()));
+    }
+    Some(json)
+}
+
 /// A managedFields entry's `fieldsV1` as a tree, whether it is one (as the API server sends it)
 /// or its JSON text (as the watch caches keep serin's own on the Istio objects, a ninth of the
 /// tree's memory: `controller::watches::slim`).
@@ -892,8 +923,7 @@ pub fn taken_over_virtual_service(
         .cloned()
         .or_else(|| {
             (!annotations.contains_key(LAST_APPLIED_CONFIGURATION)).then(|| {
-                existing
-                    .data
+                cached_data(existing)
                     .get("spec")
                     .map(|s| s.to_string())
                     .unwrap_or_default()

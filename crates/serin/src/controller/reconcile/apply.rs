@@ -128,7 +128,7 @@ impl Reconcile {
             + Clone
             + Debug,
     {
-        let actual = cached.and_then(|c| serde_json::to_value(c.as_ref()).ok());
+        let actual = cached.and_then(|c| router::cached_json(&c));
         self.apply_unless_current(obj, actual, manager, true).await
     }
 
