@@ -3,6 +3,7 @@
 //! the watch cache and applies them with server-side apply only when they differ.
 
 use serde_json::{Value, json};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -714,8 +715,57 @@ pub fn drops_owned_fields(desired: &Value, actual: &Value, manager: &str) -> boo
                 && e.get("operation").and_then(Value::as_str) == Some("Apply")
                 && e.get("subresource").is_none_or(|s| s.as_str() == Some(""))
         })
-        .filter_map(|e| e.get("fieldsV1").and_then(Value::as_object))
-        .any(|fields| owned_differs(fields, desired, actual))
+        .filter_map(|e| e.get("fieldsV1").and_then(fields_tree))
+        .any(|fields| {
+            fields
+                .as_object()
+                .is_some_and(|fields| owned_differs(fields, desired, actual))
+        })
+}
+
+/// The body (spec) of a cached VirtualService or DestinationRule as a tree, whether the cache
+/// keeps it as one or as its JSON text (`controller::watches::slim_istio`).
+pub fn cached_data(obj: &kube::api::DynamicObject) -> Cow<'_, Value> {
+    match &obj.data {
+        Value::String(text) => Cow::Owned(serde_json::from_str(text).unwrap_or(Value::Null)),
+        data => Cow::Borrowed(data),
+    }
+}
+
+/// A cached VirtualService or DestinationRule as JSON, as the API server sent it less what the
+/// cache dropped (`controller::watches::slim_istio`). `None` only if it cannot be written as
+/// JSON, which a decoded object always can.
+pub fn cached_json(obj: &kube::api::DynamicObject) -> Option<Value> {
+    let data = cached_data(obj);
+    let mut json = serde_json::to_value(&obj.metadata).ok()?;
+    json = serde_json::json!({ "metadata": json });
+    if let (Value::Object(out), Value::Object(data)) = (&mut json, data.as_ref()) {
+        for (k, v) in data {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    if let (Value::Object(out), Some(types)) = (&mut json, &obj.types) {
+        out.insert(
+            "apiVersion".into(),
+            Value::String(types.api_version.clone()),
+        );
+        out.insert("kind".into(), Value::String(types.kind.clone()));
+    }
+    Some(json)
+}
+
+/// A managedFields entry's `fieldsV1` as a tree, whether it is one (as the API server sends it)
+/// or its JSON text (as the watch caches keep serin's own on the Istio objects, a ninth of the
+/// tree's memory: `controller::watches::slim`).
+pub fn fields_tree(fields: &Value) -> Option<Cow<'_, Value>> {
+    match fields {
+        Value::Object(_) => Some(Cow::Borrowed(fields)),
+        Value::String(text) => serde_json::from_str::<Value>(text)
+            .ok()
+            .filter(Value::is_object)
+            .map(Cow::Owned),
+        _ => None,
+    }
 }
 
 fn owned_differs(fields: &serde_json::Map<String, Value>, desired: &Value, actual: &Value) -> bool {
@@ -873,8 +923,7 @@ pub fn taken_over_virtual_service(
         .cloned()
         .or_else(|| {
             (!annotations.contains_key(LAST_APPLIED_CONFIGURATION)).then(|| {
-                existing
-                    .data
+                cached_data(existing)
                     .get("spec")
                     .map(|s| s.to_string())
                     .unwrap_or_default()

@@ -333,7 +333,7 @@ pub async fn run_with(
         wc.clone(),
         health.clone(),
     )
-    .modify(|o| watches::slim(o, watches::Keep::Router))
+    .modify(watches::slim_istio)
     .reflect(vs_w)
     .touched_objects();
     let dr_w = reflector::store::Writer::<DynamicObject>::new(dr_resource.clone());
@@ -344,7 +344,7 @@ pub async fn run_with(
         wc.clone(),
         health.clone(),
     )
-    .modify(|o| watches::slim(o, watches::Keep::Router))
+    .modify(watches::slim_istio)
     .reflect(dr_w)
     .touched_objects();
     // Canaries and templates are decoded one object at a time, so that one serin cannot read is

@@ -117,8 +117,9 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Keep {
     /// VirtualServices and DestinationRules: the fields of serin's entries (the router applies
-    /// again when one it owns is no longer desired, `router::drops_owned_fields`) and kubectl's
-    /// annotation (a taken-over VirtualService's original spec may live only there).
+    /// again when one it owns is no longer desired, `router::drops_owned_fields`), kept as their
+    /// JSON text, and kubectl's annotation (a taken-over VirtualService's original spec may live
+    /// only there).
     Router,
     /// Every other kind: of serin's entries only the takeover's mark, and no kubectl annotation.
     /// Nothing reads more: Deployments and HPAs drop the annotation when copied to the primary,
@@ -135,7 +136,7 @@ fn serins(manager: &str) -> bool {
 /// Drops from a watched object what serin never reads, before it enters a cache. managedFields
 /// are often more than half of an object in memory (each `fieldsV1` is a JSON tree): 22 KB of a
 /// 1-replica Deployment's 24 KB. Other managers' entries go (kube-controller-manager's status,
-/// kubectl's, Flux's); serin's stay, with their fields only for [`Keep::Router`] and otherwise
+/// kubectl's, Flux's); serin's stay, with their fields (as JSON text) only for [`Keep::Router`] and otherwise
 /// with only the mark of a Flagger takeover in progress (`takeover_pending` reads it); with
 /// [`Keep::Read`], kubectl's last-applied annotation goes.
 ///
@@ -154,10 +155,11 @@ pub fn slim<K: Resource>(obj: &mut K, keep: Keep) {
         });
         if !flaggers {
             entries.retain(|e| e.manager.as_deref().is_some_and(serins));
-            if keep == Keep::Read {
-                for e in entries.iter_mut() {
-                    e.fields_v1 = e.fields_v1.take().and_then(mark_only);
-                }
+            for e in entries.iter_mut() {
+                e.fields_v1 = match keep {
+                    Keep::Read => e.fields_v1.take().and_then(mark_only),
+                    Keep::Router => e.fields_v1.take().map(as_text),
+                };
             }
             entries.shrink_to_fit();
         }
@@ -170,6 +172,32 @@ pub fn slim<K: Resource>(obj: &mut K, keep: Keep) {
     {
         // An emptied map stays: a desired object's `annotations: {}` is still in the copy.
         annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// [`slim`] with [`Keep::Router`], then the body of a VirtualService or DestinationRule (its
+/// spec) kept as JSON text, without the `status` Istio may write there and serin never reads. An
+/// untyped object is a JSON tree, about six times its JSON in memory (a VirtualService's spec:
+/// 6 KB); serin reads it only when it compares the object with the one it wants, once per
+/// reconcile of its Canary, through `router::cached_json` and `router::cached_data`, which parse
+/// it back. The metadata stays typed: the controller maps these objects to their Canaries by
+/// owner reference.
+pub fn slim_istio(obj: &mut DynamicObject) {
+    slim(obj, Keep::Router);
+    if let Value::Object(data) = &mut obj.data {
+        data.remove("status");
+        obj.data = Value::String(Value::Object(std::mem::take(data)).to_string());
+    }
+}
+
+/// A `fieldsV1` tree as its JSON text, which `router::fields_tree` reads back: in memory a tree
+/// costs about nine times its JSON (each map a B-tree node of eleven slots), and the router reads
+/// it only when it compares a VirtualService or DestinationRule with what it wants, once per
+/// reconcile of that Canary.
+fn as_text(fields: FieldsV1) -> FieldsV1 {
+    match fields.0 {
+        Value::Object(_) => FieldsV1(Value::String(fields.0.to_string())),
+        other => FieldsV1(other),
     }
 }
 
@@ -791,12 +819,16 @@ mod tests {
         let routed = json!({"f:spec": {"f:http": {}}});
         let marked = json!({"f:metadata": {"f:annotations": {TAKEOVER_MARK: {}, "f:team": {}}}, "f:spec": {}});
         let mark = json!({"f:metadata": {"f:annotations": {TAKEOVER_MARK: {}}}});
+        let text = |v: &Value| Value::String(v.to_string());
         let cases = [
-            (Keep::Router, routed.clone(), Some(routed.clone())),
+            // The router's objects keep the fields as JSON text, which reads back the same.
+            (Keep::Router, routed.clone(), Some(text(&routed))),
             (Keep::Read, routed.clone(), None),
-            (Keep::Router, marked.clone(), Some(marked.clone())),
+            (Keep::Router, marked.clone(), Some(text(&marked))),
             // `takeover_pending` still finds the mark.
             (Keep::Read, marked.clone(), Some(mark)),
+            // Already text (a second pass): unchanged.
+            (Keep::Router, text(&routed), Some(text(&routed))),
         ];
         for (keep, fields, want) in cases {
             let mut e = entry("serin/primary", "Apply", None);
@@ -812,6 +844,12 @@ mod tests {
                 want,
                 "{keep:?} {fields}"
             );
+            if keep == Keep::Router {
+                let kept = kept[0].fields_v1.as_ref().unwrap();
+                let tree = crate::router::fields_tree(&kept.0).unwrap().into_owned();
+                let original = crate::router::fields_tree(&fields).unwrap().into_owned();
+                assert_eq!(tree, original, "{fields}");
+            }
         }
         // With a Flagger entry, every entry stays whole whatever the kind.
         let mut d = deployment(
@@ -870,12 +908,60 @@ mod tests {
         .unwrap();
         slim(&mut vs, Keep::Router);
         let v = serde_json::to_value(&vs).unwrap();
-        assert_eq!(
-            v["metadata"]["managedFields"],
-            json!([entry("serin/router", "Apply", None)])
-        );
+        let mut want = entry("serin/router", "Apply", None);
+        want["fieldsV1"] = json!(r#"{"f:spec":{"f:replicas":{}}}"#);
+        assert_eq!(v["metadata"]["managedFields"], json!([want]));
         assert_eq!(v["metadata"]["annotations"], json!({LAST_APPLIED: "{}"}));
         assert_eq!(v["spec"], json!({"hosts": ["podinfo"]}));
+    }
+
+    #[test]
+    fn istio_objects_keep_their_spec_as_text_and_read_back_the_same() {
+        let serin = entry("serin/router", "Apply", None);
+        let mut serin_text = serin.clone();
+        serin_text["fieldsV1"] = json!(serin["fieldsV1"].to_string());
+        let spec = json!({"hosts": ["podinfo"], "http": [{"route": [
+            {"destination": {"host": "podinfo-primary"}, "weight": 90},
+            {"destination": {"host": "podinfo-canary"}, "weight": 10}]}]});
+        let object = |data: Value, entries: Vec<Value>| {
+            let mut o = json!({
+                "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+                "metadata": {"name": "podinfo", "namespace": "ns",
+                    "annotations": {LAST_APPLIED: "{}"}, "managedFields": entries},
+            });
+            for (k, v) in data.as_object().unwrap() {
+                o[k] = v.clone();
+            }
+            o
+        };
+        type Case = (&'static str, Value, Vec<Value>, Value, Value);
+        let cases: Vec<Case> = vec![
+            (
+                "spec kept, Istio's status and other managers' entries dropped",
+                json!({"spec": spec.clone(), "status": {"observedGeneration": 3}}),
+                vec![serin.clone(), entry("kubectl", "Update", None)],
+                json!({"spec": spec.clone()}).to_string().into(),
+                object(json!({"spec": spec.clone()}), vec![serin_text.clone()]),
+            ),
+            (
+                "no spec",
+                json!({}),
+                vec![serin.clone()],
+                json!("{}"),
+                object(json!({}), vec![serin_text.clone()]),
+            ),
+        ];
+        for (case, data, entries, want_data, want_json) in cases {
+            let mut o: DynamicObject =
+                serde_json::from_value(object(data.clone(), entries)).unwrap();
+            slim_istio(&mut o);
+            assert_eq!(o.data, want_data, "{case}");
+            assert_eq!(crate::router::cached_json(&o), Some(want_json), "{case}");
+            // A second pass changes nothing.
+            let once = o.clone();
+            slim_istio(&mut o);
+            assert_eq!(o, once, "{case}");
+        }
     }
 
     #[test]

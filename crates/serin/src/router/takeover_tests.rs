@@ -150,6 +150,19 @@ fn a_virtual_service_taken_over_records_the_users_spec() {
             serde_json::to_value(&desired).unwrap()["spec"],
             "case {i}"
         );
+        // The same over the copy the watch cache keeps (its spec as JSON text).
+        let cached = existing.map(|mut e| {
+            crate::controller::watches::slim_istio(&mut e);
+            assert!(e.data.is_string(), "case {i}");
+            e
+        });
+        let from_cache = serde_json::to_value(taken_over_virtual_service(
+            desired.clone(),
+            cached.as_ref(),
+            Some("u1"),
+        ))
+        .unwrap();
+        assert_eq!(from_cache, got, "case {i}, as cached");
     }
 }
 
@@ -190,8 +203,15 @@ fn reverting_a_virtual_service_restores_what_the_user_had() {
         ),
     ];
     for (i, (m, want)) in cases.into_iter().enumerate() {
-        let got = reverted_virtual_service(&vs(m, json!({"hosts": ["serin"]})), Some("u1"));
+        let mut cached = vs(m, json!({"hosts": ["serin"]}));
+        let got = reverted_virtual_service(&cached, Some("u1"));
         assert_eq!(got, want, "case {i}");
+        crate::controller::watches::slim_istio(&mut cached);
+        assert_eq!(
+            reverted_virtual_service(&cached, Some("u1")),
+            want,
+            "case {i}, as cached"
+        );
     }
 }
 

@@ -195,9 +195,10 @@ impl Reconcile {
         else {
             return;
         };
-        let typed = serde_json::to_value(&*vs)
-            .and_then(serde_json::from_value::<crate::api::istio_resources::VirtualService>);
-        if let Ok(typed) = typed
+        let typed = router::cached_json(&vs).and_then(|v| {
+            serde_json::from_value::<crate::api::istio_resources::VirtualService>(v).ok()
+        });
+        if let Some(typed) = typed
             && let Some(routes) = router::read_routes(&typed, &apex)
         {
             progress.canary_weight = routes.canary;
