@@ -72,7 +72,7 @@ enum Command {
         idle: u64,
         /// Milliseconds a stage may take to initialize per canary added (plus two minutes)
         /// before the run goes on without the controller that is behind.
-        #[arg(long, default_value_t = 150)]
+        #[arg(long, default_value_t = 250)]
         init_ms_per_canary: u64,
         /// Minutes after which no stage, bump series or burst starts (the report says what
         /// was skipped).
