@@ -1554,8 +1554,21 @@ fn writes_per_min(idle: &Idle) -> Option<f64> {
 }
 
 /// RSS added per idle canary between the first and the last stage, in KB (1,024 bytes).
+/// The stages at which every canary was initialized: only there is the idle cost that of idle
+/// canaries (a stage still initializing holds canaries without their generated objects, and
+/// writes).
+fn reached(f: &Figures) -> Vec<&Stage> {
+    f.stages.iter().filter(|s| s.init_secs.is_some()).collect()
+}
+
+/// The last stage, if every canary of it was initialized.
+fn last_reached(f: &Figures) -> Option<&Stage> {
+    f.stages.last().filter(|s| s.init_secs.is_some())
+}
+
 fn rss_per_canary_kb(f: &Figures) -> Option<f64> {
-    let (a, b) = (f.stages.first()?, f.stages.last()?);
+    let r = reached(f);
+    let (a, b) = (r.first()?, r.last()?);
     if b.n <= a.n {
         return None;
     }
@@ -1598,7 +1611,7 @@ fn targets(who: &[Who], figures: &BTreeMap<Who, Figures>, opts: &BenchOptions) -
         }),
     });
     out.push(Target {
-        what: "RSS per idle canary (slope from the first to the last stage)".into(),
+        what: "RSS per idle canary (slope from the first to the last stage reached)".into(),
         bound: 32.0,
         unit: "KB",
         values: each(&rss_per_canary_kb),
@@ -1608,7 +1621,7 @@ fn targets(who: &[Who], figures: &BTreeMap<Who, Figures>, opts: &BenchOptions) -
         what: format!("idle RSS at {last_n} canaries (the target: 5,000 in 200 MB)"),
         bound: 200.0 * 1e6 / 1_048_576.0 * last_n as f64 / 5000.0,
         unit: "MiB",
-        values: each(&|f| f.stages.last()?.idle.rss_mib),
+        values: each(&|f| last_reached(f)?.idle.rss_mib),
     });
     out.push(Target {
         what: "initialization CPU per canary, largest stage ÷ smallest (flat in N: at most 1.5)"
@@ -1616,8 +1629,9 @@ fn targets(who: &[Who], figures: &BTreeMap<Who, Figures>, opts: &BenchOptions) -
         bound: 1.5,
         unit: "×",
         values: each(&|f| {
-            let a = f.stages.first()?.init_cpu_ms_per_canary?;
-            let b = f.stages.last()?.init_cpu_ms_per_canary?;
+            let r = reached(f);
+            let a = r.first()?.init_cpu_ms_per_canary?;
+            let b = r.last()?.init_cpu_ms_per_canary?;
             (a > 0.0).then(|| b / a)
         }),
     });
@@ -1625,14 +1639,14 @@ fn targets(who: &[Who], figures: &BTreeMap<Who, Figures>, opts: &BenchOptions) -
         what: format!("idle CPU at {last_n} canaries (1 % of a core = 0.6 s per minute)"),
         bound: 0.6,
         unit: "s/min",
-        values: each(&|f| f.stages.last()?.idle.cpu_per_min),
+        values: each(&|f| last_reached(f)?.idle.cpu_per_min),
     });
     out.push(Target {
-        what: "idle writes and Prometheus queries per minute, worst stage".into(),
+        what: "idle writes and Prometheus queries per minute, worst stage reached".into(),
         bound: 0.0,
         unit: "/min",
         values: each(&|f| {
-            f.stages
+            reached(f)
                 .iter()
                 .map(|s| Some(writes_per_min(&s.idle)? + s.idle.queries_per_min?))
                 .collect::<Option<Vec<f64>>>()?
@@ -2137,6 +2151,7 @@ mod tests {
     fn targets_judge_serin_against_the_bound_and_flagger() {
         let stage = |n: usize, rss: f64, cpu: f64, writes: f64| Stage {
             n,
+            init_secs: Some(1.0),
             init_cpu_ms_per_canary: Some(10.0),
             idle: Idle {
                 rss_mib: Some(rss),
@@ -2219,5 +2234,18 @@ mod tests {
             line,
             "| 1100 canaries: idle API requests per minute, by verb | get 5.0 | get 5.0, update 6.0 |"
         );
+
+        // A last stage not reached is not judged: its idle figures are not those of idle canaries.
+        let mut unreached = figures.clone();
+        for f in unreached.values_mut() {
+            f.stages[1].init_secs = None;
+            f.stages[1].init_cpu_ms_per_canary = None;
+        }
+        let t = targets(&[Who::Serin, Who::Flagger], &unreached, &opts);
+        let find = |start: &str| t.iter().find(|t| t.what.starts_with(start)).unwrap();
+        assert_eq!(find("RSS per idle canary").values, vec![None, None]);
+        assert_eq!(find("idle RSS at 1100").values, vec![None, None]);
+        assert_eq!(find("idle CPU at 1100").values, vec![None, None]);
+        assert_eq!(find("idle writes").values, vec![Some(0.0), Some(6.0)]);
     }
 }
