@@ -944,6 +944,17 @@ impl Drive<'_> {
         Api::namespaced_with(self.client.clone(), w.namespace(), &canary_resource())
     }
 
+    /// One figure per controller, read now.
+    fn each<T>(&self, f: impl Fn(Who) -> T) -> BTreeMap<Who, T> {
+        self.who.iter().map(|w| (*w, f(*w))).collect()
+    }
+
+    /// Whether every controller in `who` shows each of `names` settled.
+    fn all_settled(&self, who: &[Who], names: &[String]) -> bool {
+        who.iter()
+            .all(|w| count_in(self.t, *w, names, &SETTLED) == names.len())
+    }
+
     fn interval(&self) -> Duration {
         Duration::from_secs(self.opts.interval_secs)
     }
@@ -1081,11 +1092,7 @@ impl Drive<'_> {
     /// controller has initialized them (or its time is up).
     async fn grow(&self, from: usize, to: usize) -> anyhow::Result<BTreeMap<Who, Stage>> {
         let added = to - from;
-        let cpu0: BTreeMap<Who, Option<f64>> = self
-            .who
-            .iter()
-            .map(|w| (*w, cpu_seconds(self.pids[w])))
-            .collect();
+        let cpu0 = self.each(|w| cpu_seconds(self.pids[&w]));
         let t_apply = Instant::now();
         let work = (from..to).flat_map(|i| self.who.iter().map(move |w| (i, *w)));
         let mut applies = futures::stream::iter(work)
@@ -1182,30 +1189,14 @@ impl Drive<'_> {
     async fn idle(&self) -> (BTreeMap<Who, Idle>, chrono::DateTime<chrono::Utc>) {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let from = chrono::Utc::now();
-        let cpu0: BTreeMap<Who, Option<f64>> = self
-            .who
-            .iter()
-            .map(|w| (*w, cpu_seconds(self.pids[w])))
-            .collect();
-        let q0: BTreeMap<Who, u64> = self
-            .who
-            .iter()
-            .map(|w| (*w, self.counters[w].count()))
-            .collect();
+        let cpu0 = self.each(|w| cpu_seconds(self.pids[&w]));
+        let q0 = self.each(|w| self.counters[&w].count());
         let t0 = Instant::now();
         tokio::time::sleep(self.opts.idle).await;
         let minutes = t0.elapsed().as_secs_f64() / 60.0;
         let to = chrono::Utc::now();
-        let cpu1: BTreeMap<Who, Option<f64>> = self
-            .who
-            .iter()
-            .map(|w| (*w, cpu_seconds(self.pids[w])))
-            .collect();
-        let q1: BTreeMap<Who, u64> = self
-            .who
-            .iter()
-            .map(|w| (*w, self.counters[w].count()))
-            .collect();
+        let cpu1 = self.each(|w| cpu_seconds(self.pids[&w]));
+        let q1 = self.each(|w| self.counters[&w].count());
         // The API server may write the last lines a moment later.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let audit = audit_counts(&self.sandbox.audit_log_path(), from, to);
@@ -1273,8 +1264,7 @@ impl Drive<'_> {
             let i = k % n;
             let name = name_of(i);
             let settled = wait_for(self.rollout_limit(), || {
-                who.iter()
-                    .all(|w| count_in(self.t, *w, std::slice::from_ref(&name), &SETTLED) == 1)
+                self.all_settled(who, std::slice::from_ref(&name))
             })
             .await;
             if !settled {
@@ -1298,8 +1288,7 @@ impl Drive<'_> {
         eprintln!("bench: waiting for the rollouts to finish");
         let names: Vec<String> = (0..n.min(self.opts.bumps)).map(name_of).collect();
         wait_every(self.rollout_limit(), Duration::from_millis(200), || {
-            who.iter()
-                .all(|w| count_in(self.t, *w, &names, &SETTLED) == names.len())
+            self.all_settled(who, &names)
         })
         .await;
         for (i, at) in &done {
@@ -1333,8 +1322,7 @@ impl Drive<'_> {
         eprintln!("bench: a faulty release");
         let name = name_of(0);
         wait_for(self.rollout_limit(), || {
-            who.iter()
-                .all(|w| count_in(self.t, *w, std::slice::from_ref(&name), &SETTLED) == 1)
+            self.all_settled(who, std::slice::from_ref(&name))
         })
         .await;
         let at = self.release(who, 0, release, true).await?;
@@ -1393,8 +1381,7 @@ impl Drive<'_> {
     ) -> anyhow::Result<BTreeMap<Who, Burst>> {
         let names: Vec<String> = (0..size).map(name_of).collect();
         wait_every(self.rollout_limit(), Duration::from_millis(200), || {
-            who.iter()
-                .all(|w| count_in(self.t, *w, &names, &SETTLED) == size)
+            self.all_settled(who, &names)
         })
         .await;
         eprintln!("bench: a burst of {size} releases at {n} canaries");
@@ -1429,10 +1416,9 @@ impl Drive<'_> {
         );
         let limit = self.rollout_limit() + Duration::from_millis(400 * size as u64);
         let mut said = Instant::now();
-        let all_done = |w: Who| {
-            let since = at.values().copied().min().unwrap_or(t0);
-            count_done_since(self.t, w, &names, &["Succeeded", "Failed"], since)
-        };
+        let since = at.values().copied().min().unwrap_or(t0);
+        let all_done =
+            |w: Who| count_done_since(self.t, w, &names, &["Succeeded", "Failed"], since);
         wait_every(limit, Duration::from_millis(500), || {
             if said.elapsed() >= Duration::from_secs(30) {
                 said = Instant::now();
