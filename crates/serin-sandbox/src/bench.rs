@@ -1090,13 +1090,26 @@ impl Drive<'_> {
 
     /// Adds canaries `from..to` to every controller at the same pace, and waits until each
     /// controller has initialized them (or its time is up).
+    /// Grows every controller from `from` to `to` canaries, one controller after the other (in
+    /// the order of `who`): each initializes while the other is idle, so neither's figures carry
+    /// the other's initialization load, and the API server serves one burst of creates at a
+    /// time (both at once stalled it at 5,000).
     async fn grow(&self, from: usize, to: usize) -> anyhow::Result<BTreeMap<Who, Stage>> {
+        let mut out = BTreeMap::new();
+        for w in self.who {
+            out.insert(*w, self.grow_one(*w, from, to).await?);
+        }
+        Ok(out)
+    }
+
+    /// Adds canaries `from..to` to one controller and waits until each is Initialized, or until
+    /// two minutes plus `init_per_canary` for each one added have passed.
+    async fn grow_one(&self, w: Who, from: usize, to: usize) -> anyhow::Result<Stage> {
         let added = to - from;
-        let cpu0 = self.each(|w| cpu_seconds(self.pids[&w]));
+        let cpu0 = cpu_seconds(self.pids[&w]);
         let t_apply = Instant::now();
-        let work = (from..to).flat_map(|i| self.who.iter().map(move |w| (i, *w)));
-        let mut applies = futures::stream::iter(work)
-            .map(|(i, w)| async move {
+        let mut applies = futures::stream::iter(from..to)
+            .map(|i| async move {
                 let name = name_of(i);
                 apply(&self.deployments(w), &name, &deployment(&name, 0, false)).await?;
                 apply(
@@ -1112,77 +1125,52 @@ impl Drive<'_> {
         }
         drop(applies);
         eprintln!(
-            "bench: applied {added} Deployments and Canaries per controller in {:.1} s",
+            "bench: {}: applied {added} Deployments and Canaries in {:.1} s",
+            w.title(),
             t_apply.elapsed().as_secs_f64()
         );
         let names: Vec<String> = (from..to).map(name_of).collect();
         let limit = Duration::from_secs(120) + self.opts.init_per_canary * added as u32;
         let deadline = t_apply + limit;
-        let mut out: BTreeMap<Who, Stage> = self
-            .who
-            .iter()
-            .map(|w| {
-                (
-                    *w,
-                    Stage {
-                        added,
-                        ..Stage::default()
-                    },
-                )
-            })
-            .collect();
+        let mut stage = Stage {
+            added,
+            ..Stage::default()
+        };
         let mut said = Instant::now();
         loop {
-            let mut pending = false;
-            for w in self.who {
-                let Some(stage) = out.get_mut(w) else {
-                    continue;
-                };
-                if stage.init_secs.is_some() {
-                    continue;
+            let ready = count_in(self.t, w, &names, &SETTLED);
+            stage.initialized = ready;
+            if ready == added {
+                // The time the last one was seen Initialized.
+                let last = names
+                    .iter()
+                    .filter_map(|n| first_phase(self.t, w, n, &["Initialized"], t_apply))
+                    .max();
+                stage.init_secs = last.map(|l| (l - t_apply).as_secs_f64());
+                if let (Some(a), Some(b)) = (cpu0, cpu_seconds(self.pids[&w])) {
+                    stage.init_cpu_ms_per_canary = Some((b - a) * 1000.0 / added as f64);
                 }
-                let ready = count_in(self.t, *w, &names, &SETTLED);
-                stage.initialized = ready;
-                if ready == added {
-                    // The time the last one was seen Initialized.
-                    let last = names
-                        .iter()
-                        .filter_map(|n| first_phase(self.t, *w, n, &["Initialized"], t_apply))
-                        .max();
-                    stage.init_secs = last.map(|l| (l - t_apply).as_secs_f64());
-                    if let (Some(a), Some(b)) = (cpu0[w], cpu_seconds(self.pids[w])) {
-                        stage.init_cpu_ms_per_canary = Some((b - a) * 1000.0 / added as f64);
-                    }
-                } else {
-                    pending = true;
-                }
+                break;
             }
-            if !pending || Instant::now() >= deadline {
+            if Instant::now() >= deadline {
                 break;
             }
             if said.elapsed() >= Duration::from_secs(30) {
                 said = Instant::now();
-                let progress: Vec<String> = self
-                    .who
-                    .iter()
-                    .map(|w| format!("{} {}/{added}", w.title(), out[w].initialized))
-                    .collect();
-                eprintln!("bench: initialized so far: {}", progress.join(", "));
+                eprintln!("bench: {}: initialized so far: {ready}/{added}", w.title());
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        for w in self.who {
-            eprintln!(
-                "bench: {}: {} of {added} initialized{}",
-                w.title(),
-                out[w].initialized,
-                out[w]
-                    .init_secs
-                    .map(|s| format!(" in {s:.1} s"))
-                    .unwrap_or_else(|| format!(", time up after {:.0} s", limit.as_secs_f64()))
-            );
-        }
-        Ok(out)
+        eprintln!(
+            "bench: {}: {} of {added} initialized{}",
+            w.title(),
+            stage.initialized,
+            stage
+                .init_secs
+                .map(|s| format!(" in {s:.1} s"))
+                .unwrap_or_else(|| format!(", time up after {:.0} s", limit.as_secs_f64()))
+        );
+        Ok(stage)
     }
 
     /// The idle cost of every controller over one window; returns it and the window's end.
@@ -1702,12 +1690,17 @@ fn report(r: &ReportInput<'_>) -> String {
     let stages: Vec<String> = opts.stages.iter().map(|n| n.to_string()).collect();
     let _ = writeln!(
         md,
-        "- workload per controller, in stages of {} canaries: podinfo-like Deployments (1 replica) with a Canary each (analysis interval {i} s, stepWeight 10 up to maxWeight {mw}, i.e. {steps} steps, threshold {THRESHOLD}, the built-in request-success-rate over {w} s); the mesh simulator sends 20 requests/s through each VirtualService; each controller watches only its own namespace, and both get the same manifests at the same moment",
+        "- workload per controller, in stages of {} canaries: podinfo-like Deployments (1 replica) with a Canary each (analysis interval {i} s, stepWeight 10 up to maxWeight {mw}, i.e. {steps} steps, threshold {THRESHOLD}, the built-in request-success-rate over {w} s); the mesh simulator sends 20 requests/s through each VirtualService; each controller watches only its own namespace and gets the same manifests; a stage's canaries are added to one controller after the other ({order}), each once the previous one has initialized its share (or run out of time), so that neither initializes under the other's load",
         stages.join(", "),
         i = opts.interval_secs,
         mw = 10 * opts.steps,
         steps = opts.steps,
-        w = 3 * opts.interval_secs
+        w = 3 * opts.interval_secs,
+        order = who
+            .iter()
+            .map(|w| w.title())
+            .collect::<Vec<_>>()
+            .join(" first, then "),
     );
     let _ = writeln!(
         md,
@@ -1974,7 +1967,7 @@ fn report(r: &ReportInput<'_>) -> String {
         "\n## How each figure is taken\n\n\
 - Times are taken in the bench process when a watch event arrives (Canaries and VirtualServices of each namespace); a release's start is when the API server answered the Deployment patch.\n\
 - Percentiles are nearest-rank; with {k} bumps the p99 is the largest value.\n\
-- Initialization: from the stage's first manifest to the last added canary seen Initialized. The CPU per canary is the controller's CPU seconds from the first manifest to that moment, divided by the canaries added.\n\
+- Initialization: from the first manifest of the controller's share of the stage to the last added canary seen Initialized. The CPU per canary is the controller's CPU seconds from that first manifest to that moment, divided by the canaries added.\n\
 - Idle: measured over {idle:.0} s at each stage once every canary had settled. RSS and CPU (utime + stime) from /proc/PID/status and /proc/PID/stat of the controller process. API requests from the API server's audit log (one line per request when received; policy: Metadata level for the two controllers' users only), counted by user and verb; watches are counted when opened. Prometheus queries: each controller reaches Prometheus only through a loopback proxy of its own that counts requests to /api/v1/query*.\n\
 - Rollback latency: from the first Canary status seen with `failedChecks` at the threshold (or the phase Failed, if that came first) to the first VirtualService seen with the canary route back at weight 0 after it had been above 0. A negative figure means the route was reset before the status write that recorded the check.\n\
 - Bursts: every release of the burst is applied at once ({c} at a time); the first weight step of each canary is taken as on schedule, and each later step k is due k intervals after it; its lateness is when the route was seen at the new weight minus when it was due (negative: early). RSS peak from VmHWM, reset at the burst's start (`clear_refs`), and 1 s samples; CPU from 1 s samples of /proc/PID/stat.\n\

@@ -7,6 +7,8 @@
 //! instead of adding duplicate rows.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
@@ -14,7 +16,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use sha2::{Digest, Sha256};
-use tokio::sync::Mutex;
 
 /// The component name shown in the FROM column, unless [`set_component`] chose another.
 pub const COMPONENT: &str = "serin";
@@ -46,8 +47,42 @@ pub enum Repeat {
 pub struct EventRecorder {
     client: Client,
     instance: String,
-    /// Event name → count last written, to patch without reading.
-    counts: Mutex<HashMap<String, i32>>,
+    /// Event name → count last written and when, to patch without reading.
+    counts: Mutex<Counts>,
+}
+
+/// How long the API server keeps an Event (kube-apiserver's `--event-ttl` default). A count
+/// older than that describes an Event that is gone; it is forgotten so that the map does not
+/// grow with every message a long-running controller ever recorded.
+const EVENT_TTL: Duration = Duration::from_secs(3600);
+
+/// The counts the recorder wrote, by Event name.
+#[derive(Default)]
+struct Counts {
+    by_name: HashMap<String, (i32, Instant)>,
+    pruned: Option<Instant>,
+}
+
+impl Counts {
+    fn get(&self, name: &str, now: Instant) -> Option<i32> {
+        self.by_name
+            .get(name)
+            .filter(|(_, at)| now.duration_since(*at) < EVENT_TTL)
+            .map(|(c, _)| *c)
+    }
+
+    /// Records a count, and at most once a minute forgets those older than [`EVENT_TTL`].
+    fn set(&mut self, name: String, count: i32, now: Instant) {
+        self.by_name.insert(name, (count, now));
+        if self
+            .pruned
+            .is_none_or(|p| now.duration_since(p) >= Duration::from_secs(60))
+        {
+            self.pruned = Some(now);
+            self.by_name
+                .retain(|_, (_, at)| now.duration_since(*at) < EVENT_TTL);
+        }
+    }
 }
 
 impl EventRecorder {
@@ -55,12 +90,18 @@ impl EventRecorder {
         EventRecorder {
             client,
             instance,
-            counts: Mutex::new(HashMap::new()),
+            counts: Mutex::new(Counts::default()),
         }
     }
 
     /// Records `message` on the object; a repeat of the same type and message bumps the count
     /// unless `repeat` says to skip it.
+    ///
+    /// The lock on the counts is never held across a request: one Canary's Events would
+    /// otherwise wait for every other Canary's, and with the API server slow under load the
+    /// whole controller ran at the pace of one Event at a time. Two publishes of the same name
+    /// do not race: an Event's name includes the Canary's uid, and the controller never
+    /// reconciles one Canary twice at once.
     pub async fn publish(
         &self,
         object: &ObjectReference,
@@ -73,59 +114,86 @@ impl EventRecorder {
         let name = event_name(object, type_, message);
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         let now = Time(Timestamp::now());
-        let mut counts = self.counts.lock().await;
-        let known = counts.get(&name).copied();
+        let known = lock(&self.counts).get(&name, Instant::now());
         let count = match known {
             Some(c) => c,
-            None => match api.get_opt(&name).await? {
-                Some(e) => e.count.unwrap_or(1),
-                None => 0,
+            None => match self.create(&api, object, &name, type_, message).await? {
+                Some(existing) => existing,
+                None => return Ok(()),
             },
         };
-        if count == 0 {
-            let event = Event {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some(ns),
-                    ..Default::default()
-                },
-                involved_object: object.clone(),
-                reason: Some(REASON.into()),
-                message: Some(message.chars().take(1024).collect()),
-                type_: Some(type_.into()),
-                count: Some(1),
-                first_timestamp: Some(now.clone()),
-                last_timestamp: Some(now.clone()),
-                event_time: Some(MicroTime(Timestamp::now())),
-                action: Some("Analysis".into()),
-                source: Some(EventSource {
-                    component: Some(component().into()),
-                    host: None,
-                }),
-                reporting_component: Some(component().into()),
-                reporting_instance: Some(self.instance.clone()),
-                ..Default::default()
-            };
-            match api.create(&PostParams::default(), &event).await {
-                Ok(_) => {
-                    counts.insert(name, 1);
-                    return Ok(());
-                }
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => return Err(e),
-            }
-        }
         if repeat == Repeat::Skip {
-            counts.insert(name, count.max(1));
+            lock(&self.counts).set(name, count.max(1), Instant::now());
             return Ok(());
         }
         let next = count.max(1) + 1;
         let patch = serde_json::json!({ "count": next, "lastTimestamp": now });
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        counts.insert(name, next);
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => lock(&self.counts).set(name, next, Instant::now()),
+            // Gone (expired or deleted) since it was counted: the story starts a new Event.
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                lock(&self.counts).by_name.remove(&name);
+                self.create(&api, object, &name, type_, message).await?;
+            }
+            Err(e) => return Err(e),
+        }
         Ok(())
     }
+
+    /// Creates the Event with count 1; most Events are new, so the count is read only when
+    /// one already exists (a restarted controller continuing its series). Returns that count,
+    /// or `None` when this call created it.
+    async fn create(
+        &self,
+        api: &Api<Event>,
+        object: &ObjectReference,
+        name: &str,
+        type_: &str,
+        message: &str,
+    ) -> Result<Option<i32>, kube::Error> {
+        let now = Time(Timestamp::now());
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: api.namespace().map(str::to_string),
+                ..Default::default()
+            },
+            involved_object: object.clone(),
+            reason: Some(REASON.into()),
+            message: Some(message.chars().take(1024).collect()),
+            type_: Some(type_.into()),
+            count: Some(1),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            event_time: Some(MicroTime(Timestamp::now())),
+            action: Some("Analysis".into()),
+            source: Some(EventSource {
+                component: Some(component().into()),
+                host: None,
+            }),
+            reporting_component: Some(component().into()),
+            reporting_instance: Some(self.instance.clone()),
+            ..Default::default()
+        };
+        match api.create(&PostParams::default(), &event).await {
+            Ok(_) => {
+                lock(&self.counts).set(name.into(), 1, Instant::now());
+                Ok(None)
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Some(
+                api.get_opt(name).await?.and_then(|e| e.count).unwrap_or(1),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The counts stay usable after a panic elsewhere: at worst a count is written again.
+fn lock(m: &Mutex<Counts>) -> std::sync::MutexGuard<'_, Counts> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn event_name(object: &ObjectReference, type_: &str, message: &str) -> String {
@@ -163,5 +231,36 @@ mod tests {
             event_name(&obj, "Warning", "Advance podinfo.test canary weight 10")
         );
         assert!(a.starts_with("podinfo.") && a.len() == "podinfo.".len() + 16);
+    }
+
+    #[test]
+    fn counts_expire_with_the_events_and_are_pruned() {
+        let t0 = Instant::now();
+        let mut c = Counts::default();
+        c.set("a".into(), 3, t0);
+        assert_eq!(c.get("a", t0), Some(3));
+        assert_eq!(c.get("a", t0 + EVENT_TTL - Duration::from_secs(1)), Some(3));
+        // The API server has dropped it by now: unknown, so the next publish creates it again.
+        assert_eq!(c.get("a", t0 + EVENT_TTL), None);
+        assert_eq!(c.get("b", t0), None);
+
+        // Pruned at most once a minute, and only what has expired.
+        c.set("b".into(), 1, t0 + Duration::from_secs(30));
+        assert_eq!(c.by_name.len(), 2);
+        c.set("c".into(), 1, t0 + EVENT_TTL + Duration::from_secs(10));
+        assert_eq!(
+            c.by_name
+                .keys()
+                .map(String::as_str)
+                .collect::<std::collections::BTreeSet<_>>(),
+            ["b", "c"].into_iter().collect()
+        );
+        c.set("b".into(), 2, t0 + EVENT_TTL + Duration::from_secs(40));
+        c.set("d".into(), 1, t0 + EVENT_TTL + Duration::from_secs(50));
+        assert_eq!(c.by_name.len(), 3, "no second prune within a minute");
+        assert_eq!(
+            c.get("b", t0 + EVENT_TTL + Duration::from_secs(50)),
+            Some(2)
+        );
     }
 }
