@@ -1355,6 +1355,10 @@ impl Drive<'_> {
                 }
             }
         }
+        // The errors stay in the success-rate window (three intervals) after the rollback: a
+        // burst that releases canary 0 again sooner would see its first checks fail on them and
+        // its steps held back, which would measure this release, not the burst.
+        tokio::time::sleep(self.interval() * 3).await;
         Ok(())
     }
 
@@ -1878,6 +1882,15 @@ fn report(r: &ReportInput<'_>) -> String {
         rows.push((
             format!("{label}: weight steps measured"),
             cells(&|f| fmt(burst(f).map(|b| b.lateness_ms.len() as f64), 0)),
+        ));
+        rows.push((
+            format!("{label}: weight steps more than 1 s late"),
+            cells(&|f| {
+                fmt(
+                    burst(f).map(|b| b.lateness_ms.iter().filter(|l| **l > 1000.0).count() as f64),
+                    0,
+                )
+            }),
         ));
         rows.push((
             format!("{label}: peak RSS, MiB"),

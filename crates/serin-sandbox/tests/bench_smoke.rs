@@ -6,7 +6,7 @@
 use std::process::Command;
 
 /// The rows every report must hold a number in, by the start of their label.
-const ROWS: [&str; 25] = [
+const ROWS: [&str; 26] = [
     "2 canaries: initialization of the canaries added",
     "2 canaries: CPU while initializing, per canary added",
     "2 canaries: idle RSS",
@@ -25,6 +25,7 @@ const ROWS: [&str; 25] = [
     "burst of 2 releases at 2 canaries: release → first weight step, p50",
     "burst of 2 releases at 2 canaries: lateness of each later weight step against its schedule, max",
     "burst of 2 releases at 2 canaries: weight steps measured",
+    "burst of 2 releases at 2 canaries: weight steps more than 1 s late",
     "burst of 2 releases at 2 canaries: peak RSS",
     "burst of 2 releases at 2 canaries: peak CPU",
     "peak RSS over the run",
