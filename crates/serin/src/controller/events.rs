@@ -123,7 +123,11 @@ impl EventRecorder {
             },
         };
         if repeat == Repeat::Skip {
-            lock(&self.counts).set(name, count.max(1), Instant::now());
+            // Only a count just read is new to the map; a known one was not written again, so
+            // its time stays that of the last write (the Event's TTL runs from there).
+            if known.is_none() {
+                lock(&self.counts).set(name, count.max(1), Instant::now());
+            }
             return Ok(());
         }
         let next = count.max(1) + 1;
