@@ -809,6 +809,7 @@ async fn measure(
         sandbox.config(),
         mesh::MeshOptions {
             rate_per_second: 20.0,
+            split_only: true,
             ..Default::default()
         },
     )?;
@@ -1694,7 +1695,7 @@ fn report(r: &ReportInput<'_>) -> String {
     let stages: Vec<String> = opts.stages.iter().map(|n| n.to_string()).collect();
     let _ = writeln!(
         md,
-        "- workload per controller, in stages of {} canaries: podinfo-like Deployments (1 replica) with a Canary each (analysis interval {i} s, stepWeight 10 up to maxWeight {mw}, i.e. {steps} steps, threshold {THRESHOLD}, the built-in request-success-rate over {w} s); the mesh simulator sends 20 requests/s through each VirtualService; each controller watches only its own namespace and gets the same manifests; a stage's canaries are added to one controller after the other ({order}), each once the previous one has initialized its share (or run out of time), so that neither initializes under the other's load",
+        "- workload per controller, in stages of {} canaries: podinfo-like Deployments (1 replica) with a Canary each (analysis interval {i} s, stepWeight 10 up to maxWeight {mw}, i.e. {steps} steps, threshold {THRESHOLD}, the built-in request-success-rate over {w} s); the mesh simulator sends 20 requests/s through each VirtualService that splits traffic (a canary with a share), none through one that sends everything to its primary (no analysis query reads those series; at thousands of canaries they would load Prometheus and the simulator more than the controllers); each controller watches only its own namespace and gets the same manifests; a stage's canaries are added to one controller after the other ({order}), each once the previous one has initialized its share (or run out of time), so that neither initializes under the other's load",
         stages.join(", "),
         i = opts.interval_secs,
         mw = 10 * opts.steps,

@@ -518,3 +518,80 @@ async fn the_ingress_answers_with_the_simulated_behaviour() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
 }
+
+/// The benchmark's setting: a route that sends everything to one Service is silent, a split
+/// one carries traffic to both sides, and settling again silences it.
+#[tokio::test]
+async fn split_only_carries_traffic_only_while_a_route_splits_it() {
+    let env = shared();
+    let client = env.client();
+    let ns = env.namespace("mesh-split").await;
+    podinfo(&client, &ns, json!({})).await;
+    create_virtual_service(
+        &client,
+        &ns,
+        "podinfo",
+        json!({"serin.dev/simulate-rate": "100"}),
+        weighted_routes(100, 0),
+    )
+    .await;
+    let handle = mesh::start(
+        env.config(),
+        MeshOptions {
+            namespace: Some(ns.clone()),
+            split_only: true,
+            ..MeshOptions::default()
+        },
+    )
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), handle.synced())
+        .await
+        .expect("the simulator's caches did not sync within 30 s")
+        .unwrap();
+    // At 100 requests a second, 1.5 s would have recorded about 150 at the primary.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        scraped_requests(&handle, &["destination_workload="]).await,
+        0
+    );
+
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &vs_resource());
+    let set_weights = |primary: i64, canary: i64| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                "podinfo",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": weighted_routes(primary, canary)})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    set_weights(90, 10).await;
+    let h = &handle;
+    for workload in ["podinfo-primary", "podinfo"] {
+        let fragment = format!("destination_workload=\"{workload}\"");
+        eventually(&format!("traffic to {workload}"), LIMIT, || {
+            let fragment = fragment.clone();
+            async move {
+                match scraped_requests(h, &[&fragment]).await {
+                    n if n >= 5 => Ok(()),
+                    n => Err(format!("{n} requests")),
+                }
+            }
+        })
+        .await;
+    }
+
+    set_weights(100, 0).await;
+    eventually("the settled route goes silent", LIMIT, || async move {
+        let before = scraped_requests(h, &["destination_workload="]).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match scraped_requests(h, &["destination_workload="]).await {
+            after if after == before => Ok(()),
+            after => Err(format!("{before} then {after} requests")),
+        }
+    })
+    .await;
+}
