@@ -42,6 +42,14 @@ use crate::environment::kubeconfig_yaml;
 use crate::flagger::{Flagger, FlaggerOptions};
 use crate::{Sandbox, SandboxOptions, mesh};
 
+/// A progress line on stderr, stamped with the UTC time so that a run's log can be laid beside
+/// the sandbox's logs.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        eprintln!("{} {}", chrono::Utc::now().format("%H:%M:%S"), format_args!($($arg)*))
+    };
+}
+
 /// The field manager the bench applies its manifests with.
 const MANAGER: &str = "serin-bench";
 const THRESHOLD: i64 = 2;
@@ -83,6 +91,8 @@ pub struct BenchOptions {
     pub flagger_crd: bool,
     /// Where the Markdown report goes (also printed).
     pub out: Option<PathBuf>,
+    /// Where the sandbox's logs are copied when the run ends (a failed run keeps them anyway).
+    pub keep_logs: Option<PathBuf>,
     /// The command line, written into the report.
     pub command: String,
 }
@@ -689,7 +699,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
     let flagger_bins = if opts.smoke && !opts.flagger_crd {
         None
     } else {
-        eprintln!("bench: locating Flagger (built on first use)");
+        say!("bench: locating Flagger (built on first use)");
         Some(
             tokio::task::spawn_blocking(crate::setup::flux::ensure_flagger)
                 .await?
@@ -697,7 +707,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
         )
     };
 
-    eprintln!("bench: starting the sandbox with an audit log");
+    say!("bench: starting the sandbox with an audit log");
     let mut sopts = SandboxOptions {
         audit: true,
         ..SandboxOptions::default()
@@ -720,15 +730,24 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
         &mut skipped,
     )
     .await;
-    let result = result.map_err(|e| {
-        // The sandbox's directory goes with it: keep the logs of a failed run.
-        let keep = std::env::temp_dir().join(format!("serin-bench-logs-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&keep);
+    // The sandbox's directory goes with it: keep the logs when asked, and those of a failed run.
+    let copy_logs = |keep: &Path| {
+        let _ = std::fs::create_dir_all(keep);
         if let Ok(entries) = std::fs::read_dir(sandbox.logs_dir()) {
             for e in entries.flatten() {
                 let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
             }
         }
+    };
+    if let Some(keep) = &opts.keep_logs {
+        copy_logs(keep);
+        say!("bench: the sandbox's logs are in {}", keep.display());
+    }
+    let result = result.map_err(|e| {
+        let keep = opts.keep_logs.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("serin-bench-logs-{}", std::process::id()))
+        });
+        copy_logs(&keep);
         e.context(format!("the logs are in {}", keep.display()))
     });
     tokio::task::spawn_blocking(move || sandbox.stop()).await?;
@@ -995,7 +1014,7 @@ impl Drive<'_> {
                 ));
                 break;
             }
-            eprintln!(
+            say!(
                 "bench: stage {}: growing to {n} canaries per controller",
                 si + 1
             );
@@ -1010,7 +1029,7 @@ impl Drive<'_> {
                     f.stages.push(stage);
                 }
             }
-            eprintln!(
+            say!(
                 "bench: stage {}: measuring the idle cost for {:.0} s",
                 si + 1,
                 self.opts.idle.as_secs_f64()
@@ -1125,7 +1144,7 @@ impl Drive<'_> {
             r?;
         }
         drop(applies);
-        eprintln!(
+        say!(
             "bench: {}: applied {added} Deployments and Canaries in {:.1} s",
             w.title(),
             t_apply.elapsed().as_secs_f64()
@@ -1158,11 +1177,11 @@ impl Drive<'_> {
             }
             if said.elapsed() >= Duration::from_secs(30) {
                 said = Instant::now();
-                eprintln!("bench: {}: initialized so far: {ready}/{added}", w.title());
+                say!("bench: {}: initialized so far: {ready}/{added}", w.title());
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        eprintln!(
+        say!(
             "bench: {}: {} of {added} initialized{}",
             w.title(),
             stage.initialized,
@@ -1257,7 +1276,7 @@ impl Drive<'_> {
             })
             .await;
             if !settled {
-                eprintln!("bench: {name} had not settled before bump {k}; releasing it anyway");
+                say!("bench: {name} had not settled before bump {k}; releasing it anyway");
             }
             let at = self.release(who, i, release, false).await?;
             // The next bump waits for every controller's detection, but no longer than one
@@ -1267,14 +1286,14 @@ impl Drive<'_> {
                     .all(|w| first_phase(self.t, *w, &name, &["Progressing"], at[w]).is_some())
             })
             .await;
-            eprintln!("bench: bump {}/{} of {name} done", k + 1, self.opts.bumps);
+            say!("bench: bump {}/{} of {name} done", k + 1, self.opts.bumps);
             done.push((i, at));
             // Spread the next bump over the whole interval (a golden-ratio sequence), so that a
             // controller that polls on a timer is met at every phase of it, not just after a tick.
             let phase = (k as f64 * 0.618_034).fract();
             tokio::time::sleep(Duration::from_millis(300) + interval.mul_f64(phase)).await;
         }
-        eprintln!("bench: waiting for the rollouts to finish");
+        say!("bench: waiting for the rollouts to finish");
         let names: Vec<String> = (0..n.min(self.opts.bumps)).map(name_of).collect();
         wait_every(self.rollout_limit(), Duration::from_millis(200), || {
             self.all_settled(who, &names)
@@ -1308,7 +1327,7 @@ impl Drive<'_> {
         release: &mut [usize],
         figures: &mut BTreeMap<Who, Figures>,
     ) -> anyhow::Result<()> {
-        eprintln!("bench: a faulty release");
+        say!("bench: a faulty release");
         let name = name_of(0);
         wait_for(self.rollout_limit(), || {
             self.all_settled(who, std::slice::from_ref(&name))
@@ -1377,7 +1396,7 @@ impl Drive<'_> {
             self.all_settled(who, &names)
         })
         .await;
-        eprintln!("bench: a burst of {size} releases at {n} canaries");
+        say!("bench: a burst of {size} releases at {n} canaries");
         let mut reset = BTreeMap::new();
         for w in who {
             reset.insert(*w, reset_peak_rss(self.pids[w]));
@@ -1403,7 +1422,7 @@ impl Drive<'_> {
             at.insert(k, when);
         }
         drop(applies);
-        eprintln!(
+        say!(
             "bench: {size} releases applied per controller in {:.1} s",
             t0.elapsed().as_secs_f64()
         );
@@ -1420,7 +1439,7 @@ impl Drive<'_> {
                     .iter()
                     .map(|w| format!("{} {}/{size}", w.title(), all_done(*w)))
                     .collect();
-                eprintln!("bench: burst rollouts ended so far: {}", p.join(", "));
+                say!("bench: burst rollouts ended so far: {}", p.join(", "));
             }
             who.iter().all(|w| all_done(*w) == size)
         })
@@ -2183,6 +2202,7 @@ mod tests {
             time_limit: None,
             flagger_crd: false,
             out: None,
+            keep_logs: None,
             command: "bench".into(),
         };
         let t = targets(&[Who::Serin, Who::Flagger], &figures, &opts);

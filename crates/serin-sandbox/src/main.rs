@@ -84,6 +84,10 @@ enum Command {
         /// Where the report goes (it is also printed).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Copy the sandbox's logs (the controllers', the API server's audit log, ...) into this
+        /// directory when the run ends; a failed run keeps them anyway.
+        #[arg(long)]
+        keep_logs: Option<PathBuf>,
         /// The CI smoke run: serin only, 2 canaries, 3 bumps, a burst of 2, 2 steps, 3 s
         /// interval, 10 s idle (unless given explicitly).
         #[arg(long)]
@@ -226,6 +230,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             time_limit_minutes,
             flagger_crd,
             out,
+            keep_logs,
             smoke,
         } => {
             ensure_set_up()?;
@@ -258,6 +263,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 time_limit: time_limit_minutes.map(|m| std::time::Duration::from_secs(60 * m)),
                 flagger_crd,
                 out,
+                keep_logs,
                 command: std::env::args().collect::<Vec<_>>().join(" "),
             };
             let report = runtime()?.block_on(serin_sandbox::bench::run(opts))?;

@@ -291,6 +291,7 @@ pub async fn run_with(
     )
     .modify(|o| watches::slim(o, watches::Keep::Read))
     .map(index_deployments(index.clone()))
+    .modify(watches::stash_template)
     .reflect(dep_w)
     .touched_objects();
     let (services, svc_w) = reflector::store::<Service>();

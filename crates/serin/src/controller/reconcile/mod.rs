@@ -36,7 +36,7 @@ use kube::{Resource, ResourceExt};
 use tracing::instrument;
 
 use super::state;
-use super::{Ctx, Error, backoff};
+use super::{Ctx, Error, backoff, watches};
 use crate::api::{Canary, MetricCheckStatus};
 use crate::rollout::messages as msg;
 use crate::router;
@@ -205,10 +205,13 @@ impl Reconcile {
         }
     }
 
+    /// The one way to a cached Deployment: its pod template is kept as text in the cache
+    /// (`watches::stash_template`).
     fn deployment(&self, name: &str) -> Option<Arc<Deployment>> {
         self.ctx
             .deployments
             .get(&ObjectRef::new(name).within(&self.ns))
+            .map(watches::unstash_template)
     }
 
     /// The steps; a write the API server refused is told on the Canary before the error goes
