@@ -291,7 +291,7 @@ pub async fn run_with(
     )
     .modify(|o| watches::slim(o, watches::Keep::Read))
     .map(index_deployments(index.clone()))
-    .modify(watches::stash_template)
+    .modify(watches::stash)
     .reflect(dep_w)
     .touched_objects();
     let (services, svc_w) = reflector::store::<Service>();
@@ -302,6 +302,7 @@ pub async fn run_with(
         health.clone(),
     )
     .modify(|o| watches::slim(o, watches::Keep::Read))
+    .modify(watches::stash)
     .reflect(svc_w)
     .touched_objects();
     let (config_maps, cm_w) = reflector::store::<ConfigMap>();

@@ -175,52 +175,90 @@ pub fn slim<K: Resource>(obj: &mut K, keep: Keep) {
     }
 }
 
-/// Annotation under which a cached Deployment keeps its pod template as JSON text; never written
-/// to the cluster (only [`unstash_template`]'s copies leave the cache, without it).
-pub const STASHED_TEMPLATE: &str = "serin.dev/cached-pod-template";
+/// Annotation under which a cached object keeps its [`Stash`] part as JSON text; never written
+/// to the cluster (only [`unstash`]'s copies leave the cache, and without it).
+pub const STASHED: &str = "serin.dev/cached-text";
 
-/// Keeps a cached Deployment's pod template as its JSON text. The typed template is most of a
-/// Deployment in memory (about 6 of 8 KB for a one-container podinfo, several times its JSON),
-/// every Canary has two Deployments in the cache, and serin reads a template only when it
-/// reconciles that Canary ([`unstash_template`], through the reconciler's one accessor). The
-/// index of the configs a template mounts is fed before this, from the typed template.
-pub fn stash_template(d: &mut k8s_openapi::api::apps::v1::Deployment) {
-    let spec = &mut d.spec;
-    let template = std::mem::take(&mut spec.template);
-    match serde_json::to_string(&template) {
-        Ok(text) => {
-            d.metadata
-                .annotations
-                .get_or_insert_with(BTreeMap::new)
-                .insert(STASHED_TEMPLATE.to_string(), text);
-        }
-        Err(_) => spec.template = template,
+/// The bulk of a cached object, kept as its JSON text. A typed Kubernetes object costs several
+/// times its JSON in memory (every optional field has its slot, every string its allocation);
+/// each Canary has two Deployments and three Services in the caches, and serin reads these
+/// parts only when it reconciles that Canary, through [`unstash`] in the reconciler's
+/// accessors. What mappers and indexes read (metadata, a Deployment's configs, fed to the index
+/// before stashing) and status stay typed.
+pub trait Stash: Resource + Clone {
+    /// Moves the part out (leaving its default) as a JSON value.
+    fn take_part(&mut self) -> Option<Value>;
+    /// Puts a part read back from its text; false if the text does not fit.
+    fn put_part(&mut self, part: Value) -> bool;
+}
+
+impl Stash for k8s_openapi::api::apps::v1::Deployment {
+    /// The pod template: about 6 of a one-container Deployment's 8 KB.
+    fn take_part(&mut self) -> Option<Value> {
+        serde_json::to_value(std::mem::take(&mut self.spec.template)).ok()
+    }
+    fn put_part(&mut self, part: Value) -> bool {
+        serde_json::from_value(part)
+            .map(|t| self.spec.template = t)
+            .is_ok()
     }
 }
 
-/// The Deployment as the API server sent it (less what [`slim`] dropped): its pod template
-/// back from [`stash_template`]'s text, and the annotation gone. An object that was never
-/// stashed (a test's store) comes back as it is.
-pub fn unstash_template(
-    d: Arc<k8s_openapi::api::apps::v1::Deployment>,
-) -> Arc<k8s_openapi::api::apps::v1::Deployment> {
-    let Some(text) = d
-        .metadata
+impl Stash for k8s_openapi::api::core::v1::Service {
+    /// The spec: ports, selector and the API server's defaults.
+    fn take_part(&mut self) -> Option<Value> {
+        self.spec.take().and_then(|s| serde_json::to_value(s).ok())
+    }
+    fn put_part(&mut self, part: Value) -> bool {
+        serde_json::from_value(part)
+            .map(|s| self.spec = Some(s))
+            .is_ok()
+    }
+}
+
+/// Before an object enters its cache: its [`Stash`] part as text in the [`STASHED`] annotation.
+/// The text starts with `+` when the object had annotations of its own (perhaps an empty map,
+/// which a compare with desired state tells from none) and `-` when it had none.
+pub fn stash<K: Stash>(obj: &mut K) {
+    if let Some(part) = obj.take_part() {
+        let annotations = &mut obj.meta_mut().annotations;
+        let had = if annotations.is_some() { '+' } else { '-' };
+        annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(STASHED.to_string(), format!("{had}{part}"));
+    }
+}
+
+/// The object as the API server sent it (less what [`slim`] dropped): its part back from the
+/// text, the annotation gone. An object that was never stashed (a test's store) is returned as
+/// it is; so is one whose text no longer parses, which cannot happen for text [`stash`] wrote.
+pub fn unstash<K: Stash>(obj: Arc<K>) -> Arc<K> {
+    let Some((had, part)) = obj
+        .meta()
         .annotations
         .as_ref()
-        .and_then(|a| a.get(STASHED_TEMPLATE))
+        .and_then(|a| a.get(STASHED))
+        .and_then(|text| {
+            let had = text.starts_with('+');
+            let json = text.strip_prefix(['+', '-'])?;
+            Some((had, serde_json::from_str::<Value>(json).ok()?))
+        })
     else {
-        return d;
+        return obj;
     };
-    let Ok(template) = serde_json::from_str(text) else {
-        return d;
-    };
-    let mut copy = (*d).clone();
-    if let Some(a) = copy.metadata.annotations.as_mut() {
-        a.remove(STASHED_TEMPLATE);
+    let mut copy = (*obj).clone();
+    let annotations = &mut copy.meta_mut().annotations;
+    if let Some(a) = annotations.as_mut() {
+        a.remove(STASHED);
     }
-    copy.spec.template = template;
-    Arc::new(copy)
+    if !had {
+        *annotations = None;
+    }
+    if copy.put_part(part) {
+        Arc::new(copy)
+    } else {
+        obj
+    }
 }
 
 /// [`slim`] with [`Keep::Router`], then the body of a VirtualService or DestinationRule (its
@@ -670,15 +708,43 @@ mod tests {
         }))
         .unwrap();
         let mut cached = original.clone();
-        stash_template(&mut cached);
+        stash(&mut cached);
         assert_eq!(cached.spec.template, Default::default());
         assert_eq!(cached.spec.replicas, Some(2));
         assert_eq!(cached.status, original.status);
-        let text = &cached.metadata.annotations.as_ref().unwrap()[STASHED_TEMPLATE];
+        let text = &cached.metadata.annotations.as_ref().unwrap()[STASHED];
         assert!(text.contains("podinfo:6.0.0"), "{text}");
-        assert_eq!(*unstash_template(Arc::new(cached)), original);
-        // A Deployment that was never stashed (a test's store) is read as it is.
-        assert_eq!(*unstash_template(Arc::new(original.clone())), original);
+        assert_eq!(*unstash(Arc::new(cached)), original);
+        // An object that was never stashed (a test's store) is read as it is.
+        assert_eq!(*unstash(Arc::new(original.clone())), original);
+    }
+
+    #[test]
+    fn a_stashed_service_spec_comes_back_whole() {
+        let original: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "podinfo-primary", "namespace": "ns"},
+            "spec": {
+                "type": "ClusterIP", "clusterIP": "10.96.0.12", "clusterIPs": ["10.96.0.12"],
+                "selector": {"app": "podinfo-primary"},
+                "ports": [{"name": "http", "port": 9898, "targetPort": "http", "protocol": "TCP"}],
+            },
+        }))
+        .unwrap();
+        let mut cached = original.clone();
+        stash(&mut cached);
+        assert_eq!(cached.spec, None);
+        // Without annotations, and with an empty map: each comes back as it was.
+        let mut empty = original.clone();
+        empty.metadata.annotations = Some(BTreeMap::new());
+        let mut cached_empty = empty.clone();
+        stash(&mut cached_empty);
+        assert_eq!(*unstash(Arc::new(cached_empty)), empty);
+        assert_eq!(
+            cached.metadata.annotations.as_ref().map(|a| a.len()),
+            Some(1)
+        );
+        assert_eq!(*unstash(Arc::new(cached)), original);
     }
 
     #[test]

@@ -286,7 +286,8 @@ impl Reconcile {
             let cached = self
                 .ctx
                 .services
-                .get(&ObjectRef::new(&name).within(&self.ns));
+                .get(&ObjectRef::new(&name).within(&self.ns))
+                .map(super::watches::unstash);
             let svc = router::taken_over_service(svc, cached.as_deref(), self.uid());
             wanted.push((svc, cached));
         }

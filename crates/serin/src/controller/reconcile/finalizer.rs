@@ -106,6 +106,7 @@ impl Reconcile {
             .ctx
             .services
             .get(&ObjectRef::new(&apex).within(&self.ns))
+            .map(super::watches::unstash)
         else {
             return Ok(());
         };

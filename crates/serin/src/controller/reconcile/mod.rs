@@ -206,12 +206,12 @@ impl Reconcile {
     }
 
     /// The one way to a cached Deployment: its pod template is kept as text in the cache
-    /// (`watches::stash_template`).
+    /// (`watches::stash`).
     fn deployment(&self, name: &str) -> Option<Arc<Deployment>> {
         self.ctx
             .deployments
             .get(&ObjectRef::new(name).within(&self.ns))
-            .map(watches::unstash_template)
+            .map(watches::unstash)
     }
 
     /// The steps; a write the API server refused is told on the Canary before the error goes
