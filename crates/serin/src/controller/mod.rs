@@ -12,6 +12,7 @@ pub mod admission;
 pub mod api_layer;
 pub mod autoscaler;
 pub mod backoff;
+pub mod cached;
 pub mod events;
 pub mod index;
 pub mod leader;
@@ -45,6 +46,7 @@ use crate::api::{Canary, MetricTemplate};
 use crate::metrics::prometheus::{Prometheus, ProviderConfig};
 use crate::telemetry::Metrics;
 use crate::workload;
+use cached::Cached;
 
 /// How long in-flight reconciles may run on after the stop signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -130,8 +132,8 @@ pub struct Ctx {
     pub client: Client,
     pub opts: Options,
     pub canaries: Store<Canary>,
-    pub deployments: Store<Deployment>,
-    pub services: Store<Service>,
+    pub deployments: Store<Cached<Deployment>>,
+    pub services: Store<Cached<Service>>,
     pub config_maps: Store<ConfigMap>,
     pub secrets: Store<Secret>,
     pub templates: Store<MetricTemplate>,
@@ -282,27 +284,24 @@ pub async fn run_with(
     let health = metrics.ops.health.clone();
     let index = Arc::new(std::sync::Mutex::new(index::Index::new()));
 
-    let (deployments, dep_w) = reflector::store::<Deployment>();
+    // Cached entries: slimmed and kept as text as they are decoded (`cached`).
+    let (deployments, dep_w) = reflector::store::<Cached<Deployment>>();
     let dep_stream = watches::resilient(
         "deployments",
-        scoped::<Deployment>(&client, ns),
+        scoped::<Cached<Deployment>>(&client, ns),
         wc.clone(),
         health.clone(),
     )
-    .modify(|o| watches::slim(o, watches::Keep::Read))
     .map(index_deployments(index.clone()))
-    .modify(watches::stash)
     .reflect(dep_w)
     .touched_objects();
-    let (services, svc_w) = reflector::store::<Service>();
+    let (services, svc_w) = reflector::store::<Cached<Service>>();
     let svc_stream = watches::resilient(
         "services",
-        scoped::<Service>(&client, ns),
+        scoped::<Cached<Service>>(&client, ns),
         wc.clone(),
         health.clone(),
     )
-    .modify(|o| watches::slim(o, watches::Keep::Read))
-    .modify(watches::stash)
     .reflect(svc_w)
     .touched_objects();
     let (config_maps, cm_w) = reflector::store::<ConfigMap>();
@@ -463,8 +462,8 @@ pub async fn run_with(
 
     let by_target = {
         let index = index.clone();
-        move |d: Deployment| {
-            let (ns, name) = namespaced_name(&d.metadata);
+        move |d: Cached<Deployment>| {
+            let (ns, name) = namespaced_name(d.meta());
             let found = lock(&index).canaries_for_deployment(&ns, &name);
             canary_refs(&ns, found)
         }
@@ -748,16 +747,17 @@ fn index_canaries(
 /// Feeds the index with the configs each Deployment's pod template references.
 fn index_deployments(
     index: Arc<std::sync::Mutex<index::Index>>,
-) -> impl FnMut(WatchItem<Deployment>) -> WatchItem<Deployment> {
+) -> impl FnMut(WatchItem<Cached<Deployment>>) -> WatchItem<Cached<Deployment>> {
     let mut listing: Option<Vec<(String, String, index::Refs)>> = None;
     move |item| {
         let Ok(ev) = &item else { return item };
-        let entry = |d: &Deployment| {
-            let (ns, name) = namespaced_name(&d.metadata);
-            let refs = d
-                .spec
-                .template
-                .spec
+        let entry = |c: &Cached<Deployment>| {
+            let (ns, name) = namespaced_name(c.meta());
+            // The entry was just made from a typed Deployment: its text parses.
+            let refs = c
+                .object()
+                .ok()
+                .and_then(|d| d.spec.template.spec)
                 .as_ref()
                 .map(|pod| {
                     let r = workload::config_refs(pod);
@@ -882,7 +882,8 @@ mod tests {
         let index = Arc::new(std::sync::Mutex::new(index::Index::new()));
         lock(&index).upsert_canary("ns", "podinfo", "podinfo");
         let mut feed = index_deployments(index.clone());
-        let d: Deployment = serde_json::from_value(serde_json::json!({
+        // Decoded as the watch decodes it.
+        let d: Cached<Deployment> = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "podinfo", "namespace": "ns"},
             "spec": {
                 "selector": {},

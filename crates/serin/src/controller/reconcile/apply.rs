@@ -283,11 +283,7 @@ impl Reconcile {
             if name == apex && !with_apex {
                 continue;
             }
-            let cached = self
-                .ctx
-                .services
-                .get(&ObjectRef::new(&name).within(&self.ns))
-                .map(super::watches::unstash);
+            let cached = self.service(&name);
             let svc = router::taken_over_service(svc, cached.as_deref(), self.uid());
             wanted.push((svc, cached));
         }

@@ -102,12 +102,7 @@ impl Reconcile {
     /// garbage collector leaves it serving.
     async fn revert_apex(&self, selector: &SelectorLabel) -> Result<(), Error> {
         let apex = self.canary.apex_name();
-        let Some(svc) = self
-            .ctx
-            .services
-            .get(&ObjectRef::new(&apex).within(&self.ns))
-            .map(super::watches::unstash)
-        else {
+        let Some(svc) = self.service(&apex) else {
             return Ok(());
         };
         let patch = router::reverted_apex(&svc.metadata, selector, self.uid().unwrap_or_default());

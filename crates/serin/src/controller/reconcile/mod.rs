@@ -29,14 +29,16 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::instrument;
 
+use super::cached::Cached;
 use super::state;
-use super::{Ctx, Error, backoff, watches};
+use super::{Ctx, Error, backoff};
 use crate::api::{Canary, MetricCheckStatus};
 use crate::rollout::messages as msg;
 use crate::router;
@@ -205,13 +207,22 @@ impl Reconcile {
         }
     }
 
-    /// The one way to a cached Deployment: its pod template is kept as text in the cache
-    /// (`watches::stash`).
+    /// The one way to a cached Deployment (kept as text, `cached`).
     fn deployment(&self, name: &str) -> Option<Arc<Deployment>> {
-        self.ctx
+        let entry = self
+            .ctx
             .deployments
-            .get(&ObjectRef::new(name).within(&self.ns))
-            .map(watches::unstash)
+            .get(&ObjectRef::new(name).within(&self.ns))?;
+        decoded(&entry)
+    }
+
+    /// The one way to a cached Service (kept as text, `cached`).
+    fn service(&self, name: &str) -> Option<Arc<Service>> {
+        let entry = self
+            .ctx
+            .services
+            .get(&ObjectRef::new(name).within(&self.ns))?;
+        decoded(&entry)
     }
 
     /// The steps; a write the API server refused is told on the Canary before the error goes
@@ -280,5 +291,21 @@ impl Reconcile {
         self.write_status(&plan.progress, None).await?;
         let after = plan.requeue_after.unwrap_or(Duration::from_secs(300));
         Ok(Action::requeue(after.max(Duration::from_millis(200))))
+    }
+}
+
+/// A cache entry's object. Its text was written from the typed object it gives back, so this
+/// fails only on a serin bug; then the object counts as absent, which the next write (an apply)
+/// makes harmless, and the log says which.
+fn decoded<K>(entry: &Cached<K>) -> Option<Arc<K>>
+where
+    K: kube::Resource + serde::Serialize + serde::de::DeserializeOwned,
+{
+    match entry.object() {
+        Ok(o) => Some(Arc::new(o)),
+        Err(e) => {
+            tracing::error!(?entry, "a cached object does not parse back: {e}");
+            None
+        }
     }
 }

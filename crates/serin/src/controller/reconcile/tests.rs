@@ -79,6 +79,13 @@ where
     reader
 }
 
+fn entry<K>(obj: &K) -> crate::controller::cached::Cached<K>
+where
+    K: kube::Resource + serde::Serialize + serde::de::DeserializeOwned,
+{
+    crate::controller::cached::Cached::of(obj).unwrap()
+}
+
 fn dynamic_store(ar: &ApiResource, objects: Vec<Value>) -> Store<DynamicObject> {
     let mut writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
     for o in objects {
@@ -107,8 +114,8 @@ fn ctx(client: Client, cached: Cached) -> Arc<Ctx> {
         client: client.clone(),
         opts: Options::default(),
         canaries: store::<Canary>(vec![]),
-        deployments: store(cached.deployments),
-        services: store(cached.services),
+        deployments: store(cached.deployments.iter().map(entry).collect()),
+        services: store(cached.services.iter().map(entry).collect()),
         config_maps: store::<ConfigMap>(vec![]),
         secrets: store::<Secret>(vec![]),
         templates: store::<MetricTemplate>(vec![]),
