@@ -735,3 +735,67 @@ async fn a_metric_template_with_variables_judges_the_canary() {
         "podinfo:6.0.1"
     );
 }
+
+/// A user's apex Service, taken over at initialization, carries no owner reference: its change
+/// reaches the settled Canary through the index of names, not through a timer (the safety-net
+/// pass is an hour away), and serin puts its selector back.
+#[tokio::test]
+async fn an_edit_of_a_taken_over_apex_service_is_undone_without_waiting_for_a_timer() {
+    let w = World::new("apex-edit").await;
+    w.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "podinfo"},
+        "spec": {"selector": {"app": "podinfo"}, "ports": [{"name": "http", "port": 9898}]},
+    }))
+    .await;
+    w.apply(deployment("podinfo", "podinfo:6.0.0", json!({})))
+        .await;
+    w.apply(canary("podinfo", progressive())).await;
+    w.wait_phase("podinfo", "Initialized", LIMIT).await;
+
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(w.client.clone(), &w.ns);
+    let selector = |s: &k8s_openapi::api::core::v1::Service| {
+        s.spec.as_ref().and_then(|spec| spec.selector.clone())
+    };
+    let taken_over = eventually("the apex Service taken over", LIMIT, || async {
+        let s = services.get("podinfo").await.map_err(|e| e.to_string())?;
+        match selector(&s) {
+            Some(sel) if sel.get("app").map(String::as_str) != Some("podinfo") => Ok(s),
+            other => Err(format!("selector {other:?}")),
+        }
+    })
+    .await;
+    assert!(
+        taken_over
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .all(|o| o.kind != "Canary"),
+        "a taken-over apex Service stays the user's: {:?}",
+        taken_over.metadata.owner_references
+    );
+    let wanted = selector(&taken_over);
+
+    services
+        .patch(
+            "podinfo",
+            &PatchParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({"spec": {"selector": {"app": "elsewhere"}}})),
+        )
+        .await
+        .unwrap();
+    eventually("the apex selector put back", LIMIT, || async {
+        let s = services.get("podinfo").await.map_err(|e| e.to_string())?;
+        if selector(&s) == wanted {
+            Ok(())
+        } else {
+            Err(format!("selector {:?}", selector(&s)))
+        }
+    })
+    .await;
+}

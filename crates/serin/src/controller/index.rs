@@ -35,6 +35,17 @@ impl Refs {
     }
 }
 
+/// An object a Canary names but does not own, whose change it must see: the apex Service and
+/// VirtualService (a user's, taken over, carry no owner reference), and the user's HPA of
+/// `spec.autoscalerRef`. Without these, a settled Canary had to be looked at on a timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Named {
+    /// The apex name: a Service and a VirtualService.
+    Apex,
+    /// `spec.autoscalerRef.name`: a HorizontalPodAutoscaler.
+    Autoscaler,
+}
+
 #[derive(Debug, Default)]
 pub struct Index {
     /// Canary → the name of its target Deployment (same namespace).
@@ -45,6 +56,10 @@ pub struct Index {
     refs: HashMap<Key, Refs>,
     /// (namespace, config name) → Deployments referencing it, per kind.
     users: HashMap<(ConfigKind, String, String), BTreeSet<String>>,
+    /// Canary → the objects it names.
+    names: HashMap<Key, Vec<(Named, String)>>,
+    /// (kind, namespace, name) → Canaries naming it.
+    named: HashMap<(Named, String, String), BTreeSet<String>>,
 }
 
 impl Index {
@@ -66,7 +81,49 @@ impl Index {
         self.targets.insert(key, target.to_string());
     }
 
+    /// A Canary was created or changed: it now names `names`.
+    pub fn set_names(&mut self, ns: &str, name: &str, mut names: Vec<(Named, String)>) {
+        names.sort();
+        names.dedup();
+        let key = (ns.to_string(), name.to_string());
+        if self.names.get(&key) == Some(&names) {
+            return;
+        }
+        self.remove_names(ns, name);
+        for (kind, n) in &names {
+            self.named
+                .entry((*kind, ns.to_string(), n.clone()))
+                .or_default()
+                .insert(name.to_string());
+        }
+        self.names.insert(key, names);
+    }
+
+    fn remove_names(&mut self, ns: &str, name: &str) {
+        let Some(old) = self.names.remove(&(ns.to_string(), name.to_string())) else {
+            return;
+        };
+        for (kind, n) in old {
+            let k = (kind, ns.to_string(), n);
+            if let Some(set) = self.named.get_mut(&k) {
+                set.remove(name);
+                if set.is_empty() {
+                    self.named.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// The Canaries of namespace `ns` that name object `name` of this kind.
+    pub fn canaries_naming(&self, kind: Named, ns: &str, name: &str) -> Vec<String> {
+        self.named
+            .get(&(kind, ns.to_string(), name.to_string()))
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn remove_canary(&mut self, ns: &str, name: &str) {
+        self.remove_names(ns, name);
         let key = (ns.to_string(), name.to_string());
         if let Some(old) = self.targets.remove(&key) {
             let tk = (ns.to_string(), old);
@@ -87,6 +144,8 @@ impl Index {
     {
         self.targets.clear();
         self.by_target.clear();
+        self.names.clear();
+        self.named.clear();
         for (ns, name, target) in canaries {
             self.upsert_canary(ns.as_ref(), name.as_ref(), target.as_ref());
         }
@@ -189,6 +248,49 @@ mod tests {
             config_maps: cms.iter().map(|s| s.to_string()).collect(),
             secrets: secrets.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn named_objects_map_to_the_canaries_naming_them_until_they_stop() {
+        let mut ix = Index::new();
+        ix.upsert_canary("a", "podinfo", "podinfo");
+        ix.set_names(
+            "a",
+            "podinfo",
+            vec![
+                (Named::Apex, "podinfo".into()),
+                (Named::Autoscaler, "podinfo".into()),
+            ],
+        );
+        ix.upsert_canary("a", "second", "backend");
+        ix.set_names("a", "second", vec![(Named::Apex, "podinfo".into())]);
+        ix.upsert_canary("b", "podinfo", "podinfo");
+        ix.set_names("b", "podinfo", vec![(Named::Apex, "www".into())]);
+        assert_eq!(
+            ix.canaries_naming(Named::Apex, "a", "podinfo"),
+            ["podinfo", "second"]
+        );
+        assert_eq!(
+            ix.canaries_naming(Named::Autoscaler, "a", "podinfo"),
+            ["podinfo"]
+        );
+        assert!(
+            ix.canaries_naming(Named::Autoscaler, "b", "podinfo")
+                .is_empty()
+        );
+        assert_eq!(ix.canaries_naming(Named::Apex, "b", "www"), ["podinfo"]);
+
+        // The autoscalerRef removed; a Canary deleted; then a relist forgets everything.
+        ix.set_names("a", "podinfo", vec![(Named::Apex, "podinfo".into())]);
+        assert!(
+            ix.canaries_naming(Named::Autoscaler, "a", "podinfo")
+                .is_empty()
+        );
+        ix.remove_canary("a", "second");
+        assert_eq!(ix.canaries_naming(Named::Apex, "a", "podinfo"), ["podinfo"]);
+        ix.replace_canaries([("b", "podinfo", "podinfo")]);
+        assert!(ix.canaries_naming(Named::Apex, "a", "podinfo").is_empty());
+        assert!(ix.canaries_naming(Named::Apex, "b", "www").is_empty());
     }
 
     #[test]

@@ -468,6 +468,26 @@ pub async fn run_with(
             canary_refs(&ns, found)
         }
     };
+    // Owned objects map to their owner; the apex Service and VirtualService and the user's HPA
+    // also to the Canaries naming them (a taken-over one has no owner reference), so that a
+    // settled Canary needs no timer to see them change.
+    let owned_or_named = |kind: index::Named| {
+        let index = index.clone();
+        move |meta: &ObjectMeta| {
+            let (ns, name) = namespaced_name(meta);
+            let mut refs = canary_refs(&ns, lock(&index).canaries_naming(kind, &ns, &name));
+            refs.extend(
+                meta.owner_references
+                    .iter()
+                    .flatten()
+                    .filter_map(|o| ObjectRef::<Canary>::from_owner_ref(Some(&ns), o, ())),
+            );
+            refs
+        }
+    };
+    let by_apex_service = owned_or_named(index::Named::Apex);
+    let by_apex_vs = owned_or_named(index::Named::Apex);
+    let by_autoscaler = owned_or_named(index::Named::Autoscaler);
     let by_config = |kind: index::ConfigKind| {
         let index = index.clone();
         move |meta: &ObjectMeta| {
@@ -523,10 +543,20 @@ pub async fn run_with(
     );
     let running = controller
         .watches_stream(dep_stream, by_target)
-        .owns_stream(svc_stream)
-        .owns_stream_with(vs_stream, vs_resource)
+        .watches_stream(svc_stream, move |s: Cached<Service>| {
+            by_apex_service(s.meta())
+        })
+        .watches_stream_with(
+            vs_stream,
+            move |o: DynamicObject| by_apex_vs(&o.metadata),
+            vs_resource,
+        )
         .owns_stream_with(dr_stream, dr_resource)
-        .owns_stream_with(hpa_stream, hpa_resource)
+        .watches_stream_with(
+            hpa_stream,
+            move |o: DynamicObject| by_autoscaler(&o.metadata),
+            hpa_resource,
+        )
         .watches_stream(cm_stream, by_cm)
         .watches_stream(secret_stream, by_secret)
         .watches_stream(tpl_stream, by_template)
@@ -698,18 +728,29 @@ fn index_canaries(
     index: Arc<std::sync::Mutex<index::Index>>,
     written: Arc<std::sync::Mutex<HashMap<String, u64>>>,
 ) -> impl FnMut(WatchItem<Canary>) -> WatchItem<Canary> {
-    /// Namespace, name, target and uid of a listed Canary.
-    type Listed = (String, String, String, Option<String>);
+    /// Namespace, name, target, uid and the objects a listed Canary names.
+    type Listed = (
+        String,
+        String,
+        String,
+        Option<String>,
+        Vec<(index::Named, String)>,
+    );
     let mut listing: Option<Vec<Listed>> = None;
     move |item| {
         let Ok(ev) = &item else { return item };
         let entry = |c: &Canary| {
             let (ns, name) = namespaced_name(&c.metadata);
+            let mut names = vec![(index::Named::Apex, c.apex_name())];
+            if let Some(a) = &c.spec.autoscaler_ref {
+                names.push((index::Named::Autoscaler, a.name.clone()));
+            }
             (
                 ns,
                 name,
                 c.spec.target_ref.name.clone(),
                 c.metadata.uid.clone(),
+                names,
             )
         };
         match ev {
@@ -723,17 +764,24 @@ fn index_canaries(
                 let listed = listing.take().unwrap_or_default();
                 let live: std::collections::HashSet<String> =
                     listed.iter().filter_map(|e| e.3.clone()).collect();
-                lock(&index).replace_canaries(listed.into_iter().map(|(ns, n, t, _)| (ns, n, t)));
+                let mut ix = lock(&index);
+                ix.replace_canaries(listed.iter().map(|(ns, n, t, _, _)| (ns, n, t)));
+                for (ns, n, _, _, names) in listed {
+                    ix.set_names(&ns, &n, names);
+                }
+                drop(ix);
                 if let Ok(mut w) = written.lock() {
                     w.retain(|uid, _| live.contains(uid));
                 }
             }
             watcher::Event::Apply(c) => {
-                let (ns, name, target, _) = entry(c);
-                lock(&index).upsert_canary(&ns, &name, &target);
+                let (ns, name, target, _, names) = entry(c);
+                let mut ix = lock(&index);
+                ix.upsert_canary(&ns, &name, &target);
+                ix.set_names(&ns, &name, names);
             }
             watcher::Event::Delete(c) => {
-                let (ns, name, _, uid) = entry(c);
+                let (ns, name, _, uid, _) = entry(c);
                 lock(&index).remove_canary(&ns, &name);
                 if let (Some(uid), Ok(mut w)) = (uid, written.lock()) {
                     w.remove(&uid);
