@@ -1,14 +1,15 @@
-//! Cache entries for the objects serin generates per Canary and reads only when it reconciles
-//! that Canary: its target and primary Deployments and its three Services.
+//! Cache entries for the Deployments and Services of the watched namespaces: per Canary its
+//! target and primary and its three Services, which serin reads only when it reconciles that
+//! Canary.
 //!
 //! A typed Kubernetes object costs several times its JSON in memory: a `Deployment` is 2,472
 //! bytes before any heap (its pod template's slots are there even when empty), each label and
-//! annotation map takes a B-tree node of eleven slots, each string an allocation. With two
-//! Deployments and three Services per Canary that was about 21 KB a canary of an idle serin's
-//! 40 (heaptrack, 1,000 canaries). A [`Cached`] entry keeps the object as its JSON text and types
-//! only the metadata the runtime keys and maps it by (name, namespace, uid, resourceVersion,
-//! owner references); [`Cached::object`] parses the object back when a reconcile reads it, a few
-//! tens of microseconds, once or twice per reconcile of its Canary.
+//! annotation map takes a B-tree node of eleven slots, each string an allocation. Typed, the two
+//! Deployments and three Services of a Canary held about 21 KB of the 38 KB an idle serin kept per
+//! Canary (heaptrack at 1,000 canaries, docs/benchmarks.md). A [`Cached`] entry keeps the object
+//! as its JSON text and types only the metadata the runtime keys and maps it by (name, namespace,
+//! uid, resourceVersion, owner references); [`Cached::object`] parses the object back when a
+//! reconcile reads it.
 //!
 //! The entry is decoded straight from the watch (its `Deserialize` decodes the typed object,
 //! strips what [`watches::slim`] strips, and keeps the text), so a malformed object still fails
