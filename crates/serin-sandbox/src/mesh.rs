@@ -76,9 +76,10 @@ pub struct MeshOptions {
     pub namespace: Option<String>,
     /// Also serve the HTTP ingress ([`MeshHandle::ingress_addr`]).
     pub ingress: bool,
-    /// Send traffic only through VirtualServices that split it (more than one destination with
-    /// a share, mirrors included): canaries under analysis. The benchmark sets it because at
-    /// thousands of settled canaries the series of their primaries cost Prometheus and the
+    /// Send no traffic through VirtualServices that send all of it to `-primary` Services:
+    /// settled canaries. Those under analysis (the canary has a share, up to all of it at
+    /// `maxWeight: 100`, or a mirror) get their traffic as usual. The benchmark sets it because
+    /// at thousands of settled canaries the series of their primaries cost Prometheus and the
     /// simulator more than the controllers being measured, and no analysis query reads them
     /// (both controllers query only once the canary has a share).
     pub split_only: bool,
@@ -742,12 +743,19 @@ async fn generate(
     }
 }
 
+/// Whether a route's host is a primary Service (`<apex>-primary`, short or qualified).
+fn is_primary(host: &str) -> bool {
+    host.split('.')
+        .next()
+        .is_some_and(|name| name.ends_with("-primary"))
+}
+
 /// What one tick did with a VirtualService.
 #[derive(Debug, PartialEq, Eq)]
 enum Carried {
     /// Traffic (or nothing, for a reason other than `split_only`: a bad annotation, no route).
     Routed,
-    /// Nothing: it sends everything to one destination and `split_only` is set.
+    /// Nothing: it sends everything to primaries and `split_only` is set.
     NotSplit,
 }
 
@@ -805,7 +813,12 @@ fn tick_virtual_service(
             return Carried::Routed;
         }
     };
-    if opts.split_only && flows.iter().filter(|f| f.requests > 0.0).count() < 2 {
+    if opts.split_only
+        && flows
+            .iter()
+            .filter(|f| f.requests > 0.0)
+            .all(|f| is_primary(&f.host))
+    {
         return Carried::NotSplit;
     }
     for flow in flows {
@@ -1062,6 +1075,15 @@ mod tests {
             !st.registry.render().contains("podinfo"),
             "no series at all"
         );
+    }
+
+    #[test]
+    fn primary_hosts_short_and_qualified() {
+        assert!(is_primary("podinfo-primary"));
+        assert!(is_primary("podinfo-primary.test.svc.cluster.local"));
+        assert!(!is_primary("podinfo-canary"));
+        assert!(!is_primary("podinfo"));
+        assert!(!is_primary("primary.test"));
     }
 
     #[test]

@@ -519,8 +519,9 @@ async fn the_ingress_answers_with_the_simulated_behaviour() {
     assert_eq!(r.status().as_u16(), 404);
 }
 
-/// The benchmark's setting: a route that sends everything to one Service is silent, a split
-/// one carries traffic to both sides, and settling again silences it.
+/// The benchmark's setting: a route that sends everything to the primary is silent, a split one
+/// carries traffic to both sides, one sending everything to the canary carries it there, and
+/// settling again silences it.
 #[tokio::test]
 async fn split_only_carries_traffic_only_while_a_route_splits_it() {
     let env = shared();
@@ -583,6 +584,18 @@ async fn split_only_carries_traffic_only_while_a_route_splits_it() {
         })
         .await;
     }
+
+    // All of it to the canary (the last step at maxWeight 100): still carried.
+    set_weights(0, 100).await;
+    let canary = "destination_workload=\"podinfo\"";
+    let before = scraped_requests(h, &[canary]).await;
+    eventually("traffic to the canary at 100 %", LIMIT, || async move {
+        match scraped_requests(h, &[canary]).await {
+            n if n >= before + 20 => Ok(()),
+            n => Err(format!("{before} then {n} requests")),
+        }
+    })
+    .await;
 
     set_weights(100, 0).await;
     eventually("the settled route goes silent", LIMIT, || async move {

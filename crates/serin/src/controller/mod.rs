@@ -98,6 +98,13 @@ pub enum Error {
     NoUid,
     #[error("serializing an object to apply: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// A cache entry whose text does not parse back (`cached`): written from the typed object,
+    /// so only a serin bug gets here; the reconcile stops rather than take it for absent.
+    #[error("a cached {kind} does not parse back: {error}")]
+    Cached {
+        kind: &'static str,
+        error: serde_json::Error,
+    },
 }
 
 impl Error {
@@ -123,6 +130,7 @@ impl Error {
             Error::Kube(_) => "transport",
             Error::NoUid => "no_uid",
             Error::Serialize(_) => "serialize",
+            Error::Cached { .. } => "cache",
         }
     }
 }
@@ -801,9 +809,11 @@ fn index_deployments(
         let Ok(ev) = &item else { return item };
         let entry = |c: &Cached<Deployment>| {
             let (ns, name) = namespaced_name(c.meta());
-            // The entry was just made from a typed Deployment: its text parses.
+            // The entry was just made from a typed Deployment: its text parses, or serin has a
+            // bug, which the reconcile of its Canary reports (`Error::Cached`).
             let refs = c
                 .object()
+                .map_err(|e| error!(entry = ?c, "a cached Deployment does not parse back: {e}"))
                 .ok()
                 .and_then(|d| d.spec.template.spec)
                 .as_ref()

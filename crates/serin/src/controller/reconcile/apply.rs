@@ -283,7 +283,7 @@ impl Reconcile {
             if name == apex && !with_apex {
                 continue;
             }
-            let cached = self.service(&name);
+            let cached = self.service(&name)?;
             let svc = router::taken_over_service(svc, cached.as_deref(), self.uid());
             wanted.push((svc, cached));
         }
@@ -355,7 +355,7 @@ impl Reconcile {
         for key in seen.configs.keys() {
             self.copy_config(key, &owner).await?;
         }
-        let primary = self.deployment(&self.primary_name());
+        let primary = self.deployment(&self.primary_name())?;
         let replicas = workload::primary_replicas(
             seen.target.spec.replicas,
             primary.as_ref().and_then(|p| p.spec.replicas),

@@ -75,8 +75,8 @@ impl Reconcile {
             self.publish(KubeEventType::Normal, msg::terminating(&self.qualified()))
                 .await;
         }
-        if let Some(target) = self.deployment(self.target_name()) {
-            let primary = self.deployment(&self.primary_name());
+        if let Some(target) = self.deployment(self.target_name())? {
+            let primary = self.deployment(&self.primary_name())?;
             self.scale(&target, primary.as_deref(), Scale::Up).await?;
             let threshold = self
                 .canary
@@ -102,7 +102,7 @@ impl Reconcile {
     /// garbage collector leaves it serving.
     async fn revert_apex(&self, selector: &SelectorLabel) -> Result<(), Error> {
         let apex = self.canary.apex_name();
-        let Some(svc) = self.service(&apex) else {
+        let Some(svc) = self.service(&apex)? else {
             return Ok(());
         };
         let patch = router::reverted_apex(&svc.metadata, selector, self.uid().unwrap_or_default());

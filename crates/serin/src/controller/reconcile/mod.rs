@@ -208,21 +208,21 @@ impl Reconcile {
     }
 
     /// The one way to a cached Deployment (kept as text, `cached`).
-    fn deployment(&self, name: &str) -> Option<Arc<Deployment>> {
-        let entry = self
-            .ctx
+    fn deployment(&self, name: &str) -> Result<Option<Arc<Deployment>>, Error> {
+        self.ctx
             .deployments
-            .get(&ObjectRef::new(name).within(&self.ns))?;
-        decoded(&entry)
+            .get(&ObjectRef::new(name).within(&self.ns))
+            .map(|e| decoded(&e))
+            .transpose()
     }
 
     /// The one way to a cached Service (kept as text, `cached`).
-    fn service(&self, name: &str) -> Option<Arc<Service>> {
-        let entry = self
-            .ctx
+    fn service(&self, name: &str) -> Result<Option<Arc<Service>>, Error> {
+        self.ctx
             .services
-            .get(&ObjectRef::new(name).within(&self.ns))?;
-        decoded(&entry)
+            .get(&ObjectRef::new(name).within(&self.ns))
+            .map(|e| decoded(&e))
+            .transpose()
     }
 
     /// The steps; a write the API server refused is told on the Canary before the error goes
@@ -302,17 +302,20 @@ impl Reconcile {
 const SETTLED_RESYNC: Duration = Duration::from_secs(3600);
 
 /// A cache entry's object. Its text was written from the typed object it gives back, so this
-/// fails only on a serin bug; then the object counts as absent, which the next write (an apply)
-/// makes harmless, and the log says which.
-fn decoded<K>(entry: &Cached<K>) -> Option<Arc<K>>
+/// fails only on a serin bug; then the reconcile stops with an error (and its backoff) rather
+/// than take the object for absent, which would recreate a primary or take over a Service anew.
+fn decoded<K>(entry: &Cached<K>) -> Result<Arc<K>, Error>
 where
-    K: kube::Resource + serde::Serialize + serde::de::DeserializeOwned,
+    K: kube::Resource<DynamicType = ()> + serde::Serialize + serde::de::DeserializeOwned,
 {
-    match entry.object() {
-        Ok(o) => Some(Arc::new(o)),
-        Err(e) => {
-            tracing::error!(?entry, "a cached object does not parse back: {e}");
-            None
+    entry.object().map(Arc::new).map_err(|error| {
+        tracing::error!(?entry, "a cached object does not parse back: {error}");
+        Error::Cached {
+            kind: match K::kind(&()) {
+                std::borrow::Cow::Borrowed(k) => k,
+                std::borrow::Cow::Owned(_) => "object",
+            },
+            error,
         }
-    }
+    })
 }

@@ -52,7 +52,8 @@ impl Reconcile {
                 .join("; ");
             return Err(Hold::new(HoldReason::InvalidSpec, text));
         }
-        let Some(target) = self.deployment(self.target_name()) else {
+        let cached = |e: super::Error| Hold::new(HoldReason::InternalError, e);
+        let Some(target) = self.deployment(self.target_name()).map_err(cached)? else {
             let message = format!(
                 "spec.targetRef.name: Deployment {}/{} not found; create it or fix spec.targetRef",
                 self.ns,
@@ -92,7 +93,7 @@ impl Reconcile {
                 };
                 Hold::new(reason, e)
             })?;
-        let primary = self.deployment(&self.primary_name());
+        let primary = self.deployment(&self.primary_name()).map_err(cached)?;
         Ok(Observed {
             target,
             selector,
