@@ -209,17 +209,23 @@ impl Reconcile {
 
     /// The one way to a cached Deployment (kept as text, `cached`).
     fn deployment(&self, name: &str) -> Result<Option<Arc<Deployment>>, Error> {
-        self.ctx
-            .deployments
-            .get(&ObjectRef::new(name).within(&self.ns))
-            .map(|e| decoded(&e))
-            .transpose()
+        self.cached(&self.ctx.deployments, name)
     }
 
     /// The one way to a cached Service (kept as text, `cached`).
     fn service(&self, name: &str) -> Result<Option<Arc<Service>>, Error> {
-        self.ctx
-            .services
+        self.cached(&self.ctx.services, name)
+    }
+
+    fn cached<K>(
+        &self,
+        store: &kube::runtime::reflector::Store<Cached<K>>,
+        name: &str,
+    ) -> Result<Option<Arc<K>>, Error>
+    where
+        K: Resource<DynamicType = ()> + serde::Serialize + serde::de::DeserializeOwned,
+    {
+        store
             .get(&ObjectRef::new(name).within(&self.ns))
             .map(|e| decoded(&e))
             .transpose()
