@@ -543,12 +543,59 @@ fn cpu_over(samples: &[Sample], from: Instant, to: Instant) -> (Option<f64>, Opt
     (peak, mean)
 }
 
-/// Requests per user and verb in the audit log received within `[from, to]`.
+/// The audit log and the files the API server rotated it into (`audit-<time>.log` beside
+/// `audit.log`, every 100 MB): a full run writes several, and a window that spans a rotation,
+/// such as the whole run's, would otherwise count only what came after the last one.
+fn audit_files(log: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = vec![log.to_path_buf()];
+    let (Some(dir), Some(stem), Some(ext)) = (
+        log.parent(),
+        log.file_stem().and_then(|s| s.to_str()),
+        log.extension().and_then(|s| s.to_str()),
+    ) else {
+        return files;
+    };
+    let prefix = format!("{stem}-");
+    let suffix = format!(".{ext}");
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut rotated: Vec<_> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(&suffix))
+            })
+            .collect();
+        rotated.sort();
+        files.extend(rotated);
+    }
+    files
+}
+
+/// Requests per user and verb in the audit log (rotated files included) received within
+/// `[from, to]`.
 fn audit_counts(
     log: &Path,
     from: chrono::DateTime<chrono::Utc>,
     to: chrono::DateTime<chrono::Utc>,
 ) -> BTreeMap<(String, String), u64> {
+    let mut out = BTreeMap::new();
+    for file in audit_files(log) {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        count_lines(&text, from, to, &mut out);
+    }
+    out
+}
+
+fn count_lines(
+    text: &str,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+    out: &mut BTreeMap<(String, String), u64>,
+) {
     #[derive(serde::Deserialize)]
     struct User {
         #[serde(default)]
@@ -563,10 +610,6 @@ fn audit_counts(
         #[serde(default)]
         stage_timestamp: String,
     }
-    let mut out = BTreeMap::new();
-    let Ok(text) = std::fs::read_to_string(log) else {
-        return out;
-    };
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<Line>(line) else {
             continue;
@@ -581,7 +624,6 @@ fn audit_counts(
         let user = v.user.map(|u| u.username).unwrap_or_default();
         *out.entry((user, v.verb)).or_insert(0) += 1;
     }
-    out
 }
 
 fn loadavg() -> String {
@@ -1530,6 +1572,16 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
     }
 }
 
+/// A bound as written in the issue when it is whole (100, 1.5), to two decimals when it is
+/// derived (200 MB in MiB).
+fn fmt_bound(b: f64) -> String {
+    if (b * 10.0).fract() == 0.0 {
+        format!("{b}")
+    } else {
+        format!("{b:.2}")
+    }
+}
+
 /// Idle requests per minute by verb, the verbs with none left out.
 fn by_verb(idle: &Idle) -> String {
     let parts: Vec<String> = VERBS
@@ -1981,7 +2033,7 @@ fn report(r: &ReportInput<'_>) -> String {
             Some(_) => "no",
             None => "not measured",
         };
-        let mut line = format!("| {} | ≤ {} {} |", t.what, t.bound, t.unit);
+        let mut line = format!("| {} | ≤ {} {} |", t.what, fmt_bound(t.bound), t.unit);
         for v in &t.values {
             let _ = write!(line, " {} |", show(*v));
         }
@@ -2043,7 +2095,7 @@ mod tests {
     }
 
     #[test]
-    fn audit_lines_are_counted_by_user_and_verb_inside_the_window() {
+    fn audit_lines_are_counted_by_user_and_verb_inside_the_window_rotated_files_too() {
         let dir = std::env::temp_dir().join(format!("serin-bench-audit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("audit.log");
@@ -2063,6 +2115,17 @@ mod tests {
         ]
         .join("\n");
         std::fs::write(&log, text).unwrap();
+        // What the API server rotated out earlier counts too; other files do not.
+        std::fs::write(
+            dir.join("audit-2026-01-01T00-00-15.000.log"),
+            line("bench-serin", "patch", "2026-01-01T00:00:12.000000Z"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("kube-apiserver.log"),
+            line("bench-serin", "delete", "2026-01-01T00:00:12.000000Z"),
+        )
+        .unwrap();
         let at = |s: &str| {
             chrono::DateTime::parse_from_rfc3339(s)
                 .unwrap()
@@ -2074,6 +2137,7 @@ mod tests {
             (("bench-flagger".to_string(), "get".to_string()), 1),
             (("bench-flagger".to_string(), "update".to_string()), 1),
             (("bench-serin".to_string(), "get".to_string()), 2),
+            (("bench-serin".to_string(), "patch".to_string()), 1),
         ]
         .into_iter()
         .collect();
