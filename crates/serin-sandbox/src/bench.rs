@@ -1572,8 +1572,8 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
     }
 }
 
-/// A bound as written in the issue when it is whole (100, 1.5), to two decimals when it is
-/// derived (200 MB in MiB).
+/// A bound as the issue writes it when it has at most one decimal (100, 1.5, 0.6), to two
+/// decimals when it is derived (200 MB in MiB: 190.73).
 fn fmt_bound(b: f64) -> String {
     if (b * 10.0).fract() == 0.0 {
         format!("{b}")
